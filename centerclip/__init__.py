@@ -1,0 +1,25 @@
+"""CenterCLIP video encoding on open_clip: multi-segment token clustering inside the ViT.
+
+Knows nothing of Ray or LanceDB. Start with :func:`create_model`.
+"""
+
+from centerclip import _torchvision_compat  # noqa: F401  # must run before open_clip is imported
+from centerclip.cluster import kmedoids, spectral
+from centerclip.config import CenterCLIPConfig, Preset, get_preset, list_presets, register_preset
+from centerclip.factory import WeightsUnavailableError, create_model, save_checkpoint
+from centerclip.model import VideoCLIP, segment_tokens
+
+__all__ = [
+    "CenterCLIPConfig",
+    "Preset",
+    "VideoCLIP",
+    "WeightsUnavailableError",
+    "create_model",
+    "get_preset",
+    "kmedoids",
+    "list_presets",
+    "register_preset",
+    "save_checkpoint",
+    "segment_tokens",
+    "spectral",
+]

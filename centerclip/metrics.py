@@ -1,0 +1,251 @@
+"""Retrieval metrics over a similarity matrix, shared by evaluation and by fine-tuning's validation.
+
+Conventions:
+
+- ``sim`` is ``[Q, V]``: one row per caption (query), one column per video; higher is more similar.
+- ``caption_video`` is ``[Q]``: the column of each caption's own video. A video may own several
+  captions (MSR-VTT gives each video 20) or none.
+- Ranks are 1-based: rank 1 means the right item scored highest.
+
+Tie policy: ties count against the query. The rank of the right column is
+``1 + #(columns scoring strictly higher) + #(other columns scoring exactly the same)``, which is the
+number of columns scoring at least as high as the right one. A model whose scores are all equal
+therefore gets the worst rank (the number of columns) everywhere instead of a perfect score, and a
+model cannot gain from collapsing distinct items onto one embedding. Scores that are NaN raise an
+error rather than producing a meaningless rank.
+
+Every function accepts torch tensors or numpy arrays. Ranks are computed in row blocks, so memory
+beyond ``sim`` itself stays at a few megabytes whatever ``Q`` and ``V`` are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ArrayLike = Tensor | np.ndarray | Sequence[int] | Sequence[float]
+
+# About 4M scores per block: 16 MB of float32 and 4 MB of comparison mask, whatever the shape.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+def _as_tensor(x: ArrayLike) -> Tensor:
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    return torch.as_tensor(x)
+
+
+def _as_similarity(sim: ArrayLike) -> Tensor:
+    sim = _as_tensor(sim)
+    if sim.ndim != 2:
+        raise ValueError(f"similarity must be 2-D [Q, V], got shape {tuple(sim.shape)}")
+    if sim.shape[0] == 0 or sim.shape[1] == 0:
+        raise ValueError(f"similarity needs at least one row and column, got {tuple(sim.shape)}")
+    return sim if sim.is_floating_point() else sim.double()
+
+
+def _as_columns(index: ArrayLike, num_rows: int, num_cols: int, name: str) -> Tensor:
+    index = _as_tensor(index)
+    if index.ndim != 1 or index.shape[0] != num_rows:
+        raise ValueError(f"{name} must have shape [{num_rows}], got {tuple(index.shape)}")
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer column indices, got {index.dtype}")
+    index = index.long()
+    if int(index.min()) < 0 or int(index.max()) >= num_cols:
+        raise ValueError(f"{name} must lie in [0, {num_cols}), got [{index.min()}, {index.max()}]")
+    return index
+
+
+def _count_at_least(sim: Tensor, threshold: Tensor, block_rows: int | None) -> Tensor:
+    """Per row, how many entries of ``sim [R, C]`` are ``>= threshold [R]``; ``[R]`` long."""
+    num_rows, num_cols = sim.shape
+    if block_rows is None:
+        block_rows = max(1, _BLOCK_ELEMENTS // num_cols)
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be positive, got {block_rows}")
+    threshold = threshold.to(sim.dtype).unsqueeze(1)
+    counts = torch.empty(num_rows, dtype=torch.long, device=sim.device)
+    for start in range(0, num_rows, block_rows):
+        rows = slice(start, start + block_rows)
+        block = sim[rows]
+        if torch.isnan(block).any():
+            raise ValueError("similarity contains NaN; the encoder produced invalid embeddings")
+        counts[rows] = (block >= threshold[rows]).sum(dim=1)
+    return counts
+
+
+def ranks_from_similarity(
+    sim: ArrayLike, target: ArrayLike, *, block_rows: int | None = None
+) -> Tensor:
+    """1-based rank of each row's target column, ties counted against the query.
+
+    Args:
+        sim: ``[Q, V]`` scores, higher is better.
+        target: ``[Q]`` integer column of the right answer of each row.
+        block_rows: rows compared at once; by default enough for about 4M scores per block.
+
+    Returns:
+        ``[Q]`` long tensor on ``sim``'s device: ``#(columns with score >= sim[q, target[q]])``,
+        i.e. one plus the columns scoring strictly higher plus the other columns tying.
+    """
+    sim = _as_similarity(sim)
+    target = _as_columns(target, sim.shape[0], sim.shape[1], "target").to(sim.device)
+    own = sim.gather(1, target.unsqueeze(1)).squeeze(1)
+    return _count_at_least(sim, own, block_rows)
+
+
+@dataclass(frozen=True, eq=False)
+class RetrievalRanks:
+    """Ranks in both directions for one similarity matrix; see :func:`retrieval_ranks`.
+
+    Attributes:
+        t2v: ``[Q]`` rank of each caption's own video among all ``V`` videos.
+        v2t: ``[Vc]`` rank of each captioned video's best-ranked own caption among all ``Q``.
+        v2t_video: ``[Vc]`` the video column each entry of ``v2t`` belongs to (ascending).
+        num_videos: ``V``, captioned or not.
+    """
+
+    t2v: Tensor
+    v2t: Tensor
+    v2t_video: Tensor
+    num_videos: int
+
+    @property
+    def num_queries(self) -> int:
+        return int(self.t2v.shape[0])
+
+    @property
+    def num_videos_without_captions(self) -> int:
+        """Videos that own no caption and so are left out of video-to-text."""
+        return self.num_videos - int(self.v2t_video.shape[0])
+
+    def metrics(self) -> dict:
+        """``{"t2v": {...}, "v2t": {...}, "num_queries", "num_videos",
+        "num_videos_without_captions"}``, each direction as in :func:`recall_metrics`."""
+        return {
+            "t2v": recall_metrics(self.t2v),
+            "v2t": recall_metrics(self.v2t),
+            "num_queries": self.num_queries,
+            "num_videos": self.num_videos,
+            "num_videos_without_captions": self.num_videos_without_captions,
+        }
+
+
+def retrieval_ranks(
+    sim: ArrayLike, caption_video: ArrayLike, *, block_rows: int | None = None
+) -> RetrievalRanks:
+    """Text-to-video and video-to-text ranks under the MSR-VTT multi-caption protocol.
+
+    Text-to-video: each caption is a query and its rank is that of its own video among all ``V``
+    videos. Video-to-text: each video is a query over ``sim.T [V, Q]``; every one of its captions
+    is a right answer, so its rank is the best (smallest) rank among its captions' ranks over all
+    ``Q`` captions. Videos without a caption have no right answer and are left out of
+    video-to-text; :attr:`RetrievalRanks.num_videos_without_captions` says how many.
+
+    Args:
+        sim: ``[Q, V]`` caption-to-video scores.
+        caption_video: ``[Q]`` integer video column of each caption.
+        block_rows: rows compared at once; by default enough for about 4M scores per block.
+
+    Returns:
+        :class:`RetrievalRanks` with tensors on ``sim``'s device.
+    """
+    sim = _as_similarity(sim)
+    num_queries, num_videos = sim.shape
+    caption_video = _as_columns(caption_video, num_queries, num_videos, "caption_video")
+    caption_video = caption_video.to(sim.device)
+
+    own = sim.gather(1, caption_video.unsqueeze(1)).squeeze(1)
+    t2v = _count_at_least(sim, own, block_rows)
+
+    # A caption's rank among the captions is monotone in its score, so the best rank among a
+    # video's captions is the rank of its highest-scoring one; ties between two of its own
+    # captions each count against the other, as the tie policy says.
+    best_own = torch.full((num_videos,), float("-inf"), dtype=sim.dtype, device=sim.device)
+    best_own = best_own.scatter_reduce(0, caption_video, own, reduce="amax")
+    captioned = torch.bincount(caption_video, minlength=num_videos) > 0
+    v2t_all = _count_at_least(sim.T, best_own, block_rows)
+    v2t_video = torch.nonzero(captioned).squeeze(1)
+    return RetrievalRanks(
+        t2v=t2v, v2t=v2t_all[v2t_video], v2t_video=v2t_video, num_videos=num_videos
+    )
+
+
+def retrieval_metrics(
+    sim: ArrayLike, caption_video: ArrayLike, *, block_rows: int | None = None
+) -> dict:
+    """Recall metrics in both directions for ``sim [Q, V]`` and ``caption_video [Q]``.
+
+    Returns ``{"t2v": {...}, "v2t": {...}, "num_queries": Q, "num_videos": V,
+    "num_videos_without_captions": n}``. Use :func:`retrieval_ranks` to keep the per-query ranks.
+    """
+    return retrieval_ranks(sim, caption_video, block_rows=block_rows).metrics()
+
+
+def _as_ranks(ranks: ArrayLike) -> Tensor:
+    ranks = _as_tensor(ranks)
+    if ranks.ndim != 1 or ranks.shape[0] == 0:
+        raise ValueError(f"ranks must be a non-empty 1-D sequence, got shape {tuple(ranks.shape)}")
+    if int(ranks.min()) < 1:
+        raise ValueError("ranks are 1-based; got a rank below 1")
+    return ranks.detach().cpu().double()
+
+
+def recall_metrics(ranks: ArrayLike) -> dict[str, float]:
+    """Summary of 1-based ranks ``[N]``.
+
+    Returns:
+        ``{"R@1", "R@5", "R@10"}``: percent of ranks ``<= K``; ``"MdR"``: median rank, the mean
+        of the two middle ranks when ``N`` is even (as numpy's median, which MSR-VTT papers use);
+        ``"MnR"``: mean rank. All Python floats.
+    """
+    ranks = _as_ranks(ranks)
+    ordered = ranks.sort().values
+    n = ordered.shape[0]
+    median = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    result = {f"R@{k}": float((ranks <= k).double().mean() * 100) for k in (1, 5, 10)}
+    result["MdR"] = float(median)
+    result["MnR"] = float(ranks.mean())
+    return result
+
+
+def recall_at_k_curve(ranks: ArrayLike, ks: Sequence[int]) -> list[float]:
+    """Percent of ranks ``[N]`` that are ``<= k`` for each ``k`` in ``ks``, for a recall@K plot."""
+    ordered = _as_ranks(ranks).sort().values
+    thresholds = torch.as_tensor(list(ks), dtype=torch.double)
+    within = torch.searchsorted(ordered, thresholds, right=True)
+    return [float(c) * 100 / ordered.shape[0] for c in within]
+
+
+def ann_recall_at_k(exact_topk: ArrayLike, approx_topk: ArrayLike) -> float:
+    """Mean fraction of the exact top-k ids that the approximate search also returned.
+
+    Args:
+        exact_topk: ``[Q, k]`` ids from exact search, distinct within a row.
+        approx_topk: ``[Q, k']`` ids from the ANN index; pad rows that came back short with an id
+            that cannot occur (e.g. -1). ``k'`` is usually ``k``.
+
+    Returns:
+        A fraction in ``[0, 1]``; 1.0 means the index lost nothing at this ``k``.
+    """
+    exact = _as_tensor(exact_topk)
+    approx = _as_tensor(approx_topk).to(exact.device)
+    if exact.ndim != 2 or approx.ndim != 2 or exact.shape[0] != approx.shape[0]:
+        raise ValueError(
+            f"expected [Q, k] and [Q, k'] with the same Q, got {tuple(exact.shape)} "
+            f"and {tuple(approx.shape)}"
+        )
+    if exact.shape[0] == 0 or exact.shape[1] == 0:
+        raise ValueError("exact_topk must have at least one query and one id per query")
+    if approx.shape[1] == 0:
+        return 0.0
+    # Sorted rows plus a batched binary search keep memory at O(Q * k) for any k and k'.
+    approx = approx.sort(dim=1).values.contiguous()
+    position = torch.searchsorted(approx, exact.to(approx.dtype).contiguous())  # [Q, k]
+    candidate = approx.gather(1, position.clamp(max=approx.shape[1] - 1))
+    found = candidate == exact  # [Q, k]
+    return float(found.double().mean())

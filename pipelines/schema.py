@@ -1,0 +1,90 @@
+"""Every column name and Arrow schema of the project, in one place.
+
+Three kinds of record flow through the index job:
+
+* the **manifest** a user writes (one row per video);
+* **decoded batches** between the decode and encode stages;
+* the **tables** in LanceDB: the embeddings table and its errors table ``<table>_errors``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Manifest columns.
+VIDEO_ID = "video_id"
+URI = "uri"
+CAPTION = "caption"
+SPLIT = "split"
+START_S = "start_s"
+END_S = "end_s"
+
+REQUIRED_MANIFEST_COLUMNS = (VIDEO_ID, URI)
+OPTIONAL_MANIFEST_COLUMNS = (CAPTION, SPLIT, START_S, END_S)
+
+# Columns added by the pipeline.
+FINGERPRINT = "fingerprint"
+FRAMES = "frames"
+DURATION_S = "duration_s"
+FRAME_TIMES_S = "frame_times_s"
+DECODE_S = "decode_s"
+ERROR = "error"
+STAGE = "stage"
+VECTOR = "vector"
+SEGMENT_VECTORS = "segment_vectors"
+SEGMENT_START_S = "segment_start_s"
+SEGMENT_END_S = "segment_end_s"
+MODEL_ID = "model_id"
+INDEXED_AT = "indexed_at"
+AT = "at"
+
+# Values of the ``stage`` column of the errors table.
+STAGE_READ = "read"
+STAGE_DECODE = "decode"
+STAGE_ENCODE = "encode"
+
+ERRORS_TABLE_SUFFIX = "_errors"
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+def errors_table_name(table: str) -> str:
+    """Name of the errors table that belongs to the embeddings table ``table``."""
+    return f"{table}{ERRORS_TABLE_SUFFIX}"
+
+
+def embeddings_schema(dim: int, segments: int) -> pa.Schema:
+    """Arrow schema of the embeddings table for ``dim``-wide vectors and ``segments`` segments.
+
+    ``vector`` is the unit-norm video embedding ``[D]``; ``segment_vectors`` holds the ``S``
+    unit-norm segment embeddings ``[S, D]`` and the two ``segment_*_s`` columns the time span each
+    segment covers, so a search hit can point inside the video.
+    """
+    return pa.schema(
+        [
+            pa.field(VIDEO_ID, pa.string(), nullable=False),
+            pa.field(URI, pa.string(), nullable=False),
+            pa.field(VECTOR, pa.list_(pa.float32(), dim), nullable=False),
+            pa.field(SEGMENT_VECTORS, pa.list_(pa.list_(pa.float32(), dim), segments)),
+            pa.field(SEGMENT_START_S, pa.list_(pa.float32(), segments)),
+            pa.field(SEGMENT_END_S, pa.list_(pa.float32(), segments)),
+            pa.field(MODEL_ID, pa.string(), nullable=False),
+            pa.field(FINGERPRINT, pa.string(), nullable=False),
+            pa.field(INDEXED_AT, TIMESTAMP, nullable=False),
+            pa.field(CAPTION, pa.list_(pa.string())),
+            pa.field(SPLIT, pa.string()),
+        ]
+    )
+
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        pa.field(VIDEO_ID, pa.string(), nullable=False),
+        pa.field(URI, pa.string()),
+        pa.field(STAGE, pa.string(), nullable=False),
+        pa.field(ERROR, pa.string(), nullable=False),
+        pa.field(FINGERPRINT, pa.string()),
+        pa.field(MODEL_ID, pa.string()),
+        pa.field(AT, TIMESTAMP, nullable=False),
+    ]
+)
