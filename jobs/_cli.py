@@ -91,6 +91,8 @@ def main(
     argv: Sequence[str] | None = None,
 ) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the job; returns the exit status."""
-    prog = f"python -m {module}" if module != "__main__" else None
-    parser = build_parser(prog or "job", description, add_arguments)
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else "jobs"
+    parser = build_parser(f"python -m {module}", description, add_arguments)
     return execute(run, parser.parse_args(argv))

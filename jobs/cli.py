@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from jobs import _cli
 
 SUBCOMMANDS = {
+    "demo": "jobs.demo",
     "sample": "jobs.sample",
     "index": "jobs.index",
-    "encode": "jobs.encode",
+    "search": "jobs.search",
 }
 
 

@@ -28,6 +28,7 @@ FRAMES = "frames"
 DURATION_S = "duration_s"
 FRAME_TIMES_S = "frame_times_s"
 DECODE_S = "decode_s"
+ENCODE_S = "encode_s"
 ERROR = "error"
 STAGE = "stage"
 VECTOR = "vector"
@@ -37,6 +38,7 @@ SEGMENT_END_S = "segment_end_s"
 MODEL_ID = "model_id"
 INDEXED_AT = "indexed_at"
 AT = "at"
+WORKER = "worker"
 
 # Values of the ``stage`` column of the errors table.
 STAGE_READ = "read"
@@ -57,15 +59,16 @@ def embeddings_schema(dim: int, segments: int) -> pa.Schema:
     """Arrow schema of the embeddings table for ``dim``-wide vectors and ``segments`` segments.
 
     ``vector`` is the unit-norm video embedding ``[D]``; ``segment_vectors`` holds the ``S``
-    unit-norm segment embeddings ``[S, D]`` and the two ``segment_*_s`` columns the time span each
-    segment covers, so a search hit can point inside the video.
+    unit-norm segment embeddings ``[S, D]`` flattened row-major to ``[S * D]`` (Lance 0.40 writes
+    a nested fixed-size list it cannot read back), and the two ``segment_*_s`` columns the time
+    span each segment covers, so a search hit can point inside the video.
     """
     return pa.schema(
         [
             pa.field(VIDEO_ID, pa.string(), nullable=False),
             pa.field(URI, pa.string(), nullable=False),
             pa.field(VECTOR, pa.list_(pa.float32(), dim), nullable=False),
-            pa.field(SEGMENT_VECTORS, pa.list_(pa.list_(pa.float32(), dim), segments)),
+            pa.field(SEGMENT_VECTORS, pa.list_(pa.float32(), segments * dim)),
             pa.field(SEGMENT_START_S, pa.list_(pa.float32(), segments)),
             pa.field(SEGMENT_END_S, pa.list_(pa.float32(), segments)),
             pa.field(MODEL_ID, pa.string(), nullable=False),

@@ -3,6 +3,40 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+# One Ray instance for the whole session. It declares 4 logical CPUs (Ray Data needs headroom
+# beside the actor pools) and 2 GPUs that do not exist: jobs force CPU encoding with
+# --gpus-per-actor 0, and one test checks that GPU actors get distinct GPU ids.
+RAY_CPUS = 4
+RAY_GPUS = 2
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[dict]:
+    import ray
+
+    context = ray.init(
+        num_cpus=RAY_CPUS,
+        num_gpus=RAY_GPUS,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield context.address_info
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated corpus: ``<dir>/manifest`` (train and test splits) and ``<dir>/videos``."""
+    from pipelines.synthetic import write_sample_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    write_sample_corpus(out, videos=16, seed=7, shards=2)
+    return out

@@ -1,0 +1,1 @@
+"""Benchmarks of the encoder and the pipelines; results land in ``bench/results/``."""

@@ -1,0 +1,157 @@
+"""Index videos: a Parquet manifest in, a LanceDB table of CenterCLIP embeddings out.
+
+Incremental: only videos that are new, whose bytes changed, or that were embedded by another model
+are decoded and encoded; videos gone from the manifest are deleted. Bad videos become rows of the
+errors table ``<table>_errors``; the job goes on.
+
+Runs on a local Ray started in-process, or on a cluster (``--address`` or ``ray job submit``):
+
+    python -m jobs.index --manifest corpus/manifest --db corpus/db --table videos --model tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from jobs import _cli
+
+if TYPE_CHECKING:
+    from pipelines.encode import ModelSpec
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--weights`` and the settings overrides, shared by every job with a model."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", required=True, help="a preset name (centerclip presets) or a checkpoint file"
+    )
+    group.add_argument(
+        "--weights",
+        default=None,
+        help="'pretrained' (the preset's open_clip tag), another open_clip tag, or a weights "
+        "file; default: the preset's deterministic random initialisation",
+    )
+    group.add_argument("--frames", type=_cli.positive_int, help="frames per video (T)")
+    group.add_argument(
+        "--cluster-block", type=_cli.non_negative_int, help="blocks before clustering (b)"
+    )
+    group.add_argument("--segments", type=_cli.positive_int, help="segments per video (S)")
+    group.add_argument("--centers", type=_cli.positive_int, help="tokens kept per segment (K)")
+    group.add_argument("--method", choices=["kmedoids", "spectral", "none"])
+    group.add_argument("--distance", choices=["euclidean", "cosine"])
+
+
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    from pipelines.encode import ModelSpec
+
+    overrides = {
+        name: getattr(args, name)
+        for name in ("frames", "cluster_block", "segments", "centers", "method", "distance")
+        if getattr(args, name) is not None
+    }
+    return ModelSpec(args.model, args.weights, overrides)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--manifest", required=True, nargs="+", help="Parquet shards, or folders of them"
+    )
+    parser.add_argument("--db", required=True, help="LanceDB folder or URI (s3://...)")
+    parser.add_argument("--table", required=True, help="embeddings table name")
+    parser.add_argument("--split", help="index only the manifest rows of this split")
+    add_model_arguments(parser)
+    resources = parser.add_argument_group("resources (default: decided from the cluster)")
+    resources.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    resources.add_argument("--actors", type=_cli.positive_int, help="encode actors")
+    resources.add_argument(
+        "--gpus-per-actor", type=float, help="GPUs per encode actor; 0 forces CPU encoding"
+    )
+    resources.add_argument("--batch-size", type=_cli.positive_int, help="videos per encode batch")
+    resources.add_argument("--decode-workers", type=_cli.positive_int, help="decode actors")
+    resources.add_argument(
+        "--decode-timeout", type=_cli.positive_float, default=60.0, help="seconds per video"
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--commit-rows", type=_cli.positive_int, default=256)
+    run.add_argument("--rebuild", action="store_true", help="re-encode every video")
+    run.add_argument(
+        "--retry-errors", action="store_true", help="retry failed videos even if unchanged"
+    )
+    run.add_argument(
+        "--keep-deleted", action="store_true", help="keep rows of videos gone from the manifest"
+    )
+    run.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    run.add_argument(
+        "--max-error-rate",
+        type=_cli.fraction,
+        default=1.0,
+        help="fail the job when more than this fraction of videos fail (default 1: never)",
+    )
+    run.add_argument(
+        "--index-min-rows",
+        type=_cli.non_negative_int,
+        default=5000,
+        help="build the IVF_PQ index once the table has this many rows",
+    )
+    run.add_argument(
+        "--keep-versions-days",
+        type=float,
+        default=None,
+        help="delete table versions older than this many days after the run (default: keep all)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.index import ErrorRateExceeded, IndexConfig, run_index
+    from pipelines.manifest import ManifestError
+    from pipelines.resources import ResourceRequest
+
+    config = IndexConfig(
+        manifest=args.manifest,
+        db=args.db,
+        table=args.table,
+        split=args.split,
+        model=model_spec(args),
+        resources=ResourceRequest(
+            encode_actors=args.actors,
+            gpus_per_actor=args.gpus_per_actor,
+            decode_workers=args.decode_workers,
+            batch_size=args.batch_size,
+        ),
+        address=args.address,
+        decode_timeout_s=args.decode_timeout,
+        commit_rows=args.commit_rows,
+        rebuild=args.rebuild,
+        retry_errors=args.retry_errors,
+        keep_deleted=args.keep_deleted,
+        dry_run=args.dry_run,
+        max_error_rate=args.max_error_rate,
+        index_min_rows=args.index_min_rows,
+        cleanup_older_than=(
+            timedelta(days=args.keep_versions_days) if args.keep_versions_days is not None else None
+        ),
+    )
+    try:
+        summary = run_index(
+            config, on_plan=lambda plan: print(f"plan: {plan.describe()}", flush=True)
+        )
+    except (ManifestError, ValueError, FileNotFoundError) as err:
+        raise _cli.JobError(str(err)) from err
+    except ErrorRateExceeded as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    if not args.dry_run:
+        print(summary.format(), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return _cli.main(__name__, __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Search an index with text: the top videos, their scores, URIs and best-matching segment.
+
+python -m jobs.search --db corpus/db --table videos --model tiny "a red circle moving left"
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from jobs import _cli
+from jobs.index import add_model_arguments, model_spec
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("query", nargs="+", help="one or more text queries")
+    parser.add_argument("--db", required=True, help="LanceDB folder or URI")
+    parser.add_argument("--table", required=True, help="embeddings table name")
+    parser.add_argument("-k", type=_cli.positive_int, default=10, help="results per query")
+    parser.add_argument(
+        "--exact", action="store_true", help="brute-force search instead of the ANN index"
+    )
+    add_model_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.search import search
+
+    model = model_spec(args).build()
+    try:
+        results = search(
+            db_uri=args.db,
+            table_name=args.table,
+            model=model,
+            queries=args.query,
+            k=args.k,
+            exact=args.exact,
+        )
+    except ValueError as err:
+        raise _cli.JobError(str(err)) from err
+    for query, hits in zip(args.query, results, strict=True):
+        print(f'query: "{query}"')
+        for rank, hit in enumerate(hits, start=1):
+            print(
+                f"  {rank:>2}. {hit.score:.3f}  {hit.video_id}  "
+                f"[{hit.segment_start_s:.1f}s-{hit.segment_end_s:.1f}s]  {hit.uri}"
+            )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return _cli.main(__name__, __doc__, add_arguments, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

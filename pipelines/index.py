@@ -1,0 +1,295 @@
+"""The index job's Ray Data graph: manifest -> plan -> decode -> encode -> one committer.
+
+::
+
+    read_manifest + attach_fingerprints      (driver; fails fast on a bad manifest)
+    plan_index against the tables            (driver; Arrow joins)
+    ray.data.from_arrow(todo)
+      .map_batches(DecodeStage)              (CPU actor pool; decord in a child process)
+      .map_batches(EncodeStage)              (one actor per GPU, or CPU actors)
+      .iter_batches() -> TableWriter         (driver; merge_insert commits, errors table)
+    TableWriter.finish()                     (compaction, IVF_PQ index)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import schema
+from pipelines.decode import DecodeStage
+from pipelines.encode import EncodeStage, ModelSpec
+from pipelines.manifest import attach_fingerprints, read_manifest
+from pipelines.plan import REASON, IndexPlan, plan_index
+from pipelines.resources import ResourcePlan, ResourceRequest, plan_resources
+from pipelines.write import DEFAULT_INDEX_MIN_ROWS, TableWriter, connect, delete_ids, open_table
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_BLOCK = 32
+
+
+class ErrorRateExceeded(RuntimeError):
+    """More videos failed than ``max_error_rate`` allows."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """One run of the index job."""
+
+    manifest: str | Sequence[str]
+    db: str
+    table: str
+    model: ModelSpec
+    resources: ResourceRequest = field(default_factory=ResourceRequest)
+    split: str | None = None
+    address: str | None = None
+    decode_timeout_s: float = 60.0
+    actor_start_timeout_s: int = 600
+    commit_rows: int = 256
+    commit_seconds: float = 30.0
+    rebuild: bool = False
+    retry_errors: bool = False
+    keep_deleted: bool = False
+    dry_run: bool = False
+    max_error_rate: float = 1.0
+    index_min_rows: int = DEFAULT_INDEX_MIN_ROWS
+    cleanup_older_than: timedelta | None = None
+
+
+@dataclass
+class IndexSummary:
+    """What a run did, for the terminal and for tests."""
+
+    model_id: str
+    plan: dict[str, int]
+    deleted: int = 0
+    indexed: int = 0
+    failed: int = 0
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    videos_by_worker: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    resources: str = ""
+    ann_index: bool = False
+
+    @property
+    def videos_per_second(self) -> float:
+        elapsed = self.seconds.get("pipeline", 0.0)
+        return (self.indexed + self.failed) / elapsed if elapsed > 0 else 0.0
+
+    def format(self) -> str:
+        lines = [
+            f"model:        {self.model_id}",
+            "plan:         " + ", ".join(f"{k}={v}" for k, v in sorted(self.plan.items())),
+            f"indexed:      {self.indexed}",
+            f"failed:       {self.failed}",
+        ]
+        lines += [f"  {reason}: {n}" for reason, n in sorted(self.failures_by_reason.items())]
+        lines.append(f"deleted:      {self.deleted}")
+        lines.append(f"throughput:   {self.videos_per_second:.2f} videos/s")
+        lines.append("time (s):     " + ", ".join(f"{k}={v:.1f}" for k, v in self.seconds.items()))
+        if self.resources:
+            lines.append(f"resources:    {self.resources}")
+        lines += [f"  worker {w}: {n} videos" for w, n in sorted(self.videos_by_worker.items())]
+        lines.append(
+            f"ANN index:    {'built' if self.ann_index else 'not built (table too small)'}"
+        )
+        return "\n".join(lines)
+
+
+def read_table_state(db_uri: str, table: str) -> tuple[pa.Table | None, pa.Table | None]:
+    """``(video_id, fingerprint, model_id)`` of the embeddings table and ``(video_id,
+    fingerprint)`` of its errors table, or ``None`` for a table that does not exist yet."""
+    db = connect(db_uri)
+    state = []
+    for name, columns in (
+        (table, [schema.VIDEO_ID, schema.FINGERPRINT, schema.MODEL_ID]),
+        (schema.errors_table_name(table), [schema.VIDEO_ID, schema.FINGERPRINT]),
+    ):
+        opened = open_table(db, name)
+        state.append(
+            None if opened is None else opened.search().select(columns).limit(None).to_arrow()
+        )
+    return state[0], state[1]
+
+
+def load_plan(config: IndexConfig, model_id: str) -> tuple[pa.Table, IndexPlan]:
+    """Read and validate the manifest, fingerprint it and diff it against the tables."""
+    manifest = read_manifest(config.manifest)
+    if config.split is not None:
+        if schema.SPLIT not in manifest.column_names:
+            raise ValueError(f"--split {config.split}: the manifest has no '{schema.SPLIT}' column")
+        manifest = manifest.filter(pc.equal(manifest[schema.SPLIT], config.split))
+    manifest = attach_fingerprints(manifest)
+    indexed, failed = read_table_state(config.db, config.table)
+    plan = plan_index(
+        manifest,
+        indexed=indexed,
+        failed=failed,
+        model_id=model_id,
+        rebuild=config.rebuild,
+        retry_errors=config.retry_errors,
+        keep_deleted=config.keep_deleted,
+    )
+    return manifest, plan
+
+
+def run_index(
+    config: IndexConfig, *, on_plan: Callable[[IndexPlan], None] | None = None
+) -> IndexSummary:
+    """Bring ``config.table`` in line with the manifest; see the module docstring."""
+    started = time.perf_counter()
+    model = config.model.build("cpu")
+    _, plan = load_plan(config, model.model_id)
+    summary = IndexSummary(model_id=model.model_id, plan=dict(plan.counts))
+    summary.seconds["plan"] = time.perf_counter() - started
+    log.info("plan: %s", plan.describe())
+    if on_plan is not None:
+        on_plan(plan)
+    if config.dry_run:
+        return summary
+
+    writer = TableWriter(
+        db_uri=config.db,
+        table=config.table,
+        dim=model.embed_dim,
+        segments=model.num_segments,
+        model_id=model.model_id,
+        manifest=pa.concat_tables([plan.todo, plan.missing]).drop_columns([REASON]),
+        commit_rows=config.commit_rows,
+        commit_seconds=config.commit_seconds,
+    )
+    if plan.delete_ids:
+        delete_ids(writer.table, plan.delete_ids)
+        delete_ids(writer.errors, plan.delete_ids)
+        summary.deleted = len(plan.delete_ids)
+    if plan.missing.num_rows:
+        writer.add(_missing_file_errors(plan.missing))
+
+    pipeline_started = time.perf_counter()
+    stage_seconds: Counter[str] = Counter()
+    if plan.todo.num_rows:
+        resources = _plan_cluster_resources(config)
+        summary.resources = resources.describe()
+        log.info("resources: %s", summary.resources)
+        dataset = build_dataset(plan.todo, config, model.image_size, model.config.frames, resources)
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            for stage, column in (("decode", schema.DECODE_S), ("encode", schema.ENCODE_S)):
+                stage_seconds[stage] += pc.sum(batch[column]).as_py() or 0.0
+            writer.add(batch)
+            _check_error_rate(writer, plan.todo.num_rows, config.max_error_rate)
+    writer.flush()
+    summary.seconds["pipeline"] = time.perf_counter() - pipeline_started
+    summary.seconds.update({f"{k} (actor-s)": v for k, v in stage_seconds.items()})
+
+    finish_started = time.perf_counter()
+    summary.ann_index = writer.finish(
+        index_min_rows=config.index_min_rows, cleanup_older_than=config.cleanup_older_than
+    )
+    summary.seconds["write+optimize"] = time.perf_counter() - finish_started
+    summary.seconds["total"] = time.perf_counter() - started
+    stats = writer.stats
+    summary.indexed, summary.failed = stats.indexed, stats.failed
+    summary.failures_by_reason = dict(stats.failures_by_reason)
+    summary.videos_by_worker = dict(stats.videos_by_worker)
+    _check_error_rate(writer, 0, config.max_error_rate, final=True)
+    return summary
+
+
+def _plan_cluster_resources(config: IndexConfig) -> ResourcePlan:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=config.address, log_to_driver=True)
+    available = ray.cluster_resources()
+    return plan_resources(
+        config.resources,
+        cluster_cpus=available.get("CPU", 0.0),
+        cluster_gpus=available.get("GPU", 0.0),
+    )
+
+
+def build_dataset(
+    todo: pa.Table,
+    config: IndexConfig,
+    image_size: int,
+    frames: int,
+    resources: ResourcePlan,
+) -> Any:
+    """The Ray Data graph from planned manifest rows to encoded rows (see module docstring)."""
+    import ray
+
+    # Start streaming only once every encode actor holds its model, so work spreads over all of
+    # them; an autoscaling cluster gets this long to provide the GPUs, then the job says why.
+    ray.data.DataContext.get_current().wait_for_min_actors_s = config.actor_start_timeout_s
+    # Only what decoding needs travels through Ray; the writer joins the rest back by video_id.
+    carried = [schema.VIDEO_ID, schema.URI, schema.START_S, schema.END_S]
+    rows = todo.select([name for name in carried if name in todo.column_names])
+    # Blocks are the unit that streams to the committer: small enough that even a small corpus
+    # spreads over every decode actor and commits as it goes, never below one decode batch.
+    per_block = max(
+        resources.decode_batch_size,
+        min(ROWS_PER_BLOCK, rows.num_rows // (8 * resources.decode_workers)),
+    )
+    # One block per slice: no repartition (an all-to-all step that needs free CPUs for its tasks).
+    dataset = ray.data.from_arrow(
+        [rows.slice(start, per_block) for start in range(0, rows.num_rows, per_block)]
+    )
+    dataset = dataset.map_batches(
+        DecodeStage,
+        fn_constructor_kwargs={
+            "frames": frames,
+            "image_size": image_size,
+            "timeout_s": config.decode_timeout_s,
+        },
+        batch_size=resources.decode_batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources.decode_workers),
+        num_cpus=resources.decode_cpus,
+    )
+    return dataset.map_batches(
+        EncodeStage,
+        fn_constructor_args=(config.model,),
+        fn_constructor_kwargs={"torch_threads": resources.torch_threads},
+        batch_size=resources.encode_batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=resources.encode_actors),
+        num_cpus=resources.encode_cpus,
+        num_gpus=resources.encode_gpus,
+    )
+
+
+def _missing_file_errors(missing: pa.Table) -> pa.Table:
+    return pa.table(
+        {
+            schema.VIDEO_ID: missing[schema.VIDEO_ID],
+            schema.ERROR: pa.array(
+                [f"missing file: {uri}" for uri in missing[schema.URI].to_pylist()]
+            ),
+            schema.STAGE: pa.array([schema.STAGE_READ] * missing.num_rows),
+        }
+    )
+
+
+def _check_error_rate(
+    writer: TableWriter, planned: int, max_error_rate: float, *, final: bool = False
+) -> None:
+    stats = writer.stats
+    seen = stats.indexed + stats.failed
+    # Judge early only once enough videos were seen for the rate to mean something.
+    if seen == 0 or (not final and seen < max(50, planned // 10)):
+        return
+    rate = stats.failed / seen
+    if rate > max_error_rate:
+        raise ErrorRateExceeded(
+            f"{stats.failed} of {seen} videos failed ({rate:.1%}), above --max-error-rate "
+            f"{max_error_rate:.1%}; see the errors table for the reasons"
+        )

@@ -1,0 +1,123 @@
+"""Every resource decision of the index job, in one place.
+
+Given what the Ray cluster offers and what the user asked for, :func:`plan_resources` decides how
+many decode and encode actors run, what each one reserves, and the batch sizes. Two measured
+pitfalls shape it: an actor pool that reserves every CPU starves Ray Data's own tasks and the job
+hangs, so CPU reservations always leave headroom; and a GPU stage needs an explicit batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ResourceRequest:
+    """What the user asked for; ``None`` means "decide for me"."""
+
+    encode_actors: int | None = None
+    gpus_per_actor: float | None = None
+    decode_workers: int | None = None
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """How the index job's stages use the cluster."""
+
+    use_gpus: bool
+    encode_actors: int
+    encode_gpus: float
+    encode_cpus: float
+    encode_batch_size: int
+    torch_threads: int
+    decode_workers: int
+    decode_cpus: float
+    decode_batch_size: int
+
+    def describe(self) -> str:
+        where = f"{self.encode_gpus:g} GPU" if self.use_gpus else f"{self.encode_cpus:g} CPU"
+        return (
+            f"{self.decode_workers} decode actor(s) x {self.decode_cpus:g} CPU, "
+            f"{self.encode_actors} encode actor(s) x {where}, encode batch {self.encode_batch_size}"
+        )
+
+
+GPU_BATCH_SIZE = 32
+CPU_BATCH_SIZE = 8
+DECODE_BATCH_SIZE = 4
+# The actor pools reserve at most this share of the CPUs, and always leave one whole CPU free:
+# Ray Data's own tasks need a full CPU each, and starve (the job hangs) without one.
+CPU_SHARE_FOR_ACTORS = 0.9
+MIN_ACTOR_CPUS = 0.5
+
+
+def plan_resources(
+    request: ResourceRequest, *, cluster_cpus: float, cluster_gpus: float
+) -> ResourcePlan:
+    """Decide actor counts, reservations and batch sizes.
+
+    With GPUs: one encode actor per GPU (``gpus_per_actor`` GPUs each, 1 by default) and every
+    remaining CPU decodes. Without GPUs: CPU encode and decode actors share the CPUs; encoding gets
+    the larger share because one video's encode costs more CPU than its decode.
+
+    Raises:
+        ValueError: when the request cannot fit the cluster (more GPUs than it has, ...).
+    """
+    if cluster_cpus < 1:
+        raise ValueError(f"the Ray cluster offers {cluster_cpus:g} CPUs; at least 1 is needed")
+    if request.gpus_per_actor is not None and request.gpus_per_actor > 0 and cluster_gpus <= 0:
+        raise ValueError("--gpus-per-actor was given but the Ray cluster has no GPUs")
+    use_gpus = cluster_gpus > 0 and request.gpus_per_actor != 0
+    budget = max(min(cluster_cpus * CPU_SHARE_FOR_ACTORS, cluster_cpus - 1), MIN_ACTOR_CPUS)
+
+    if use_gpus:
+        gpus = request.gpus_per_actor or 1.0
+        most = int(cluster_gpus // gpus)
+        if most < 1:
+            raise ValueError(
+                f"--gpus-per-actor {gpus:g} exceeds the cluster's {cluster_gpus:g} GPUs"
+            )
+        actors = request.encode_actors or most
+        if actors * gpus > cluster_gpus:
+            raise ValueError(
+                f"--actors {actors} x --gpus-per-actor {gpus:g} exceeds the cluster's "
+                f"{cluster_gpus:g} GPUs"
+            )
+        # A GPU actor only feeds its GPU: it gets at most half the CPU budget; the rest decodes.
+        encode_cpus = min(1.0, budget / 2 / actors)
+        decode_budget = budget - actors * encode_cpus
+        decode_workers = request.decode_workers or max(1, int(decode_budget))
+        decode_cpus = min(1.0, decode_budget / decode_workers)
+        return ResourcePlan(
+            use_gpus=True,
+            encode_actors=actors,
+            encode_gpus=gpus,
+            encode_cpus=encode_cpus,
+            encode_batch_size=request.batch_size or GPU_BATCH_SIZE,
+            torch_threads=1,
+            decode_workers=decode_workers,
+            decode_cpus=decode_cpus,
+            decode_batch_size=DECODE_BATCH_SIZE,
+        )
+
+    actors = request.encode_actors or 1
+    decode_workers = request.decode_workers or max(1, int(budget // 3))
+    decode_cpus = min(1.0, budget / 3 / decode_workers)
+    encode_cpus = (budget - decode_workers * decode_cpus) / actors
+    if encode_cpus < 0.25:
+        raise ValueError(
+            f"--actors {actors} and --decode-workers {decode_workers} do not fit the cluster's "
+            f"{cluster_cpus:g} CPUs"
+        )
+    return ResourcePlan(
+        use_gpus=False,
+        encode_actors=actors,
+        encode_gpus=0.0,
+        encode_cpus=encode_cpus,
+        encode_batch_size=request.batch_size or CPU_BATCH_SIZE,
+        torch_threads=max(1, round(encode_cpus)),
+        decode_workers=decode_workers,
+        decode_cpus=decode_cpus,
+        decode_batch_size=DECODE_BATCH_SIZE,
+    )

@@ -1,0 +1,222 @@
+"""Write stage: the one process that commits to LanceDB.
+
+Encoded batches stream into :class:`TableWriter` in the driver. It buffers them and commits with
+``merge_insert`` keyed on ``video_id`` (an upsert), every ``commit_rows`` rows or
+``commit_seconds`` seconds, so a killed job keeps what it committed and a rerun that writes the
+same videos again replaces rows instead of duplicating them. Only this process writes, because
+two LanceDB writers upserting the same keys at once can both insert.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import lancedb
+import pyarrow as pa
+import pyarrow.compute as pc
+from lancedb.index import IvfPq
+
+from pipelines import schema
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INDEX_MIN_ROWS = 5000
+_DELETE_CHUNK = 500
+
+
+def connect(db_uri: str) -> lancedb.DBConnection:
+    return lancedb.connect(db_uri)
+
+
+def open_table(db: lancedb.DBConnection, name: str) -> lancedb.table.Table | None:
+    return db.open_table(name) if name in db.table_names() else None
+
+
+def sql_in(column: str, values: Iterable[str]) -> str:
+    """A SQL ``column IN (...)`` filter with the values quoted."""
+    quoted = ",".join("'" + str(value).replace("'", "''") + "'" for value in values)
+    return f"{column} IN ({quoted})"
+
+
+def delete_ids(table: lancedb.table.Table, video_ids: list[str]) -> None:
+    for start in range(0, len(video_ids), _DELETE_CHUNK):
+        table.delete(sql_in(schema.VIDEO_ID, video_ids[start : start + _DELETE_CHUNK]))
+
+
+@dataclass
+class WriteStats:
+    indexed: int = 0
+    failed: int = 0
+    commits: int = 0
+    failures_by_reason: Counter[str] = field(default_factory=Counter)
+    videos_by_worker: Counter[str] = field(default_factory=Counter)
+
+
+class TableWriter:
+    """Buffers encoded rows and commits them to ``table`` and ``<table>_errors``.
+
+    ``manifest`` holds the manifest rows of the videos this run writes; its columns (captions,
+    split, fingerprint, extra columns) join the results by ``video_id``, and extra columns become
+    columns of the table.
+    """
+
+    def __init__(
+        self,
+        *,
+        db_uri: str,
+        table: str,
+        dim: int,
+        segments: int,
+        model_id: str,
+        manifest: pa.Table | None = None,
+        commit_rows: int = 256,
+        commit_seconds: float = 30.0,
+    ) -> None:
+        self.db = connect(db_uri)
+        self.model_id = model_id
+        self.schema = schema.embeddings_schema(dim, segments)
+        self.manifest = manifest
+        for extra in manifest.schema if manifest is not None else ():
+            if extra.name not in self.schema.names:
+                self.schema = self.schema.append(extra)
+        self.table = self.db.create_table(table, schema=self.schema, exist_ok=True)
+        self.errors = self.db.create_table(
+            schema.errors_table_name(table), schema=schema.ERRORS_SCHEMA, exist_ok=True
+        )
+        self.commit_rows = commit_rows
+        self.commit_seconds = commit_seconds
+        self.stats = WriteStats()
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._last_commit = time.monotonic()
+
+    def add(self, batch: pa.Table) -> None:
+        """Queue one batch from the encode stage (or read errors); commits when one is due."""
+        if schema.WORKER in batch.column_names:
+            for worker, count in Counter(batch[schema.WORKER].to_pylist()).items():
+                self.stats.videos_by_worker[worker] += count
+        self._pending.append(self._with_manifest_columns(batch))
+        self._pending_rows += batch.num_rows
+        due = time.monotonic() - self._last_commit >= self.commit_seconds
+        if self._pending_rows >= self.commit_rows or due:
+            self.flush()
+
+    def _with_manifest_columns(self, results: pa.Table) -> pa.Table:
+        """Results carry little beyond ``video_id``; the manifest's columns (caption, split,
+        fingerprint, extra columns) are looked up here, with their manifest types."""
+        if self.manifest is None:
+            return results
+        positions = pc.index_in(results[schema.VIDEO_ID], value_set=self.manifest[schema.VIDEO_ID])
+        carried = self.manifest.take(positions)
+        own = [name for name in results.column_names if name not in carried.column_names]
+        return pa.Table.from_arrays(
+            [*carried.columns, *results.select(own).columns],
+            names=[*carried.column_names, *own],
+        )
+
+    def flush(self) -> None:
+        """Commit everything queued: upsert the embeddings, then the errors."""
+        if not self._pending:
+            return
+        batch = pa.concat_tables(self._pending, promote_options="permissive")
+        self._pending, self._pending_rows = [], 0
+        now = pa.scalar(datetime.now(timezone.utc), schema.TIMESTAMP)
+        failed = pc.not_equal(batch[schema.ERROR], "")
+        good, bad = batch.filter(pc.invert(failed)), batch.filter(failed)
+        if good.num_rows:
+            self._upsert(self.table, self._embedding_rows(good, now))
+            delete_ids(self.errors, good[schema.VIDEO_ID].to_pylist())
+        if bad.num_rows:
+            self._upsert(self.errors, self._error_rows(bad, now))
+            # A video that no longer encodes has no valid vector: drop a stale one.
+            delete_ids(self.table, bad[schema.VIDEO_ID].to_pylist())
+            for error in bad[schema.ERROR].to_pylist():
+                self.stats.failures_by_reason[error.split(":", 1)[0]] += 1
+        self.stats.indexed += good.num_rows
+        self.stats.failed += bad.num_rows
+        self.stats.commits += 1
+        self._last_commit = time.monotonic()
+        log.info(
+            "committed %d indexed, %d failed (total %d / %d)",
+            good.num_rows,
+            bad.num_rows,
+            self.stats.indexed,
+            self.stats.failed,
+        )
+
+    @staticmethod
+    def _upsert(table: lancedb.table.Table, rows: pa.Table) -> None:
+        (
+            table.merge_insert(schema.VIDEO_ID)
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute(rows)
+        )
+
+    def _embedding_rows(self, good: pa.Table, now: pa.Scalar) -> pa.Table:
+        columns = []
+        for target in self.schema:
+            if target.name == schema.MODEL_ID:
+                column = pa.array([self.model_id] * good.num_rows, pa.string())
+            elif target.name == schema.INDEXED_AT:
+                column = pa.array([now.as_py()] * good.num_rows, schema.TIMESTAMP)
+            elif target.name in good.column_names:
+                column = good[target.name].cast(target.type)
+            else:
+                column = pa.nulls(good.num_rows, target.type)
+            columns.append(column)
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def _error_rows(self, bad: pa.Table, now: pa.Scalar) -> pa.Table:
+        stage = bad[schema.STAGE] if schema.STAGE in bad.column_names else None
+        return pa.table(
+            {
+                schema.VIDEO_ID: bad[schema.VIDEO_ID].cast(pa.string()),
+                schema.URI: bad[schema.URI].cast(pa.string()),
+                schema.STAGE: stage.cast(pa.string()) if stage is not None else None,
+                schema.ERROR: bad[schema.ERROR].cast(pa.string()),
+                schema.FINGERPRINT: bad[schema.FINGERPRINT].cast(pa.string()),
+                schema.MODEL_ID: pa.array([self.model_id] * bad.num_rows, pa.string()),
+                schema.AT: pa.array([now.as_py()] * bad.num_rows, schema.TIMESTAMP),
+            },
+            schema=schema.ERRORS_SCHEMA,
+        )
+
+    def finish(
+        self,
+        *,
+        index_min_rows: int = DEFAULT_INDEX_MIN_ROWS,
+        cleanup_older_than: timedelta | None = None,
+    ) -> bool:
+        """Flush, compact both tables, and build the ANN index once the table is large enough.
+
+        Returns whether an ANN index was (re)built.
+        """
+        self.flush()
+        self.table.optimize(cleanup_older_than=cleanup_older_than)
+        self.errors.optimize(cleanup_older_than=cleanup_older_than)
+        rows = self.table.count_rows()
+        if rows < index_min_rows:
+            return False
+        build_ann_index(self.table, rows=rows, dim=self.schema.field(schema.VECTOR).type.list_size)
+        return True
+
+
+def build_ann_index(table: lancedb.table.Table, *, rows: int, dim: int) -> None:
+    """IVF_PQ with cosine distance; about sqrt(rows) partitions and 8-float sub-vectors."""
+    partitions = max(1, int(math.sqrt(rows)))
+    sub_vectors = next(n for n in (dim // 8, dim // 4, dim // 2, dim, 1) if n and dim % n == 0)
+    log.info("building IVF_PQ index: %d partitions, %d sub-vectors", partitions, sub_vectors)
+    table.create_index(
+        vector_column_name=schema.VECTOR,
+        config=IvfPq(
+            distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors
+        ),
+        replace=True,
+    )

@@ -1,0 +1,231 @@
+"""The index job end to end on real videos, real Ray and real LanceDB tables."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import index as index_job
+from pipelines.synthetic import (
+    DAMAGED_AUDIO_ONLY,
+    DAMAGED_EMPTY,
+    DAMAGED_MISSING,
+    DAMAGED_TEXT,
+    DAMAGED_TRUNCATED,
+    SHORT_ONE_FRAME,
+    SHORT_THREE_FRAMES,
+    write_damaged_videos,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_ONLY = ["--gpus-per-actor", "0"]
+EXPECTED_FAILURES = {
+    DAMAGED_EMPTY: "empty file",
+    DAMAGED_TRUNCATED: "truncated",
+    DAMAGED_TEXT: "not a video",
+    DAMAGED_MISSING: "missing file",
+    DAMAGED_AUDIO_ONLY: "no video stream",
+}
+
+
+def manifest_rows(corpus: Path) -> pa.Table:
+    return pads.dataset(str(corpus / "manifest")).to_table()
+
+
+def write_manifest(folder: Path, table: pa.Table) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, folder / "part-00000.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def mixed_manifest(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample corpus plus every kind of damaged input."""
+    folder = tmp_path_factory.mktemp("mixed")
+    good = manifest_rows(sample_corpus)
+    damaged = write_damaged_videos(folder / "damaged", good_video=Path(good["uri"][0].as_py()))
+    extra = pa.table(
+        {
+            "video_id": list(damaged),
+            "uri": list(damaged.values()),
+            "caption": pa.array([None] * len(damaged), pa.list_(pa.string())),
+            "split": ["test"] * len(damaged),
+        }
+    )
+    return write_manifest(folder / "manifest", pa.concat_tables([good, extra]))
+
+
+def run_index(*args: str) -> int:
+    return index_job.main([*args, "--log-level", "WARNING"])
+
+
+def read(db: Path, table: str) -> pa.Table:
+    return lancedb.connect(str(db)).open_table(table).to_arrow().sort_by("video_id")
+
+
+def test_index_records_every_good_video_once_and_every_bad_one_with_its_reason(
+    ray_session: dict, mixed_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    db = tmp_path / "db"
+    status = run_index(
+        "--manifest", str(mixed_manifest), "--db", str(db), "--table", "videos",
+        "--model", "tiny", "--batch-size", "4", *CPU_ONLY,
+    )  # fmt: skip
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "indexed:" in out and "failed:" in out and "videos/s" in out
+
+    manifest = pads.dataset(str(mixed_manifest)).to_table()
+    table = read(db, "videos")
+    errors = read(db, "videos_errors")
+    good_ids = sorted(set(manifest["video_id"].to_pylist()) - set(EXPECTED_FAILURES))
+    assert table["video_id"].to_pylist() == good_ids  # each exactly once
+    assert SHORT_ONE_FRAME in good_ids and SHORT_THREE_FRAMES in good_ids
+    vectors = np.stack(table["vector"].to_numpy(zero_copy_only=False))
+    assert vectors.shape == (len(good_ids), 128)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert table.schema.field("vector").type == pa.list_(pa.float32(), 128)
+    assert set(table["model_id"].to_pylist()) == {
+        "tiny@untrained-seed0/T8-B2-S4-K32-kmedoids-euclidean-it20"
+    }
+    assert all(table["fingerprint"].to_pylist()) and all(table["indexed_at"].to_pylist())
+    segment_vectors = np.array(table["segment_vectors"].to_pylist(), np.float32)
+    segment_vectors = segment_vectors.reshape(len(good_ids), 4, 128)
+    assert np.allclose(np.linalg.norm(segment_vectors, axis=2), 1.0, atol=1e-4)
+    starts = np.array(table["segment_start_s"].to_pylist())
+    ends = np.array(table["segment_end_s"].to_pylist())
+    assert (starts[:, 0] == 0).all() and (ends >= starts).all()
+    regular = np.array([not v.startswith("short-") for v in good_ids])
+    assert (ends[regular] > starts[regular]).all()  # frames repeat in the short videos
+
+    reasons = dict(zip(errors["video_id"].to_pylist(), errors["error"].to_pylist(), strict=True))
+    assert sorted(reasons) == sorted(EXPECTED_FAILURES)
+    for video_id, category in EXPECTED_FAILURES.items():
+        assert reasons[video_id].startswith(category), reasons[video_id]
+    assert set(errors["stage"].to_pylist()) <= {"read", "decode"}
+
+
+def test_rerun_on_an_unchanged_manifest_does_no_work(
+    ray_session: dict, sample_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["--manifest", str(sample_corpus / "manifest"), "--db", str(tmp_path / "db"),
+            "--table", "videos", "--model", "tiny", *CPU_ONLY]  # fmt: skip
+    assert run_index(*args) == 0
+    first = read(tmp_path / "db", "videos")
+    capsys.readouterr()
+    assert run_index(*args) == 0
+    out = capsys.readouterr().out
+    assert "plan: unchanged=16, deleted=0" in out
+    assert "indexed:      0" in out
+    assert read(tmp_path / "db", "videos").equals(first)
+
+
+def without_uri(table: pa.Table) -> pa.Table:
+    return table.drop_columns(["uri"])
+
+
+def with_duplicate_id(table: pa.Table) -> pa.Table:
+    ids = table["video_id"].to_pylist()
+    return table.set_column(0, "video_id", pa.array(["a", "a", *ids[2:]]))
+
+
+def with_null_uri(table: pa.Table) -> pa.Table:
+    uris = table["uri"].to_pylist()
+    return table.set_column(1, "uri", pa.array([None, *uris[1:]], pa.string()))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (without_uri, "missing required column(s) 'uri'"),
+        (with_duplicate_id, "duplicate video_id 'a'"),
+        (with_null_uri, "null uri"),
+    ],
+)
+def test_bad_manifest_fails_before_any_work(
+    sample_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture, change, message: str
+) -> None:
+    manifest = write_manifest(tmp_path / "manifest", change(manifest_rows(sample_corpus)))
+    status = run_index(
+        "--manifest", str(manifest), "--db", str(tmp_path / "db"), "--table", "videos",
+        "--model", "tiny",
+    )  # fmt: skip
+    assert status == 1
+    err = capsys.readouterr().err
+    assert message in err and "part-00000.parquet" in err
+    assert not (tmp_path / "db").exists()
+
+
+def test_bad_flag_fails_fast_naming_the_flag(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run_index("--manifest", "m", "--db", "d", "--table", "t", "--model", "tiny",
+                  "--batch-size", "0")  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "--batch-size: must be a positive integer" in capsys.readouterr().err
+
+
+def test_gpu_actors_receive_distinct_gpu_ids(
+    ray_session: dict, sample_corpus: Path, tmp_path: Path
+) -> None:
+    from pipelines.encode import ModelSpec
+    from pipelines.index import IndexConfig
+    from pipelines.index import run_index as run_index_in_process
+    from pipelines.resources import ResourceRequest
+
+    summary = run_index_in_process(
+        IndexConfig(
+            manifest=str(sample_corpus / "manifest"),
+            db=str(tmp_path / "db"),
+            table="videos",
+            model=ModelSpec("tiny"),
+            resources=ResourceRequest(encode_actors=2, gpus_per_actor=1, batch_size=2),
+        )
+    )
+    gpu_ids = {label.split("gpus=")[1].split()[0] for label in summary.videos_by_worker}
+    assert summary.indexed == 16
+    assert gpu_ids == {"0", "1"}, summary.videos_by_worker
+
+
+def test_killed_job_rerun_equals_a_clean_run(
+    ray_session: dict, sample_corpus: Path, tmp_path: Path
+) -> None:
+    manifest = str(sample_corpus / "manifest")
+    common = ["--manifest", manifest, "--model", "tiny", "--batch-size", "2", *CPU_ONLY]
+    killed_db = tmp_path / "killed"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "jobs.index", *common, "--db", str(killed_db), "--table", "videos",
+         "--commit-rows", "1", "--address", ray_session["address"], "--log-level", "INFO"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    # SIGKILL right after the second commit: the job dies between commits, mid-encoding.
+    commits = 0
+    for line in driver.stderr:
+        commits += "committed" in line
+        if commits == 2:
+            driver.send_signal(signal.SIGKILL)
+            break
+    driver.wait()
+    committed = lancedb.connect(str(killed_db)).open_table("videos").count_rows()
+    assert 0 < committed < 16, "the job should have been killed midway"
+
+    assert run_index(*common, "--db", str(killed_db), "--table", "videos") == 0
+    assert run_index(*common, "--db", str(tmp_path / "clean"), "--table", "videos") == 0
+    resumed, clean = read(killed_db, "videos"), read(tmp_path / "clean", "videos")
+    assert resumed["video_id"].to_pylist() == clean["video_id"].to_pylist()
+    assert len(set(resumed["video_id"].to_pylist())) == resumed.num_rows == 16
+    assert np.allclose(
+        np.stack(resumed["vector"].to_numpy(zero_copy_only=False)),
+        np.stack(clean["vector"].to_numpy(zero_copy_only=False)),
+        atol=1e-5,
+    )

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from pipelines.plan import plan_index
+from pipelines.resources import ResourceRequest, plan_resources
+
+MODEL = "tiny@untrained-seed0/x"
+
+
+def manifest(rows: dict[str, str | None]) -> pa.Table:
+    return pa.table(
+        {
+            "video_id": list(rows),
+            "uri": [f"/v/{v}.mp4" for v in rows],
+            "fingerprint": pa.array(list(rows.values()), pa.string()),
+        }
+    )
+
+
+def indexed(rows: dict[str, tuple[str, str]]) -> pa.Table:
+    return pa.table(
+        {
+            "video_id": list(rows),
+            "fingerprint": [fp for fp, _ in rows.values()],
+            "model_id": [model for _, model in rows.values()],
+        }
+    )
+
+
+def test_every_category_is_found() -> None:
+    plan = plan_index(
+        manifest(
+            {"new": "1", "same": "1", "bytes": "2", "model": "1", "missing": None,
+             "failed": "1", "fixed": "2"}
+        ),
+        indexed=indexed(
+            {"same": ("1", MODEL), "bytes": ("1", MODEL), "model": ("1", "other"),
+             "gone": ("1", MODEL)}
+        ),
+        failed=pa.table({"video_id": ["failed", "fixed", "gone-err"],
+                         "fingerprint": ["1", "1", "1"]}),
+        model_id=MODEL,
+    )  # fmt: skip
+    reasons = dict(
+        zip(plan.todo["video_id"].to_pylist(), plan.todo["reason"].to_pylist(), strict=True)
+    )
+    assert reasons == {"bytes": "changed", "fixed": "retry", "model": "model_changed", "new": "new"}
+    assert plan.missing["video_id"].to_pylist() == ["missing"]
+    assert plan.delete_ids == ["gone", "gone-err"]
+    assert plan.counts["unchanged"] == 1 and plan.counts["failed_before"] == 1
+
+
+def test_empty_tables_mean_everything_is_new_and_rebuild_forces_all() -> None:
+    rows = manifest({"a": "1", "b": "1"})
+    assert plan_index(rows, indexed=None, failed=None, model_id=MODEL).counts == {"new": 2}
+    table = indexed({"a": ("1", MODEL), "b": ("1", MODEL)})
+    assert plan_index(rows, indexed=table, failed=None, model_id=MODEL).todo.num_rows == 0
+    rebuilt = plan_index(rows, indexed=table, failed=None, model_id=MODEL, rebuild=True)
+    assert rebuilt.counts == {"rebuild": 2}
+
+
+def test_flags_keep_deleted_and_retry_errors() -> None:
+    failed = pa.table({"video_id": ["a"], "fingerprint": ["1"]})
+    plan = plan_index(
+        manifest({"a": "1"}),
+        indexed=indexed({"gone": ("1", MODEL)}),
+        failed=failed,
+        model_id=MODEL,
+        keep_deleted=True,
+        retry_errors=True,
+    )
+    assert plan.delete_ids == [] and plan.counts == {"retry": 1}
+
+
+def test_cpu_plan_leaves_headroom_and_gpu_plan_pins_one_actor_per_gpu() -> None:
+    cpu = plan_resources(ResourceRequest(), cluster_cpus=2, cluster_gpus=0)
+    assert not cpu.use_gpus and cpu.encode_actors == 1
+    assert cpu.decode_workers * cpu.decode_cpus + cpu.encode_cpus <= 2 - 1 + 1e-9
+    gpu = plan_resources(ResourceRequest(), cluster_cpus=16, cluster_gpus=4)
+    assert gpu.use_gpus and gpu.encode_actors == 4 and gpu.encode_gpus == 1
+    assert gpu.encode_actors * gpu.encode_cpus + gpu.decode_workers * gpu.decode_cpus <= 16 * 0.9
+    forced_cpu = plan_resources(ResourceRequest(gpus_per_actor=0), cluster_cpus=8, cluster_gpus=2)
+    assert not forced_cpu.use_gpus
+
+
+@pytest.mark.parametrize(
+    ("request_", "gpus", "message"),
+    [
+        (ResourceRequest(encode_actors=3, gpus_per_actor=1), 2, "exceeds the cluster's 2 GPUs"),
+        (ResourceRequest(gpus_per_actor=1), 0, "has no GPUs"),
+        (ResourceRequest(encode_actors=8), 0, "do not fit"),
+    ],
+)
+def test_impossible_requests_are_refused(
+    request_: ResourceRequest, gpus: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        plan_resources(request_, cluster_cpus=2, cluster_gpus=gpus)
