@@ -252,8 +252,9 @@ def build_dataset(
         },
         batch_size=resources.decode_batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources.decode_workers),
+        compute=ray.data.ActorPoolStrategy(size=resources.decode_workers),
         num_cpus=resources.decode_cpus,
+        scheduling_strategy="SPREAD",
     )
     return dataset.map_batches(
         EncodeStage,
@@ -264,6 +265,8 @@ def build_dataset(
         compute=ray.data.ActorPoolStrategy(size=resources.encode_actors),
         num_cpus=resources.encode_cpus,
         num_gpus=resources.encode_gpus,
+        # Spread the replicas over the nodes: each node then decodes for its local encoder.
+        scheduling_strategy="SPREAD",
     )
 
 

@@ -1,0 +1,98 @@
+"""The index job on a multi-node Ray cluster and through ``ray job submit``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import lancedb
+import pytest
+from ray.cluster_utils import Cluster
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+# The CLI and the head must agree on authentication; tests on loopback run without tokens. The
+# job's entrypoint runs `python` from PATH: this environment's, as with an activated venv.
+ENV = {
+    **os.environ,
+    "RAY_AUTH_MODE": "disabled",
+    "PYTHONPATH": str(REPO),
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def index_args(corpus: Path, db: Path) -> list[str]:
+    return ["--manifest", str(corpus / "manifest"), "--db", str(db), "--table", "videos",
+            "--model", "tiny", "--gpus-per-actor", "0", "--batch-size", "2"]  # fmt: skip
+
+
+@pytest.fixture
+def two_node_cluster() -> Iterator[Cluster]:
+    cluster = Cluster(
+        initialize_head=True, connect=False, head_node_args={"num_cpus": 2, "env_vars": ENV}
+    )
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+def test_index_job_uses_both_nodes_of_a_cluster(
+    two_node_cluster: Cluster, sample_corpus: Path, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.index", *index_args(sample_corpus, tmp_path / "db"),
+         "--actors", "2", "--decode-workers", "2", "--address", two_node_cluster.address],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    worker_lines = [line for line in done.stdout.splitlines() if "worker node=" in line]
+    nodes = {line.split("node=")[1].split()[0] for line in worker_lines}
+    assert len(nodes) == 2, done.stdout
+    assert lancedb.connect(str(tmp_path / "db")).open_table("videos").count_rows() == 16
+
+
+def test_ray_job_submit_runs_the_index_job(sample_corpus: Path, tmp_path: Path) -> None:
+    dashboard = free_port()
+    # `ray start --block` ties the head to this process, so stopping it stops only this head
+    # (`ray stop` would stop every Ray on the machine). The agent gets a free port: the default
+    # one may be held by another Ray on the same machine, and then no job can be submitted.
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=3",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
+         "--disable-usage-stats"],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    submit = [RAY, "job", "submit", f"--address=http://127.0.0.1:{dashboard}",
+              "--working-dir", str(REPO), "--", "python", "-m", "jobs.index",
+              *index_args(sample_corpus, tmp_path / "db")]  # fmt: skip
+    try:
+        # The head answers before its job agent is up; until then a submission is refused
+        # (nothing runs), so it is safe to try again.
+        for _ in range(60):
+            submitted = subprocess.run(
+                submit, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
+            )
+            refused = ("No available agent", "Connection refused", "Failed to connect")
+            if not any(reason in submitted.stdout + submitted.stderr for reason in refused):
+                break
+            time.sleep(2)
+    finally:
+        head.terminate()
+        head.wait(timeout=120)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert "succeeded" in submitted.stdout
+    assert "indexed:      16" in submitted.stdout
+    assert lancedb.connect(str(tmp_path / "db")).open_table("videos").count_rows() == 16
