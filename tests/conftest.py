@@ -22,6 +22,7 @@ def ray_session() -> Iterator[dict]:
     import ray
 
     context = ray.init(
+        address="local",  # a fresh instance, even beside a `ray start` cluster on this machine
         num_cpus=RAY_CPUS,
         num_gpus=RAY_GPUS,
         include_dashboard=False,

@@ -1,0 +1,215 @@
+"""Index-job throughput against its physical limit, in one run.
+
+On a generated corpus, with the same CPUs for each:
+
+* D: decode-only throughput (``DecodeStage``, one decoder per core, no Ray);
+* E: encode-only throughput (``EncodeStage`` on pre-decoded frames, every core to torch);
+* the whole index job (local Ray, ``run_index``), from its first result to its last.
+
+Decoding and encoding share the CPUs here, so the job can at best reach ``1 / (1/D + 1/E)``
+videos/s (on GPU nodes the limit would be ``min(D, E)``). ``efficiency`` is the job's
+steady-state throughput over that limit; start-up (Ray and actors loading the model) is reported
+apart. Peak memory is the largest summed RSS of this process and every Ray process it started.
+
+    python -m bench.pipeline                 # tiny preset, 600 videos
+    python -m bench.pipeline --model ViT-B-32-center --videos 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench._common import print_table, run_metadata, usable_cores, write_results
+
+BATCH = 8
+
+
+def decode_throughput(rows: list[dict[str, Any]], *, frames: int, size: int, workers: int) -> float:
+    """Videos/s with ``workers`` decode stages (each one child decoder process) in parallel."""
+    import numpy as np
+
+    from pipelines.decode import DecodeStage
+
+    stages = [DecodeStage(frames=frames, image_size=size) for _ in range(workers)]
+    batches = [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)]
+
+    def decode(index_and_batch: tuple[int, list[dict[str, Any]]]) -> int:
+        index, batch = index_and_batch
+        stage = stages[index % workers]
+        columns = {name: np.array([row[name] for row in batch], dtype=object) for name in batch[0]}
+        out = stage(columns)
+        return int(sum(not error for error in out["error"]))
+
+    # One untimed batch per stage starts each decoder process.
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(decode, enumerate(batches[:workers])))
+        started = time.perf_counter()
+        decoded = sum(pool.map(decode, enumerate(batches)))
+        elapsed = time.perf_counter() - started
+    for stage in stages:
+        stage.close()
+    return decoded / elapsed
+
+
+def encode_throughput(
+    rows: list[dict[str, Any]], *, model: str, videos: int, threads: int
+) -> float:
+    """Videos/s of the encode stage on frames decoded beforehand, ``threads`` torch threads."""
+    import numpy as np
+
+    from pipelines.decode import DecodeStage
+    from pipelines.encode import EncodeStage, ModelSpec
+
+    stage = EncodeStage(ModelSpec(model), torch_threads=threads)
+    spec = stage.model
+    batch_rows = rows[:BATCH]
+    columns = {
+        name: np.array([row[name] for row in batch_rows], dtype=object) for name in batch_rows[0]
+    }
+    with DecodeStage(frames=spec.config.frames, image_size=spec.image_size) as decoder:
+        decoded = decoder(columns)
+    stage(decoded)  # warm-up
+    batches = max(1, videos // BATCH)
+    started = time.perf_counter()
+    for _ in range(batches):
+        stage(decoded)
+    elapsed = time.perf_counter() - started
+    return batches * BATCH / elapsed
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process and its descendants (Ray's raylet, workers)."""
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.peak_bytes = 0
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak_bytes = max(self.peak_bytes, total)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--videos", type=int, default=600)
+    parser.add_argument("--corpus", type=Path, help="reuse a corpus made by jobs.sample")
+    parser.add_argument(
+        "--output", type=Path, help="JSON path (default bench/results/pipeline.json)"
+    )
+    args = parser.parse_args()
+
+    import pyarrow.dataset as pads
+    import ray
+
+    from centerclip import create_model
+    from pipelines.encode import ModelSpec
+    from pipelines.index import IndexConfig, run_index
+    from pipelines.resources import ResourceRequest
+    from pipelines.synthetic import write_sample_corpus
+
+    cores = usable_cores()
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    corpus = args.corpus or work / "corpus"
+    if args.corpus is None:
+        write_sample_corpus(corpus, videos=args.videos, seed=0)
+    rows = pads.dataset(str(corpus / "manifest")).to_table(columns=["video_id", "uri"]).to_pylist()
+    model = create_model(args.model)
+    frames, size = model.config.frames, model.image_size
+
+    decode = decode_throughput(rows, frames=frames, size=size, workers=cores)
+    encode = encode_throughput(rows, model=args.model, videos=min(len(rows), 240), threads=cores)
+    limit = 1.0 / (1.0 / decode + 1.0 / encode)
+
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    with PeakMemory() as memory:
+        summary = run_index(
+            IndexConfig(
+                manifest=str(corpus / "manifest"),
+                db=str(work / "db"),
+                table="videos",
+                model=ModelSpec(args.model),
+                resources=ResourceRequest(gpus_per_actor=0),
+            )
+        )
+    ray.shutdown()
+    videos = summary.indexed + summary.failed
+    startup = summary.seconds["startup"]
+    steady_seconds = summary.seconds["pipeline"] - startup
+    steady = (videos - summary.startup_rows) / steady_seconds if steady_seconds > 0 else 0.0
+    whole = videos / summary.seconds["pipeline"]
+
+    results = {
+        **run_metadata(),
+        "model": args.model,
+        "videos": videos,
+        "frames": frames,
+        "image_size": size,
+        "cores": cores,
+        "decode_only_videos_per_s": decode,
+        "encode_only_videos_per_s": encode,
+        "limit_videos_per_s": limit,
+        "limit_formula": "1 / (1/D + 1/E): decode and encode share the same CPUs",
+        "job_steady_videos_per_s": steady,
+        "job_videos_per_s_including_startup": whole,
+        "job_startup_s": startup,
+        "efficiency": steady / limit,
+        "efficiency_including_startup": whole / limit,
+        "peak_memory_gib": memory.peak_bytes / 2**30,
+        "job_seconds": summary.seconds,
+        "job_resources": summary.resources,
+        "target_efficiency": 0.85,
+        "target_met": steady / limit >= 0.85,
+    }
+    print_table(
+        [
+            ["decode only (D)", f"{decode:.1f}", "-"],
+            ["encode only (E)", f"{encode:.1f}", "-"],
+            ["limit 1/(1/D+1/E)", f"{limit:.1f}", "1.00"],
+            ["index job, steady state", f"{steady:.1f}", f"{steady / limit:.2f}"],
+            ["index job, with start-up", f"{whole:.1f}", f"{whole / limit:.2f}"],
+        ],
+        ["", "videos/s", "of limit"],
+        title=f"{args.model}, {videos} videos, {frames} frames at {size} px, {cores} cores; "
+        f"start-up {startup:.1f} s, peak memory {memory.peak_bytes / 2**30:.2f} GiB",
+    )
+    verdict = "met" if results["target_met"] else "NOT met"
+    print(f"target: steady-state efficiency >= 0.85: {verdict} ({steady / limit:.2f})")
+    path = (
+        write_results("pipeline", results)
+        if args.output is None
+        else write_results(args.output.stem, results, directory=args.output.parent)
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
