@@ -78,7 +78,7 @@ class IndexSummary:
     videos_by_worker: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     resources: str = ""
-    ann_index: bool = False
+    ann_index: str = ""
     startup_rows: int = 0
     """Rows of the first result, which ends start-up."""
 
@@ -101,9 +101,7 @@ class IndexSummary:
         if self.resources:
             lines.append(f"resources:    {self.resources}")
         lines += [f"  worker {w}: {n} videos" for w, n in sorted(self.videos_by_worker.items())]
-        lines.append(
-            f"ANN index:    {'built' if self.ann_index else 'not built (table too small)'}"
-        )
+        lines.append(f"ANN index:    {self.ann_index}")
         return "\n".join(lines)
 
 
@@ -199,7 +197,9 @@ def run_index(
 
     finish_started = time.perf_counter()
     summary.ann_index = writer.finish(
-        index_min_rows=config.index_min_rows, cleanup_older_than=config.cleanup_older_than
+        deleted=summary.deleted,
+        index_min_rows=config.index_min_rows,
+        cleanup_older_than=config.cleanup_older_than,
     )
     summary.seconds["write+optimize"] = time.perf_counter() - finish_started
     summary.seconds["total"] = time.perf_counter() - started

@@ -27,6 +27,7 @@ from pipelines import schema
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_MIN_ROWS = 5000
+REBUILD_INDEX_FRACTION = 0.1
 _DELETE_CHUNK = 500
 
 
@@ -191,21 +192,32 @@ class TableWriter:
     def finish(
         self,
         *,
+        deleted: int = 0,
         index_min_rows: int = DEFAULT_INDEX_MIN_ROWS,
         cleanup_older_than: timedelta | None = None,
-    ) -> bool:
-        """Flush, compact both tables, and build the ANN index once the table is large enough.
+    ) -> str:
+        """Flush, then keep the tables healthy, doing nothing where nothing changed.
 
-        Returns whether an ANN index was (re)built.
+        Compacts both tables (which also folds new rows into an existing ANN index) and prunes
+        versions older than ``cleanup_older_than``. The IVF_PQ index is built once the table has
+        ``index_min_rows`` rows, and rebuilt when this run changed at least
+        ``REBUILD_INDEX_FRACTION`` of them (an index trained on old vectors partitions new ones
+        poorly). Returns what happened to the ANN index, for the summary.
         """
         self.flush()
+        changed = self.stats.indexed + self.stats.failed + deleted
+        if changed == 0 and cleanup_older_than is None:
+            return "unchanged"
         self.table.optimize(cleanup_older_than=cleanup_older_than)
         self.errors.optimize(cleanup_older_than=cleanup_older_than)
         rows = self.table.count_rows()
         if rows < index_min_rows:
-            return False
+            return f"none (table below {index_min_rows} rows)"
+        has_index = any(schema.VECTOR in index.columns for index in self.table.list_indices())
+        if has_index and changed < REBUILD_INDEX_FRACTION * rows:
+            return "updated"
         build_ann_index(self.table, rows=rows, dim=self.schema.field(schema.VECTOR).type.list_size)
-        return True
+        return "built"
 
 
 def build_ann_index(table: lancedb.table.Table, *, rows: int, dim: int) -> None:
@@ -213,8 +225,10 @@ def build_ann_index(table: lancedb.table.Table, *, rows: int, dim: int) -> None:
     partitions = max(1, int(math.sqrt(rows)))
     sub_vectors = next(n for n in (dim // 8, dim // 4, dim // 2, dim, 1) if n and dim % n == 0)
     log.info("building IVF_PQ index: %d partitions, %d sub-vectors", partitions, sub_vectors)
+    # LanceDB 0.40 reads the first positional argument as the column whenever ``config`` is
+    # given; ``vector_column_name=`` is a legacy-API keyword it ignores then (indexing "l2").
     table.create_index(
-        vector_column_name=schema.VECTOR,
+        schema.VECTOR,
         config=IvfPq(
             distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors
         ),
