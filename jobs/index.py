@@ -7,6 +7,11 @@ errors table ``<table>_errors``; the job goes on.
 Runs on a local Ray started in-process, or on a cluster (``--address`` or ``ray job submit``):
 
     python -m jobs.index --manifest corpus/manifest --db corpus/db --table videos --model tiny
+
+Manifests, videos and the database may live on S3 (``s3://bucket/prefix``), reached with the
+driver's AWS variables, which the job hands to its Ray workers: AWS_ENDPOINT_URL (MinIO, Ceph...;
+AWS_ALLOW_HTTP=true for a plain-HTTP one without a scheme), AWS_REGION, AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; unset ones fall back to each node's default credentials.
 """
 
 from __future__ import annotations
@@ -58,7 +63,10 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--manifest", required=True, nargs="+", help="Parquet shards, or folders of them"
+        "--manifest",
+        required=True,
+        nargs="+",
+        help="Parquet shards, or folders of them (local or s3://)",
     )
     parser.add_argument("--db", required=True, help="LanceDB folder or URI (s3://...)")
     parser.add_argument("--table", required=True, help="embeddings table name")

@@ -39,6 +39,7 @@ from typing import IO, Any
 import numpy as np
 
 from pipelines import schema
+from pipelines.storage import StorageOptions
 
 # Error categories: the text before the first ":" of every ``error`` value.
 MISSING_FILE = "missing file"
@@ -121,6 +122,7 @@ class _Request:
     end_s: float | None
     seed: int | None
     threads: int
+    storage: StorageOptions
 
 
 @dataclass(frozen=True)
@@ -157,10 +159,10 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @contextlib.contextmanager
-def _local_file(uri: str) -> Iterator[str]:
+def _local_file(uri: str, storage: StorageOptions) -> Iterator[str]:
     """A local path holding ``uri``'s bytes; remote objects are copied to a temporary file."""
     if _SCHEME.match(uri) and not uri.startswith("file:"):
-        yield from _remote_copy(uri)
+        yield from _remote_copy(uri, storage)
         return
     import pyarrow.fs as pafs
 
@@ -180,11 +182,11 @@ def _local_file(uri: str) -> Iterator[str]:
     yield path
 
 
-def _remote_copy(uri: str) -> Iterator[str]:
+def _remote_copy(uri: str, storage: StorageOptions) -> Iterator[str]:
     import pyarrow.fs as pafs
 
     try:
-        fs, path = pafs.FileSystem.from_uri(uri)
+        fs, path = storage.filesystem(uri)
         info = fs.get_file_info(path)
     except Exception as err:
         raise _Failure(READ_FAILED, f"{uri}: {_short(err)}") from None
@@ -338,7 +340,7 @@ def _decode_file(path: str, req: _Request, out: np.ndarray) -> _Result:
 def _decode_request(req: _Request, out: np.ndarray) -> _Result:
     """Decode one video into ``out`` ``[T, S, S, 3]``; every failure becomes the error."""
     try:
-        with _local_file(req.uri) as path:
+        with _local_file(req.uri, req.storage) as path:
             return _decode_file(path, req, out)
     except _Failure as failure:
         return _Result(error=str(failure))
@@ -480,9 +482,14 @@ class DecodeStage:
         timeout_s: longest time one video may take (reading included) before it is abandoned.
         seed: seeds the ``random`` sampling; successive calls draw different frames.
         threads: decoder threads per video (keep 1 where parallelism comes from many stages).
+        storage: how to reach ``s3://`` videos. Pass the driver's
+            (:meth:`StorageOptions.from_env` there): a Ray actor's own environment is the
+            cluster's, which is what the default reads.
 
     Input batch: at least ``video_id`` and ``uri`` (``[B]``), optionally ``start_s`` / ``end_s``
-    (``[B]`` float, NaN or None for the whole video); every input column is passed through.
+    (``[B]`` float, NaN or None for the whole video) and ``sample_seed`` (``[B]`` int: seeds that
+    row's ``random`` sampling instead of the stage's own generator, so a row's frames do not
+    depend on which actor decodes it); every input column is passed through.
 
     Added columns:
         ``frames``: ``[B, T, H, W, 3]`` uint8 RGB, zeros where decoding failed.
@@ -501,6 +508,7 @@ class DecodeStage:
         timeout_s: float = 60.0,
         seed: int = 0,
         threads: int = 1,
+        storage: StorageOptions | None = None,
     ) -> None:
         if frames <= 0 or image_size <= 0:
             raise ValueError(f"frames and image_size must be positive, got {frames}, {image_size}")
@@ -513,6 +521,7 @@ class DecodeStage:
         self.sampling = sampling
         self.timeout_s = timeout_s
         self.threads = threads
+        self.storage = storage if storage is not None else StorageOptions.from_env()
         self._rng = np.random.default_rng(seed)
         self._decoder: _DecoderProcess | None = None
         self._decoded_by_child = 0
@@ -532,6 +541,7 @@ class DecodeStage:
         times = np.full((size, t), np.nan, dtype=np.float32)
         seconds = np.zeros(size, dtype=np.float32)
         starts, ends = batch.get(schema.START_S), batch.get(schema.END_S)
+        row_seeds = batch.get(schema.SAMPLE_SEED)
         for i in range(size):
             req = _Request(
                 uri=str(uris[i]),
@@ -540,8 +550,9 @@ class DecodeStage:
                 sampling=self.sampling,
                 start_s=_optional_float(starts[i]) if starts is not None else None,
                 end_s=_optional_float(ends[i]) if ends is not None else None,
-                seed=int(self._rng.integers(2**63)) if self.sampling == SAMPLING_RANDOM else None,
+                seed=self._sample_seed(row_seeds, i),
                 threads=self.threads,
+                storage=self.storage,
             )
             began = time.perf_counter()
             result = self._decode(req)
@@ -558,6 +569,11 @@ class DecodeStage:
         out[schema.FRAME_TIMES_S] = times
         out[schema.DECODE_S] = seconds
         return out
+
+    def _sample_seed(self, row_seeds: np.ndarray | None, i: int) -> int | None:
+        if self.sampling != SAMPLING_RANDOM:
+            return None
+        return int(row_seeds[i]) if row_seeds is not None else int(self._rng.integers(2**63))
 
     def _decode(self, req: _Request) -> _Result:
         needed = self.frames * self.image_size**2 * 3

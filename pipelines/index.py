@@ -30,6 +30,7 @@ from pipelines.encode import EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints, read_manifest
 from pipelines.plan import REASON, IndexPlan, plan_index
 from pipelines.resources import ResourcePlan, ResourceRequest, plan_resources
+from pipelines.storage import StorageOptions
 from pipelines.write import DEFAULT_INDEX_MIN_ROWS, TableWriter, connect, delete_ids, open_table
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class IndexConfig:
     max_error_rate: float = 1.0
     index_min_rows: int = DEFAULT_INDEX_MIN_ROWS
     cleanup_older_than: timedelta | None = None
+    # Read from the environment of the process that builds the config (the driver), then handed
+    # to every stage that opens a URI, Ray actors included (see pipelines/storage.py).
+    storage: StorageOptions = field(default_factory=StorageOptions.from_env)
 
 
 @dataclass
@@ -105,10 +109,12 @@ class IndexSummary:
         return "\n".join(lines)
 
 
-def read_table_state(db_uri: str, table: str) -> tuple[pa.Table | None, pa.Table | None]:
+def read_table_state(
+    db_uri: str, table: str, storage: StorageOptions | None = None
+) -> tuple[pa.Table | None, pa.Table | None]:
     """``(video_id, fingerprint, model_id)`` of the embeddings table and ``(video_id,
     fingerprint)`` of its errors table, or ``None`` for a table that does not exist yet."""
-    db = connect(db_uri)
+    db = connect(db_uri, storage)
     state = []
     for name, columns in (
         (table, [schema.VIDEO_ID, schema.FINGERPRINT, schema.MODEL_ID]),
@@ -123,13 +129,13 @@ def read_table_state(db_uri: str, table: str) -> tuple[pa.Table | None, pa.Table
 
 def load_plan(config: IndexConfig, model_id: str) -> tuple[pa.Table, IndexPlan]:
     """Read and validate the manifest, fingerprint it and diff it against the tables."""
-    manifest = read_manifest(config.manifest)
+    manifest = read_manifest(config.manifest, storage=config.storage)
     if config.split is not None:
         if schema.SPLIT not in manifest.column_names:
             raise ValueError(f"--split {config.split}: the manifest has no '{schema.SPLIT}' column")
         manifest = manifest.filter(pc.equal(manifest[schema.SPLIT], config.split))
-    manifest = attach_fingerprints(manifest)
-    indexed, failed = read_table_state(config.db, config.table)
+    manifest = attach_fingerprints(manifest, storage=config.storage)
+    indexed, failed = read_table_state(config.db, config.table, config.storage)
     plan = plan_index(
         manifest,
         indexed=indexed,
@@ -166,6 +172,7 @@ def run_index(
         manifest=pa.concat_tables([plan.todo, plan.missing]).drop_columns([REASON]),
         commit_rows=config.commit_rows,
         commit_seconds=config.commit_seconds,
+        storage=config.storage,
     )
     if plan.delete_ids:
         delete_ids(writer.table, plan.delete_ids)
@@ -256,6 +263,7 @@ def build_dataset(
             "frames": frames,
             "image_size": image_size,
             "timeout_s": config.decode_timeout_s,
+            "storage": config.storage,
         },
         batch_size=resources.decode_batch_size,
         batch_format="numpy",

@@ -38,6 +38,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipelines import schema
+from pipelines.storage import StorageOptions
 
 Source = str | os.PathLike[str]
 
@@ -66,13 +67,13 @@ class _Location:
         return _Location(self.fs, path, self.prefix, self.query)
 
 
-def _locate(source: Source) -> _Location:
+def _locate(source: Source, storage: StorageOptions) -> _Location:
     text = os.fspath(source)
     if not _SCHEME_RE.match(text):
         return _Location(pafs.LocalFileSystem(), os.path.abspath(text), "", "")
     try:
-        fs, path = pafs.FileSystem.from_uri(text)
-    except (pa.ArrowInvalid, OSError) as err:
+        fs, path = storage.filesystem(text)
+    except (ValueError, OSError) as err:
         raise ManifestError(f"cannot open manifest location {text}: {err}") from None
     if isinstance(fs, pafs.LocalFileSystem):
         return _Location(fs, path, "", "")
@@ -86,11 +87,11 @@ def _locate(source: Source) -> _Location:
     return _Location(fs, path, prefix, f"?{query}" if query else "")
 
 
-def _shards(sources: Sequence[Source]) -> list[_Location]:
+def _shards(sources: Sequence[Source], storage: StorageOptions) -> list[_Location]:
     """Every Parquet shard named by ``sources`` (files, or folders searched recursively)."""
     shards: list[_Location] = []
     for source in sources:
-        loc = _locate(source)
+        loc = _locate(source, storage)
         try:
             info = loc.fs.get_file_info(loc.path)
         except OSError as err:
@@ -232,12 +233,15 @@ def _validate_shard(table: pa.Table, shard: _Location) -> pa.Table:
     return table
 
 
-def read_manifest(source: Source | Sequence[Source]) -> pa.Table:
+def read_manifest(
+    source: Source | Sequence[Source], *, storage: StorageOptions | None = None
+) -> pa.Table:
     """Read and validate a manifest: a folder of Parquet shards, one shard, or a list of either.
 
     Folders are searched recursively for ``*.parquet`` (names starting with ``.`` or ``_`` are
     skipped) and shards are read in sorted path order, rows in file order. Locations may be local
-    paths, ``file://`` URIs or any URI :meth:`pyarrow.fs.FileSystem.from_uri` opens (``s3://``).
+    paths, ``file://`` URIs, ``s3://`` URIs (reached with ``storage``, by default
+    :meth:`StorageOptions.from_env`) or any other URI :meth:`pyarrow.fs.FileSystem.from_uri` opens.
 
     Checked, each failure naming the shard and 0-based row within it: the required columns
     ``video_id`` and ``uri`` exist; neither is null or empty; ``video_id`` is unique across all
@@ -260,7 +264,7 @@ def read_manifest(source: Source | Sequence[Source]) -> pa.Table:
         sources = list(source)
         if not sources:
             raise ManifestError("no manifest given")
-    shards = _shards(sources)
+    shards = _shards(sources, storage if storage is not None else StorageOptions.from_env())
     tables = []
     for shard in shards:
         try:
@@ -303,23 +307,32 @@ def _fingerprint(info: pafs.FileInfo) -> str | None:
     return f"{info.size}:{info.mtime_ns}" if info.mtime_ns is not None else f"{info.size}"
 
 
-def _open_folder(folder: str) -> tuple[pafs.FileSystem, str]:
+def _open_folder(folder: str, storage: StorageOptions) -> tuple[pafs.FileSystem, str]:
     """Filesystem and path of a folder (or file) given as a local path or a URI."""
     if not _SCHEME_RE.match(folder):
         return pafs.LocalFileSystem(), os.path.abspath(folder or ".")
     try:
-        return pafs.FileSystem.from_uri(folder)
-    except (pa.ArrowInvalid, OSError) as err:
+        return storage.filesystem(folder)
+    except (ValueError, OSError) as err:
         raise ManifestError(f"cannot open {folder}: {err}") from None
 
 
-def attach_fingerprints(table: pa.Table, *, list_threshold: int = 8) -> pa.Table:
+def attach_fingerprints(
+    table: pa.Table, *, list_threshold: int = 8, storage: StorageOptions | None = None
+) -> pa.Table:
     """Add a ``fingerprint`` string per row that changes whenever the file's bytes change.
 
     The fingerprint is ``"<size>:<mtime_ns>"`` from the filesystem's metadata (no file is
     opened). Rows that already carry a non-null ``fingerprint`` (an object store's ETag, a
     content hash) keep it. A row whose ``uri`` names no file gets a null fingerprint, which the
     index job turns into a ``missing file`` error without decoding.
+
+    On S3 the metadata is the listing's size and ``LastModified``, which has 1 s resolution: an
+    object overwritten within the same second by one of the same size keeps its fingerprint, and
+    re-uploading identical bytes changes it (one needless re-encode). An ETag (the MD5 of a
+    single-part upload) would avoid both, but Arrow's listing drops it, and asking for it costs a
+    ``HEAD`` per object instead of a ``LIST`` per thousand, or a second S3 client. Where that
+    matters, put ETags in the manifest's ``fingerprint`` column (S3 Inventory reports list them).
 
     Cost: rows are grouped by folder; a folder holding at least ``list_threshold`` of the
     manifest's files is listed once (one ``LIST`` per folder on object stores) rather than
@@ -329,6 +342,7 @@ def attach_fingerprints(table: pa.Table, *, list_threshold: int = 8) -> pa.Table
     Args:
         table: a manifest as :func:`read_manifest` returns it (``uri`` column required).
         list_threshold: folders with fewer manifest files than this are not listed.
+        storage: how to reach ``s3://`` URIs (default :meth:`StorageOptions.from_env`).
 
     Returns:
         ``table`` with the ``fingerprint`` column added or completed.
@@ -341,6 +355,7 @@ def attach_fingerprints(table: pa.Table, *, list_threshold: int = 8) -> pa.Table
     todo = pc.indices_nonzero(pc.is_null(given))
     if len(todo) == 0:
         return _set_column(table, schema.FINGERPRINT, given)
+    storage = storage if storage is not None else StorageOptions.from_env()
 
     wanted = pc.unique(uris.take(todo))
     # Only a URI has a "?query" part; in a local path "?" is just a character.
@@ -374,7 +389,7 @@ def attach_fingerprints(table: pa.Table, *, list_threshold: int = 8) -> pa.Table
     listed_fps: list[str | None] = []
     for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
         key = codes.dictionary[run_codes[start]].as_py()
-        fs, path = _open_folder(key)
+        fs, path = _open_folder(key, storage)
         if stop - start >= list_threshold:
             try:
                 infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))

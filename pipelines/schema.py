@@ -28,6 +28,12 @@ FRAMES = "frames"
 DURATION_S = "duration_s"
 FRAME_TIMES_S = "frame_times_s"
 DECODE_S = "decode_s"
+# Optional decode input: the seed of one row's random frame sampling, so the frames a training
+# row gets do not depend on which decode actor happens to decode it (``pipelines.finetune``).
+SAMPLE_SEED = "sample_seed"
+# The fine-tuning stream: the global step a row belongs to and the one caption it trains with.
+STEP = "step"
+TRAIN_CAPTION = "train_caption"
 ENCODE_S = "encode_s"
 ERROR = "error"
 STAGE = "stage"
@@ -39,6 +45,17 @@ MODEL_ID = "model_id"
 INDEXED_AT = "indexed_at"
 AT = "at"
 WORKER = "worker"
+
+# Search results (``pipelines.search.nearest``) and evaluation's per-query ranks.
+QUERY = "query"
+SCORE = "score"
+CAPTION_INDEX = "caption_index"
+T2V_RANK = "t2v_rank"
+ANN_T2V_RANK = "ann_t2v_rank"
+TOP1_VIDEO_ID = "top1_video_id"
+MISSING = "missing"
+# The one column of the temporary caption table evaluation searches for video-to-text.
+CAPTION_ROW = "caption_row"
 
 # Values of the ``stage`` column of the errors table.
 STAGE_READ = "read"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +14,18 @@ from lancedb.table import Table
 
 import centerclip
 from pipelines import schema
-from pipelines.write import connect, open_table
+from pipelines.write import connect, open_table, sql_in
+
+# Candidates re-ranked by exact distance per result when an ANN index answers (LanceDB's
+# refine_factor): PQ distances alone misorder close neighbours.
+DEFAULT_REFINE_FACTOR = 10
+_HIT_COLUMNS = (
+    schema.VIDEO_ID,
+    schema.URI,
+    schema.SEGMENT_VECTORS,
+    schema.SEGMENT_START_S,
+    schema.SEGMENT_END_S,
+)
 
 
 class ModelMismatchError(ValueError):
@@ -65,6 +78,103 @@ def encode_queries(
     return np.concatenate(chunks) if chunks else np.zeros((0, model.embed_dim), np.float32)
 
 
+def model_filter(model_id: str) -> str:
+    """SQL filter selecting the rows embedded by ``model_id`` (quotes escaped)."""
+    return sql_in(schema.MODEL_ID, [model_id])
+
+
+def nearest(
+    table: Table,
+    vectors: np.ndarray,
+    *,
+    k: int,
+    where: str | None = None,
+    exact: bool = False,
+    nprobes: int | None = None,
+    refine_factor: int | None = DEFAULT_REFINE_FACTOR,
+    columns: Sequence[str] = (schema.VIDEO_ID,),
+    batch_size: int = 256,
+) -> pa.Table:
+    """The ``k`` rows nearest (cosine) to each of ``vectors [Q, D]``, among the rows the SQL
+    filter ``where`` selects (a prefilter: the ``k`` results all pass it), or among all rows.
+
+    ``exact`` skips the ANN index (brute force over every row); otherwise LanceDB uses the IVF_PQ
+    index where one exists, probes ``nprobes`` partitions (LanceDB's default when ``None``) and
+    re-ranks ``k * refine_factor`` candidates by their exact distance (``None``: PQ distances,
+    only approximately cosine). Rows the index does not cover yet are always searched exactly.
+
+    Returns:
+        ``columns`` plus ``query`` (the row of ``vectors``, int64) and ``score`` (cosine
+        similarity, float32), best first within each query; a query gets fewer than ``k`` rows
+        only when fewer than ``k`` rows pass ``where``.
+    """
+    vectors = np.asarray(vectors, np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] == 0:
+        raise ValueError(f"vectors must be [Q, D] with Q >= 1, got shape {vectors.shape}")
+    parts = []
+    for start in range(0, vectors.shape[0], batch_size):
+        chunk = vectors[start : start + batch_size]
+        query = (
+            table.search(list(chunk), vector_column_name=schema.VECTOR)
+            .distance_type("cosine")
+            .select([*columns, "_distance"])
+            .limit(k)
+        )
+        if where is not None:
+            query = query.where(where, prefilter=True)
+        if exact:
+            query = query.bypass_vector_index()
+        else:
+            if nprobes is not None:
+                query = query.nprobes(nprobes)
+            if refine_factor is not None:
+                query = query.refine_factor(refine_factor)
+        rows = query.to_arrow()
+        # LanceDB adds ``query_index`` only when it was given more than one vector.
+        if "query_index" in rows.column_names:
+            within = rows["query_index"].to_numpy().astype(np.int64)
+        else:
+            within = np.zeros(rows.num_rows, np.int64)
+        score = 1.0 - rows["_distance"].to_numpy().astype(np.float32)
+        parts.append(
+            rows.select(list(columns))
+            .append_column(schema.QUERY, pa.array(within + start))
+            .append_column(schema.SCORE, pa.array(score))
+        )
+    # Batches come back grouped by query; order each query's rows best first.
+    return pa.concat_tables(parts).sort_by(
+        [(schema.QUERY, "ascending"), (schema.SCORE, "descending")]
+    )
+
+
+def search_vectors(
+    table: Table,
+    vectors: np.ndarray,
+    *,
+    model_id: str,
+    k: int = 10,
+    exact: bool = False,
+) -> list[list[SearchHit]]:
+    """Top ``k`` videos for each query embedding ``[Q, D]`` (unit norm, same model as the
+    table's ``model_id`` rows), best first, each with its best-matching segment."""
+    check_model(table, model_id)
+    vectors = np.asarray(vectors, np.float32)
+    rows = nearest(
+        table,
+        vectors,
+        k=k,
+        where=model_filter(model_id),
+        exact=exact,
+        columns=_HIT_COLUMNS,
+    )
+    query = rows[schema.QUERY].to_numpy()
+    bounds = np.searchsorted(query, np.arange(vectors.shape[0] + 1))
+    return [
+        _hits(rows.slice(lo, hi - lo), vectors[q])
+        for q, (lo, hi) in enumerate(itertools.pairwise(bounds))
+    ]
+
+
 def search(
     *,
     db_uri: str,
@@ -74,25 +184,11 @@ def search(
     k: int = 10,
     exact: bool = False,
 ) -> list[list[SearchHit]]:
-    """Top ``k`` videos for each query, best first.
-
-    ``exact`` skips the ANN index (brute force over every row); otherwise LanceDB uses the IVF_PQ
-    index where one exists and refines its candidates with exact distances.
-    """
+    """Top ``k`` videos for each text query, best first (see :func:`search_vectors`)."""
     table = open_index(db_uri, table_name)
-    check_model(table, model.model_id)
-    results = []
-    for vector in encode_queries(model, queries):
-        query = (
-            table.search(vector, vector_column_name=schema.VECTOR)
-            .distance_type("cosine")
-            .where(f"{schema.MODEL_ID} = '{model.model_id}'", prefilter=True)
-            .limit(k)
-        )
-        query = query.bypass_vector_index() if exact else query.refine_factor(10)
-        rows = query.to_arrow()
-        results.append(_hits(rows, vector))
-    return results
+    return search_vectors(
+        table, encode_queries(model, queries), model_id=model.model_id, k=k, exact=exact
+    )
 
 
 def _hits(rows: pa.Table, query: np.ndarray) -> list[SearchHit]:
@@ -105,7 +201,7 @@ def _hits(rows: pa.Table, query: np.ndarray) -> list[SearchHit]:
             SearchHit(
                 video_id=row[schema.VIDEO_ID],
                 uri=row[schema.URI],
-                score=1.0 - float(row["_distance"]),
+                score=float(row[schema.SCORE]),
                 segment=best,
                 segment_start_s=float(row[schema.SEGMENT_START_S][best]),
                 segment_end_s=float(row[schema.SEGMENT_END_S][best]),

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from lancedb.index import IvfPq
 
 from pipelines import schema
+from pipelines.storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,11 @@ REBUILD_INDEX_FRACTION = 0.1
 _DELETE_CHUNK = 500
 
 
-def connect(db_uri: str) -> lancedb.DBConnection:
-    return lancedb.connect(db_uri)
+def connect(db_uri: str, storage: StorageOptions | None = None) -> lancedb.DBConnection:
+    """Open the LanceDB database at ``db_uri`` (a folder or ``s3://`` URI); ``storage`` says how
+    to reach S3 (default :meth:`StorageOptions.from_env`)."""
+    storage = storage if storage is not None else StorageOptions.from_env()
+    return lancedb.connect(db_uri, storage_options=storage.lancedb_options(db_uri) or None)
 
 
 def open_table(db: lancedb.DBConnection, name: str) -> lancedb.table.Table | None:
@@ -64,7 +68,7 @@ class TableWriter:
 
     ``manifest`` holds the manifest rows of the videos this run writes; its columns (captions,
     split, fingerprint, extra columns) join the results by ``video_id``, and extra columns become
-    columns of the table.
+    columns of the table. ``storage`` says how to reach an ``s3://`` ``db_uri``.
     """
 
     def __init__(
@@ -78,8 +82,9 @@ class TableWriter:
         manifest: pa.Table | None = None,
         commit_rows: int = 256,
         commit_seconds: float = 30.0,
+        storage: StorageOptions | None = None,
     ) -> None:
-        self.db = connect(db_uri)
+        self.db = connect(db_uri, storage)
         self.model_id = model_id
         self.schema = schema.embeddings_schema(dim, segments)
         self.manifest = manifest
