@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -222,7 +223,10 @@ def _plan_cluster_resources(config: IndexConfig) -> ResourcePlan:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=config.address, log_to_driver=True)
+        # No --address and no RAY_ADDRESS: an embedded local Ray, never a stale or unrelated
+        # `ray start` cluster that happens to run on this machine (use --address auto for that).
+        address = config.address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, log_to_driver=True)
     available = ray.cluster_resources()
     return plan_resources(
         config.resources,
