@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +45,9 @@ import pyarrow.parquet as pq
 
 from bench._common import REPO_ROOT, print_table, run_metadata, write_results
 
+if TYPE_CHECKING:
+    from pipelines.index import IndexSummary
+
 MODEL = "tiny"
 TABLE = "videos"
 WORK_FRACTION_TARGET = 0.05
@@ -53,13 +56,11 @@ DIFF_SECONDS_TARGET = 30.0
 DIFF_MEMORY_GIB_TARGET = 2.0
 
 
-def work_seconds(summary: Any) -> dict[str, float]:
+def work_seconds(summary: IndexSummary) -> dict[str, float]:
     """``total``, ``actor_startup`` and ``work`` of one run (see the module docstring)."""
     seconds = summary.seconds
-    videos = summary.indexed + summary.failed
-    per_video = (seconds.get("decode (actor-s)", 0.0) + seconds.get("encode (actor-s)", 0.0)) / max(
-        videos, 1
-    )
+    actor_seconds = seconds.get("decode (actor-s)", 0.0) + seconds.get("encode (actor-s)", 0.0)
+    per_video = actor_seconds / max(summary.indexed + summary.failed, 1)
     startup = max(seconds.get("startup", 0.0) - summary.startup_rows * per_video, 0.0)
     return {
         "total_s": seconds["total"],

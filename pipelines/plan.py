@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -75,7 +76,7 @@ def plan_index(
         {
             schema.VIDEO_ID: manifest[schema.VIDEO_ID],
             schema.FINGERPRINT: manifest[schema.FINGERPRINT],
-            "_row": pa.array(range(manifest.num_rows), pa.int64()),
+            "_row": pa.array(np.arange(manifest.num_rows, dtype=np.int64)),
         }
     )
     joined = (
@@ -106,7 +107,7 @@ def plan_index(
     reason = pc.case_when(
         pc.make_struct(
             missing,
-            pa.array([rebuild] * joined.num_rows, pa.bool_()),
+            pa.repeat(pa.scalar(rebuild), joined.num_rows),
             pc.and_(in_table, pc.and_(same_bytes, same_model)),
             pc.and_(in_table, same_bytes),
             in_table,

@@ -91,7 +91,17 @@ class TableWriter:
         for extra in manifest.schema if manifest is not None else ():
             if extra.name not in self.schema.names:
                 self.schema = self.schema.append(extra)
-        self.table = self.db.create_table(table, schema=self.schema, exist_ok=True)
+        existing = open_table(self.db, table)
+        if existing is not None and _vector_types(existing.schema) != _vector_types(self.schema):
+            # Another embedding width or segment count cannot be upserted into fixed-size vector
+            # columns. Every row is then another model's, which no query may mix with this one's
+            # (the plan re-encodes them), so the table is replaced by an empty one in one commit:
+            # queries see the old model's rows or the new one's, and the old version stays
+            # restorable (``table.restore``) until versions are cleaned up.
+            log.warning("%s holds vectors of another shape: replacing it (a new version)", table)
+            self.table = self.db.create_table(table, schema=self.schema, mode="overwrite")
+        else:
+            self.table = self.db.create_table(table, schema=self.schema, exist_ok=True)
         self.errors = self.db.create_table(
             schema.errors_table_name(table), schema=schema.ERRORS_SCHEMA, exist_ok=True
         )
@@ -223,6 +233,12 @@ class TableWriter:
             return "updated"
         build_ann_index(self.table, rows=rows, dim=self.schema.field(schema.VECTOR).type.list_size)
         return "built"
+
+
+def _vector_types(table_schema: pa.Schema) -> list[pa.DataType | None]:
+    """Types of the fixed-size columns whose sizes depend on the model (width, segments)."""
+    names = (schema.VECTOR, schema.SEGMENT_VECTORS, schema.SEGMENT_START_S, schema.SEGMENT_END_S)
+    return [table_schema.field(name).type if name in table_schema.names else None for name in names]
 
 
 def build_ann_index(table: lancedb.table.Table, *, rows: int, dim: int) -> None:
