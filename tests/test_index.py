@@ -188,7 +188,11 @@ def test_gpu_actors_receive_distinct_gpu_ids(
             db=str(tmp_path / "db"),
             table="videos",
             model=ModelSpec("tiny"),
-            resources=ResourceRequest(encode_actors=2, gpus_per_actor=1, batch_size=2),
+            # Two decoders deliver blocks together and one-video encode batches keep an actor
+            # busy, so the pool hands work to both actors (it prefers the first when both idle).
+            resources=ResourceRequest(
+                encode_actors=2, gpus_per_actor=1, batch_size=1, decode_workers=2
+            ),
         )
     )
     gpu_ids = {label.split("gpus=")[1].split()[0] for label in summary.videos_by_worker}
