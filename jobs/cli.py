@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "sample": "jobs.sample",
     "index": "jobs.index",
     "search": "jobs.search",
+    "finetune": "jobs.finetune",
     "evaluate": "jobs.evaluate",
 }
 

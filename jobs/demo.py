@@ -1,15 +1,23 @@
-"""The whole product on a CPU in a few minutes: generate a corpus, index it, search it.
+"""The whole loop on a CPU in minutes: generate a corpus, fine-tune, index, evaluate, search.
 
     python -m jobs.demo --out demo
 
-Generates a captioned synthetic corpus (``jobs.sample``), indexes its test split with the
-``tiny`` preset on a local Ray (``jobs.index``), and searches the index with one test caption
-(``jobs.search``).
+1. ``jobs.sample``: a captioned synthetic corpus with train and test splits (DIR/corpus);
+2. ``jobs.finetune``: the ``tiny`` preset trained from scratch on the train split with Ray Train
+   (DIR/finetune/model.pt, curves.png);
+3. ``jobs.index``: the test split indexed with the fine-tuned model (DIR/db);
+4. ``jobs.evaluate``: text-to-video and video-to-text retrieval over the test split
+   (DIR/eval/metrics.json);
+5. ``jobs.search``: one test caption as a query.
+
+Every step is the job's own command line, printed before it runs, so each can be rerun alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,39 +26,84 @@ from jobs import _cli
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder for everything")
-    parser.add_argument("--videos", type=_cli.positive_int, default=120, help="corpus size")
+    parser.add_argument("--videos", type=_cli.positive_int, default=1320, help="corpus size")
+    parser.add_argument(
+        "--test-videos", type=_cli.positive_int, default=120, help="of which held out for test"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default="tiny", help="preset or checkpoint to index with")
+    parser.add_argument("--model", default="tiny", help="preset to fine-tune from scratch")
+    training = parser.add_argument_group("fine-tuning (see jobs.finetune)")
+    training.add_argument("--epochs", type=_cli.positive_int, default=10)
+    training.add_argument("--batch-size", type=_cli.positive_int, default=64)
+    training.add_argument("--lr", type=_cli.positive_float, default=2e-3)
+    training.add_argument(
+        "--frames", type=_cli.positive_int, default=4, help="frames per video (T)"
+    )
+    training.add_argument(
+        "--segments", type=_cli.positive_int, default=2, help="segments per video (S)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
 
-    from jobs import index, sample, search
+    from jobs import evaluate, finetune, index, sample, search
     from pipelines.manifest import read_manifest
 
+    if args.test_videos >= args.videos:
+        raise _cli.JobError(f"--test-videos {args.test_videos} must be below --videos")
     out: Path = args.out
-    corpus = out / "corpus"
+    corpus, manifest = out / "corpus", str(out / "corpus" / "manifest")
+    model = str(out / "finetune" / "model.pt")
+    table = ["--db", str(out / "db"), "--table", "videos"]
     steps = [
         (sample.main,
-         ["--out", str(corpus), "--videos", str(args.videos), "--seed", str(args.seed)]),
-        (
-            index.main,
-            ["--manifest", str(corpus / "manifest"), "--db", str(out / "db"), "--table", "videos",
-             "--split", "test", "--model", args.model],
-        ),
+         ["--out", str(corpus), "--videos", str(args.videos), "--seed", str(args.seed),
+          "--test-fraction", repr(args.test_videos / args.videos)]),
+        (finetune.main,
+         ["--manifest", manifest, "--model", args.model, "--out", str(out / "finetune"),
+          "--frames", str(args.frames), "--segments", str(args.segments),
+          "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+          "--lr", repr(args.lr), "--seed", str(args.seed)]),
+        (index.main, ["--manifest", manifest, *table, "--split", "test", "--model", model]),
+        (evaluate.main,
+         ["--manifest", manifest, *table, "--split", "test", "--model", model,
+          "--out", str(out / "eval")]),
     ]  # fmt: skip
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
     for main, argv in steps:
-        print(f"$ centerclip {main.__module__.split('.')[-1]} {' '.join(argv)}", flush=True)
+        name = main.__module__.split(".")[-1]
+        print(f"\n$ centerclip {name} {' '.join(argv)}", flush=True)
+        started = time.perf_counter()
         if status := main(argv):
             return status
-    manifest = read_manifest(str(corpus / "manifest"))
-    test = manifest.filter(pc.equal(manifest["split"], "test"))
+        seconds[name] = time.perf_counter() - started
+
+    test = read_manifest(manifest)
+    test = test.filter(pc.equal(test["split"], "test"))
     caption = test["caption"][0].as_py()[0]
-    argv = ["--db", str(out / "db"), "--table", "videos", "--model", args.model, "-k", "3", caption]
-    print(f'$ centerclip search {" ".join(argv[:-1])} "{caption}"', flush=True)
+    argv = [*table, "--model", model, "-k", "3", caption]
+    print(f'\n$ centerclip search {" ".join(argv[:-1])} "{caption}"', flush=True)
     print(f"(the caption belongs to {test['video_id'][0].as_py()})")
-    return search.main(argv)
+    started = time.perf_counter()
+    if status := search.main(argv):
+        return status
+    seconds["search"] = time.perf_counter() - started
+
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    t2v = metrics["t2v"]
+    print(
+        f"\ndemo: text-to-video R@1 {t2v['R@1']:.1f}% R@5 {t2v['R@5']:.1f}% "
+        f"R@10 {t2v['R@10']:.1f}% over {metrics['num_queries']} captions of "
+        f"{metrics['num_videos']} test videos (chance: R@1 {100 / metrics['num_videos']:.1f}%)"
+    )
+    print(
+        f"demo: {time.perf_counter() - began:.0f} s in all ("
+        + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
+        + ")"
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,10 @@
-"""Every resource decision of the index job, in one place.
+"""Every resource decision of the index and fine-tuning jobs, in one place.
 
 Given what the Ray cluster offers and what the user asked for, :func:`plan_resources` decides how
 many decode and encode actors run, what each one reserves, and the batch sizes. Two measured
 pitfalls shape it: an actor pool that reserves every CPU starves Ray Data's own tasks and the job
 hangs, so CPU reservations always leave headroom; and a GPU stage needs an explicit batch size.
+:func:`plan_training` does the same for fine-tuning's Ray Train workers and decode actors.
 """
 
 from __future__ import annotations
@@ -120,4 +121,84 @@ def plan_resources(
         decode_workers=decode_workers,
         decode_cpus=decode_cpus,
         decode_batch_size=DECODE_BATCH_SIZE,
+    )
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How the fine-tuning job uses the cluster: Ray Train workers and the decode actors that
+    feed them."""
+
+    workers: int
+    use_gpus: bool
+    worker_cpus: float
+    torch_threads: int
+    decode_workers: int
+    decode_cpus: float
+
+    def describe(self) -> str:
+        where = "1 GPU" if self.use_gpus else f"{self.worker_cpus:g} CPU"
+        return (
+            f"{self.workers} training worker(s) x {where} ({self.torch_threads} torch "
+            f"thread(s)), {self.decode_workers} decode actor(s) x {self.decode_cpus:g} CPU"
+        )
+
+
+def plan_training(
+    *,
+    workers: int | None,
+    use_gpus: bool | None,
+    decode_workers: int | None,
+    torch_threads: int | None,
+    cluster_cpus: float,
+    cluster_gpus: float,
+) -> TrainingPlan:
+    """Decide the training workers, the decode actors and what each reserves.
+
+    With GPUs: one worker per GPU by default, each reserving at most one CPU beside its GPU; the
+    rest of the CPU budget decodes. Without: one worker by default (data parallelism across
+    processes on one CPU node only adds gradient traffic), a third of the budget decodes and the
+    workers share the rest. Reservations stay within the same budget as the index job's.
+
+    Torch threads (CPU training): a worker computes with every CPU the decode actors do not
+    reserve, headroom included: in training the decode actors do the data work, so Ray Data's own
+    tasks are short and rare.
+
+    Raises:
+        ValueError: when the request cannot fit the cluster.
+    """
+    if cluster_cpus < 1:
+        raise ValueError(f"the Ray cluster offers {cluster_cpus:g} CPUs; at least 1 is needed")
+    if use_gpus and cluster_gpus <= 0:
+        raise ValueError("GPU training was asked for but the Ray cluster has no GPUs")
+    gpus = cluster_gpus > 0 and use_gpus is not False
+    budget = max(min(cluster_cpus * CPU_SHARE_FOR_ACTORS, cluster_cpus - 1), MIN_ACTOR_CPUS)
+    if gpus:
+        workers = workers or int(cluster_gpus)
+        if workers > cluster_gpus:
+            raise ValueError(f"--workers {workers} exceeds the cluster's {cluster_gpus:g} GPUs")
+        worker_cpus = min(1.0, budget / 2 / workers)
+        decode_budget = budget - workers * worker_cpus
+    else:
+        workers = workers or 1
+        decode_budget = budget / 3
+    decode_workers = decode_workers or max(1, int(decode_budget))
+    decode_cpus = min(1.0, decode_budget / decode_workers)
+    if not gpus:
+        worker_cpus = (budget - decode_workers * decode_cpus) / workers
+        if worker_cpus < 0.25:
+            raise ValueError(
+                f"--workers {workers} and --decode-workers {decode_workers} do not fit the "
+                f"cluster's {cluster_cpus:g} CPUs"
+            )
+    if torch_threads is None:
+        spare = cluster_cpus - decode_workers * decode_cpus
+        torch_threads = 1 if gpus else max(1, round(spare / workers))
+    return TrainingPlan(
+        workers=workers,
+        use_gpus=gpus,
+        worker_cpus=worker_cpus,
+        torch_threads=torch_threads,
+        decode_workers=decode_workers,
+        decode_cpus=decode_cpus,
     )

@@ -1,0 +1,343 @@
+"""Fine-tuning: the pure-torch pieces, the schedule, and real 2-worker Ray Train runs on CPU."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+import centerclip
+from centerclip.train import (
+    TrainConfig,
+    build_optimizer,
+    param_groups,
+    training_step,
+    validation_metrics,
+    warmup_cosine,
+)
+from jobs import cli
+from pipelines import schema
+from pipelines.decode import SAMPLING_RANDOM, SAMPLING_UNIFORM, DecodeStage
+from pipelines.encode import ModelSpec
+from pipelines.finetune import (
+    MODEL_FILE,
+    RUN_NAME,
+    STATE_FILE,
+    FinetuneConfig,
+    captioned_split,
+    run_finetune,
+    training_schedule,
+)
+from pipelines.manifest import read_manifest
+
+# A few steps on the session's 16-video corpus (13 train videos: 3 steps of 4 per epoch), two
+# workers of one torch thread each.
+TRAIN = TrainConfig(epochs=4, batch_size=4, lr=1e-3, warmup_fraction=0.2, seed=3)
+WORKERS = 2
+
+
+def _rows(count: int, captions_per_video: int = 2) -> pa.Table:
+    return pa.table(
+        {
+            schema.VIDEO_ID: [f"v{i}" for i in range(count)],
+            schema.URI: [f"/videos/v{i}.mp4" for i in range(count)],
+            schema.CAPTION: [
+                [f"caption {c} of v{i}" for c in range(captions_per_video)] for i in range(count)
+            ],
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Pure pieces
+
+
+def test_warmup_then_cosine():
+    factors = [warmup_cosine(s, warmup_steps=4, total_steps=20) for s in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0
+    assert factors[12] == pytest.approx(0.5)
+    assert all(a >= b for a, b in itertools.pairwise(factors[4:]))
+    assert factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 15 / 16)))
+
+
+def test_param_groups_split_pretrained_new_and_decay():
+    model = centerclip.create_model("tiny")
+    names = dict(model.named_parameters())
+    token_embedding = "clip.token_embedding.weight"
+    pretrained = {name for name in names if name.startswith("clip.visual.")}
+    groups = param_groups(
+        model, lr=1e-3, pretrained_lr=1e-6, weight_decay=0.2, pretrained=pretrained
+    )
+
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"pretrained", "pretrained, no decay", "new", "new, no decay"}
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each exactly once
+
+    def group_of(name: str) -> dict:
+        return next(g for g in groups if any(p is names[name] for p in g["params"]))
+
+    assert group_of("clip.visual.conv1.weight")["lr"] == 1e-6
+    assert group_of("clip.visual.conv1.weight")["weight_decay"] == 0.2
+    for no_decay in (
+        "clip.logit_scale",
+        token_embedding,
+        "clip.positional_embedding",
+        "clip.visual.class_embedding",
+        "clip.ln_final.weight",
+        "clip.transformer.resblocks.0.mlp.c_fc.bias",
+    ):
+        assert group_of(no_decay)["weight_decay"] == 0.0, no_decay
+    assert group_of(token_embedding)["lr"] == 1e-3
+    assert group_of("clip.text_projection")["weight_decay"] == 0.2
+
+
+def test_schedule_is_a_seeded_permutation_per_epoch():
+    rows = _rows(10)
+    config = TrainConfig(epochs=3, batch_size=4, seed=5)
+    schedule = training_schedule(rows, config, start_step=0, stop_step=6)
+    assert schedule.num_rows == 6 * 4  # 2 whole batches per epoch, 2 videos wait each epoch
+    steps = schedule[schema.STEP].to_numpy()
+    assert (steps == np.repeat(np.arange(6), 4)).all()
+    ids = schedule[schema.VIDEO_ID].to_pylist()
+    for epoch in range(3):
+        chunk = ids[epoch * 8 : (epoch + 1) * 8]
+        assert len(set(chunk)) == 8  # no video twice within an epoch
+    assert ids[:8] != ids[8:16]  # a fresh order every epoch
+    for video, caption in zip(ids, schedule[schema.TRAIN_CAPTION].to_pylist(), strict=True):
+        assert caption.endswith(f"of {video}")
+    assert len(set(schedule[schema.SAMPLE_SEED].to_pylist())) == schedule.num_rows
+
+    assert training_schedule(rows, config, start_step=0, stop_step=6).equals(schedule)
+    other_seed = training_schedule(
+        rows, TrainConfig(epochs=3, batch_size=4, seed=6), start_step=0, stop_step=6
+    )
+    assert other_seed[schema.VIDEO_ID].to_pylist() != ids
+
+
+def test_resumed_schedule_is_the_tail_of_the_full_one():
+    rows = _rows(10)
+    config = TrainConfig(epochs=3, batch_size=4, seed=5)
+    full = training_schedule(rows, config, start_step=0, stop_step=6)
+    for start in (1, 2, 3, 5):
+        tail = training_schedule(rows, config, start_step=start, stop_step=6)
+        assert tail.equals(full.slice(start * 4))
+    assert training_schedule(rows, config, start_step=2, stop_step=4).equals(full.slice(8, 8))
+
+
+def test_captioned_split_drops_videos_without_captions():
+    manifest = pa.table(
+        {
+            schema.VIDEO_ID: ["a", "b", "c", "d"],
+            schema.URI: ["a.mp4", "b.mp4", "c.mp4", "d.mp4"],
+            schema.CAPTION: [["one", " "], [], None, [""]],
+            schema.SPLIT: ["train", "train", "train", "test"],
+        }
+    )
+    rows = captioned_split(manifest, "train")
+    assert rows[schema.VIDEO_ID].to_pylist() == ["a"]
+    assert rows[schema.CAPTION].to_pylist() == [["one"]]
+
+
+def test_cli_lists_finetune():
+    assert cli.SUBCOMMANDS["finetune"] == "jobs.finetune"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["finetune", "--help"])
+    assert exit_info.value.code == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Ray Train runs
+
+
+def _config(corpus: Path, out: Path, **overrides) -> FinetuneConfig:
+    settings = {
+        "manifest": str(corpus / "manifest"),
+        "out": str(out),
+        "model": ModelSpec("tiny"),
+        "train": TRAIN,
+        "workers": WORKERS,
+        "torch_threads": 1,
+        "use_gpus": False,
+        **overrides,
+    }
+    return FinetuneConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def full_run(ray_session, sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("finetune-full")
+    return out, run_finetune(_config(sample_corpus, out))
+
+
+def _latest_state(out: Path) -> dict:
+    latest = max((out / RUN_NAME).glob("checkpoint-step*"))
+    return torch.load(latest / STATE_FILE, weights_only=True)
+
+
+def _decode(rows: pa.Table, **stage: object) -> dict[str, np.ndarray]:
+    batch = {name: np.asarray(rows[name].to_pylist(), dtype=object) for name in rows.column_names}
+    with DecodeStage(frames=8, image_size=64, **stage) as decode:
+        return decode(batch)
+
+
+def test_two_workers_train_checkpoint_and_reload(full_run, sample_corpus: Path):
+    out, summary = full_run
+    steps_per_epoch = 13 // TRAIN.batch_size
+    assert summary.step == summary.total_steps == TRAIN.epochs * steps_per_epoch
+    assert "2 training worker(s)" in summary.resources
+
+    # The loss goes down, and each epoch was validated (plus the base model before training).
+    epochs = [r for r in summary.history if "loss" in r]
+    assert [r["epoch"] for r in summary.history] == list(range(TRAIN.epochs + 1))
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert all("val" in r for r in summary.history)
+    assert (out / "curves.png").stat().st_size > 0
+    assert (out / "history.json").is_file()
+
+    # A checkpoint per epoch went through Ray Train; the last two are kept.
+    kept = sorted(p.name for p in (out / RUN_NAME).glob("checkpoint-step*"))
+    last_two = (TRAIN.epochs - 1, TRAIN.epochs)
+    assert kept == [f"checkpoint-step{e * steps_per_epoch:08d}" for e in last_two]
+    assert (out / RUN_NAME / kept[-1] / MODEL_FILE).is_file()
+
+    # The final file loads as a model of its own identity.
+    trained = centerclip.create_model(str(out / MODEL_FILE))
+    assert trained.model_id == summary.model_id != summary.base_model_id
+    assert trained.model_id.startswith("tiny@sha256:")
+    assert summary.base_model_id == centerclip.create_model("tiny").model_id
+
+    # Loading it gives the trainer's embeddings: the validation figures worker 0 computed with
+    # its in-memory model after the last step, recomputed from the file.
+    manifest = read_manifest(str(sample_corpus / "manifest"))
+    test = captioned_split(manifest, "test")
+    frames = _decode(test.select([schema.VIDEO_ID, schema.URI]), sampling=SAMPLING_UNIFORM)
+    metrics = validation_metrics(trained, frames[schema.FRAMES], test[schema.CAPTION].to_pylist())
+    assert metrics == summary.history[-1]["val"]
+    assert float(trained.logit_scale.detach().exp()) == pytest.approx(
+        epochs[-1]["logit_scale"], rel=1e-6
+    )
+
+    # And the distributed run is the single-process run on the same global batches: replay the
+    # schedule in this process with the same pieces and compare the embeddings.
+    replay = centerclip.create_model("tiny").train()
+    optimizer, scheduler = build_optimizer(
+        replay, TRAIN, total_steps=summary.total_steps, pretrained=set()
+    )
+    schedule = training_schedule(
+        captioned_split(manifest, "train"), TRAIN, start_step=0, stop_step=summary.total_steps
+    )
+    decoded = _decode(schedule, sampling=SAMPLING_RANDOM)
+    for step in range(summary.total_steps):
+        rows = slice(step * TRAIN.batch_size, (step + 1) * TRAIN.batch_size)
+        training_step(
+            replay,
+            replay.preprocess(decoded[schema.FRAMES][rows]),
+            replay.tokenize(list(decoded[schema.TRAIN_CAPTION][rows])),
+            torch.as_tensor(decoded[schema.ERROR][rows] == ""),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=torch.amp.GradScaler("cpu", enabled=False),
+            dtype=None,
+            grad_clip=TRAIN.grad_clip,
+            max_logit_scale=TRAIN.max_logit_scale,
+        )
+    replay.eval()
+    with torch.no_grad():
+        video = trained.preprocess(frames[schema.FRAMES])
+        tokens = trained.tokenize(test[schema.CAPTION].to_pylist()[0])
+        assert torch.allclose(trained.encode_video(video), replay.encode_video(video), atol=1e-4)
+        assert torch.allclose(trained.encode_text(tokens), replay.encode_text(tokens), atol=1e-4)
+
+
+def _assert_same_training_state(out: Path, reference: Path) -> None:
+    """The latest checkpoints of two runs hold the same step, schedule and AdamW state."""
+    expected, got = _latest_state(reference), _latest_state(out)
+    assert got["progress"]["step"] == expected["progress"]["step"]
+    assert got["scheduler"]["last_epoch"] == expected["scheduler"]["last_epoch"]
+    for group, expected_group in zip(
+        got["optimizer"]["param_groups"], expected["optimizer"]["param_groups"], strict=True
+    ):
+        assert group["lr"] == expected_group["lr"]
+    assert got["optimizer"]["state"].keys() == expected["optimizer"]["state"].keys()
+    for index, state in expected["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(got["optimizer"]["state"][index][key], value), (index, key)
+
+
+def test_stopped_then_resumed_run_survives_a_killed_worker_and_equals_the_uninterrupted_one(
+    full_run, sample_corpus: Path, tmp_path: Path
+):
+    """Both ways a run resumes from its last checkpoint, in one run (each Ray Train run costs
+    about a minute here):
+
+    1. the job ends after epoch 1 (``stop_after_epoch``, as a killed job would) and the same
+       command, run again, continues from the epoch-1 checkpoint;
+    2. in that second run, a training worker is SIGKILLed once the epoch-2 checkpoint exists:
+       Ray Train restarts the workers from it (``max_failures``), they skip the steps the data
+       stream replays, and the run goes on.
+
+    The result equals the uninterrupted run in step count, optimiser state and weights.
+    """
+    from ray._private.state import actors  # this session's actor table, no dashboard needed
+
+    full_out, full_summary = full_run
+    per_epoch = full_summary.steps_per_epoch
+    # Validation does not change training: left out here to keep the test short.
+    stopped = run_finetune(_config(sample_corpus, tmp_path, stop_after_epoch=1, val_split=None))
+    assert not stopped.finished
+    assert stopped.step == per_epoch
+    assert (tmp_path / MODEL_FILE).is_file()  # the latest weights are usable meanwhile
+
+    second = tmp_path / RUN_NAME / f"checkpoint-step{2 * per_epoch:08d}"
+    last = tmp_path / RUN_NAME / f"checkpoint-step{full_summary.total_steps:08d}"
+    killed: dict[str, object] = {}
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 600
+        while not second.is_dir() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [
+            actor["Pid"]
+            for actor in actors(actor_state_name="ALIVE").values()
+            if actor["ActorClassName"] == "RayTrainWorker"
+        ]
+        killed["too_late"] = last.exists()
+        killed["pid"] = workers[-1]
+        os.kill(workers[-1], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    resumed = run_finetune(_config(sample_corpus, tmp_path, val_split=None, max_failures=1))
+    killer.join(timeout=60)
+    assert "pid" in killed and not killed["too_late"], killed
+
+    assert resumed.resumed_from_step == per_epoch
+    assert resumed.finished and resumed.step == full_summary.step
+    _assert_same_training_state(tmp_path, full_out)
+    # Hence the same weights, bit for bit, and the same model identity.
+    assert resumed.model_id == full_summary.model_id
+    assert [r["loss"] for r in resumed.history if "loss" in r] == [
+        r["loss"] for r in full_summary.history if "loss" in r
+    ]
+
+
+def test_a_finished_run_is_not_trained_again(full_run, sample_corpus: Path):
+    out, summary = full_run
+    again = run_finetune(_config(sample_corpus, out))
+    assert again.resumed_from_step == summary.step
+    assert again.model_id == summary.model_id
+    # Other hyperparameters would not continue the same run: refused before any work.
+    with pytest.raises(ValueError, match="other settings"):
+        run_finetune(_config(sample_corpus, out, train=replace(TRAIN, lr=2e-3)))
