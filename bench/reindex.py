@@ -216,11 +216,13 @@ def write_large_state(work: Path, *, rows: int, model_id: str, dim: int) -> dict
     (captions included, in 8 shards).
 
     Categories: 0.5% of the table's ids left the manifest (deleted) and as many are new; 0.5%
-    changed bytes; 0.5% carry another model; 0.1% of the new ones failed before, same bytes.
+    changed bytes; 0.5% carry another model; 0.5% have another caption in the manifest than in
+    the table (metadata only); 0.1% of the new ones failed before, same bytes.
     """
     import lancedb
 
     from pipelines import schema
+    from pipelines.plan import metadata_digests
 
     share = max(1, rows // 200)
     table_ids = np.arange(rows)
@@ -235,6 +237,23 @@ def write_large_state(work: Path, *, rows: int, model_id: str, dim: int) -> dict
             pc.cast(pa.array(1_700_000_000_000_000_000 + ids), pa.string()),
             ":",
         )
+
+    def described(ids: np.ndarray, *, recaptioned: bool = False) -> dict[str, pa.Array]:
+        """The manifest's descriptive columns of ``ids``; ``recaptioned``: as the table holds
+        them, where ids [3s, 4s) still carry their caption from before an edit."""
+        captions = pc.binary_join_element_wise("a video of ", names(ids), "")
+        if recaptioned:
+            old = pa.array((ids >= 3 * share) & (ids < 4 * share))
+            captions = pc.if_else(
+                old, pc.binary_join_element_wise("an old caption of ", names(ids), ""), captions
+            )
+        return {
+            schema.URI: pc.binary_join_element_wise("s3://bucket/videos/", names(ids), ".mp4", ""),
+            schema.CAPTION: pa.ListArray.from_arrays(
+                pa.array(np.arange(len(ids) + 1, dtype=np.int32)), captions
+            ),
+            schema.SPLIT: pa.array(np.where(ids % 5 == 0, "test", "train")),
+        }
 
     db = lancedb.connect(str(work / "large-db"))
     table_schema = schema.embeddings_schema(dim, 4)
@@ -251,9 +270,11 @@ def write_large_state(work: Path, *, rows: int, model_id: str, dim: int) -> dict
         changed = (ids >= share) & (ids < 2 * share)
         fingerprint = pc.if_else(pa.array(changed), pa.scalar("0:0"), fingerprints(ids))
         model = np.where((ids >= 2 * share) & (ids < 3 * share), "another-model", model_id)
+        descriptive = described(ids, recaptioned=True)
         columns = {
             schema.VIDEO_ID: names(ids),
-            schema.URI: pc.binary_join_element_wise("s3://bucket/videos/", names(ids), ".mp4", ""),
+            **descriptive,
+            schema.METADATA_DIGEST: metadata_digests(pa.table(descriptive)),
             schema.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
             # Four segments, each the video's vector: the table's real width on disk, cheaply.
             schema.SEGMENT_VECTORS: pa.FixedSizeListArray.from_arrays(
@@ -308,18 +329,11 @@ def write_large_state(work: Path, *, rows: int, model_id: str, dim: int) -> dict
     bounds = np.linspace(0, rows, shards + 1).astype(int)
     for k in range(shards):
         ids = manifest_ids[bounds[k] : bounds[k + 1]]
-        captions = pc.binary_join_element_wise("a video of ", names(ids), "")
         pq.write_table(
             pa.table(
                 {
                     schema.VIDEO_ID: names(ids),
-                    schema.URI: pc.binary_join_element_wise(
-                        "s3://bucket/videos/", names(ids), ".mp4", ""
-                    ),
-                    schema.CAPTION: pa.ListArray.from_arrays(
-                        pa.array(np.arange(len(ids) + 1, dtype=np.int32)), captions
-                    ),
-                    schema.SPLIT: pa.array(np.where(ids % 5 == 0, "test", "train")),
+                    **described(ids),
                     schema.FINGERPRINT: fingerprints(ids),
                 }
             ),

@@ -77,6 +77,7 @@ class IndexSummary:
     model_id: str
     plan: dict[str, int]
     deleted: int = 0
+    metadata_updated: int = 0
     indexed: int = 0
     failed: int = 0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
@@ -101,6 +102,7 @@ class IndexSummary:
         ]
         lines += [f"  {reason}: {n}" for reason, n in sorted(self.failures_by_reason.items())]
         lines.append(f"deleted:      {self.deleted}")
+        lines.append(f"updated:      {self.metadata_updated} (manifest columns only)")
         lines.append(f"throughput:   {self.videos_per_second:.2f} videos/s")
         lines.append("time (s):     " + ", ".join(f"{k}={v:.1f}" for k, v in self.seconds.items()))
         if self.resources:
@@ -113,18 +115,21 @@ class IndexSummary:
 def read_table_state(
     db_uri: str, table: str, storage: StorageOptions | None = None
 ) -> tuple[pa.Table | None, pa.Table | None]:
-    """``(video_id, fingerprint, model_id)`` of the embeddings table and ``(video_id,
-    fingerprint)`` of its errors table, or ``None`` for a table that does not exist yet."""
+    """``(video_id, fingerprint, model_id, metadata_digest)`` of the embeddings table (no
+    digest in a table written before digests existed) and ``(video_id, fingerprint)`` of its
+    errors table, or ``None`` for a table that does not exist yet."""
     db = connect(db_uri, storage)
     state = []
     for name, columns in (
-        (table, [schema.VIDEO_ID, schema.FINGERPRINT, schema.MODEL_ID]),
+        (table, [schema.VIDEO_ID, schema.FINGERPRINT, schema.MODEL_ID, schema.METADATA_DIGEST]),
         (schema.errors_table_name(table), [schema.VIDEO_ID, schema.FINGERPRINT]),
     ):
         opened = open_table(db, name)
-        state.append(
-            None if opened is None else opened.search().select(columns).limit(None).to_arrow()
-        )
+        if opened is None:
+            state.append(None)
+            continue
+        present = [column for column in columns if column in opened.schema.names]
+        state.append(opened.search().select(present).limit(None).to_arrow())
     return state[0], state[1]
 
 
@@ -181,6 +186,7 @@ def run_index(
         summary.deleted = len(plan.delete_ids)
     if plan.missing.num_rows:
         writer.add(_missing_file_errors(plan.missing))
+    writer.update_metadata(plan.metadata_updates.drop_columns([REASON]))
 
     pipeline_started = time.perf_counter()
     stage_seconds: Counter[str] = Counter()
@@ -213,6 +219,7 @@ def run_index(
     summary.seconds["total"] = time.perf_counter() - started
     stats = writer.stats
     summary.indexed, summary.failed = stats.indexed, stats.failed
+    summary.metadata_updated = stats.metadata_updated
     summary.failures_by_reason = dict(stats.failures_by_reason)
     summary.videos_by_worker = dict(stats.videos_by_worker)
     _check_error_rate(writer, 0, config.max_error_rate, final=True)

@@ -320,12 +320,14 @@ def _open_folder(folder: str, storage: StorageOptions) -> tuple[pafs.FileSystem,
 def attach_fingerprints(
     table: pa.Table, *, list_threshold: int = 8, storage: StorageOptions | None = None
 ) -> pa.Table:
-    """Add a ``fingerprint`` string per row that changes whenever the file's bytes change.
+    """Add a ``fingerprint`` string per row that changes whenever the file's bytes change, or
+    the clip of them the row names.
 
     The fingerprint is ``"<size>:<mtime_ns>"`` from the filesystem's metadata (no file is
     opened). Rows that already carry a non-null ``fingerprint`` (an object store's ETag, a
-    content hash) keep it. A row whose ``uri`` names no file gets a null fingerprint, which the
-    index job turns into a ``missing file`` error without decoding.
+    content hash) keep it. Rows with ``start_s``/``end_s`` append ``@<start>-<end>``. A row whose
+    ``uri`` names no file gets a null fingerprint, which the index job turns into a ``missing
+    file`` error without decoding.
 
     On S3 the metadata is the listing's size and ``LastModified``, which has 1 s resolution: an
     object overwritten within the same second by one of the same size keeps its fingerprint, and
@@ -354,7 +356,7 @@ def attach_fingerprints(
         given = pa.nulls(table.num_rows, pa.string())
     todo = pc.indices_nonzero(pc.is_null(given))
     if len(todo) == 0:
-        return _set_column(table, schema.FINGERPRINT, given)
+        return _set_column(table, schema.FINGERPRINT, _with_clip_bounds(table, given))
     storage = storage if storage is not None else StorageOptions.from_env()
 
     wanted = pc.unique(uris.take(todo))
@@ -422,7 +424,29 @@ def attach_fingerprints(
     resolved = pa.concat_tables([joined.filter(pc.is_valid(joined["fp"])), statted])
     index = pc.index_in(uris, value_set=resolved["uri"].combine_chunks())
     computed = resolved["fp"].combine_chunks().take(index)
-    return _set_column(table, schema.FINGERPRINT, pc.coalesce(given, computed))
+    fingerprints = _with_clip_bounds(table, pc.coalesce(given, computed))
+    return _set_column(table, schema.FINGERPRINT, fingerprints)
+
+
+def _with_clip_bounds(table: pa.Table, fingerprints: pa.Array) -> pa.Array:
+    """Fingerprints of rows that name a clip (``start_s``/``end_s``) end in ``@start-end``:
+    the same bytes cut another way make another embedding, so a changed clip is re-encoded.
+    Null fingerprints (missing files) stay null."""
+    if schema.START_S not in table.column_names and schema.END_S not in table.column_names:
+        return fingerprints
+    start, end = (
+        table[c] if c in table.column_names else pa.nulls(table.num_rows, pa.float64())
+        for c in (schema.START_S, schema.END_S)
+    )
+    clipped = pc.binary_join_element_wise(
+        fingerprints,
+        "@",
+        pc.fill_null(pc.cast(start, pa.string()), ""),
+        "-",
+        pc.fill_null(pc.cast(end, pa.string()), ""),
+        "",
+    )
+    return pc.if_else(pc.or_(pc.is_valid(start), pc.is_valid(end)), clipped, fingerprints)
 
 
 def _set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:

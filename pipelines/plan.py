@@ -6,9 +6,11 @@ million-row manifest diffs against a million-row table in seconds.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -19,6 +21,7 @@ REASON = "reason"
 NEW = "new"
 CHANGED = "changed"
 MODEL_CHANGED = "model_changed"
+METADATA_CHANGED = "metadata_changed"
 RETRY = "retry"
 REBUILD = "rebuild"
 UNCHANGED = "unchanged"
@@ -26,6 +29,10 @@ FAILED_BEFORE = "failed_before"
 MISSING = "missing"
 
 TO_ENCODE = (NEW, CHANGED, MODEL_CHANGED, RETRY, REBUILD)
+
+# Manifest columns that say what is encoded, or that the index job derives: every other
+# column is descriptive (uri, caption, split, the user's own) and only updates rows in place.
+_NOT_METADATA = (schema.VIDEO_ID, schema.FINGERPRINT, schema.START_S, schema.END_S, REASON)
 
 
 @dataclass(frozen=True)
@@ -36,12 +43,14 @@ class IndexPlan:
     """Manifest rows to decode and encode, with a ``reason`` column."""
     missing: pa.Table
     """Manifest rows whose file does not exist: recorded as errors without decoding."""
+    metadata_updates: pa.Table
+    """Manifest rows whose vector stands but whose descriptive columns changed."""
     delete_ids: list[str]
     """Video ids in the tables but gone from the manifest."""
     counts: dict[str, int]
 
     def describe(self) -> str:
-        order = (*TO_ENCODE, MISSING, UNCHANGED, FAILED_BEFORE)
+        order = (*TO_ENCODE, METADATA_CHANGED, MISSING, UNCHANGED, FAILED_BEFORE)
         parts = [f"{name}={self.counts[name]}" for name in order if self.counts.get(name)]
         parts.append(f"deleted={len(self.delete_ids)}")
         return ", ".join(parts)
@@ -59,9 +68,14 @@ def plan_index(
 ) -> IndexPlan:
     """Compare ``manifest`` (with fingerprints) with what the tables hold.
 
+    A video is re-encoded when its bytes (or clip), its model or its failure changed; a video
+    whose vector stands but whose descriptive columns (:func:`metadata_digests`) changed is only
+    updated in place.
+
     Args:
         manifest: validated manifest with a ``fingerprint`` column (null: file missing).
-        indexed: ``video_id, fingerprint, model_id`` of the embeddings table, or ``None``.
+        indexed: ``video_id, fingerprint, model_id`` and, where the table has it,
+            ``metadata_digest`` of the embeddings table (``None``: no table yet).
         failed: ``video_id, fingerprint`` of the errors table, or ``None``.
         model_id: the model this run encodes with.
         rebuild: encode every video whatever the tables hold.
@@ -69,20 +83,27 @@ def plan_index(
         keep_deleted: keep rows of videos that left the manifest.
     """
     indexed = indexed if indexed is not None else _empty(schema.FINGERPRINT, schema.MODEL_ID)
+    if schema.METADATA_DIGEST not in indexed.column_names:  # written before digests existed
+        indexed = indexed.append_column(
+            schema.METADATA_DIGEST, pa.nulls(indexed.num_rows, pa.int64())
+        )
     failed = failed if failed is not None else _empty(schema.FINGERPRINT)
+    manifest = manifest.append_column(schema.METADATA_DIGEST, metadata_digests(manifest))
     # Arrow joins carry no list columns (captions): join a slim key table, then line the result
     # up with the manifest by row number.
     keys = pa.table(
         {
             schema.VIDEO_ID: manifest[schema.VIDEO_ID],
             schema.FINGERPRINT: manifest[schema.FINGERPRINT],
+            schema.METADATA_DIGEST: manifest[schema.METADATA_DIGEST],
             "_row": pa.array(np.arange(manifest.num_rows, dtype=np.int64)),
         }
     )
+    state = [schema.VIDEO_ID, schema.FINGERPRINT, schema.MODEL_ID, schema.METADATA_DIGEST]
     joined = (
         keys.join(
-            indexed.select([schema.VIDEO_ID, schema.FINGERPRINT, schema.MODEL_ID]).rename_columns(
-                [schema.VIDEO_ID, "_indexed_fingerprint", "_indexed_model"]
+            indexed.select(state).rename_columns(
+                [schema.VIDEO_ID, "_indexed_fingerprint", "_indexed_model", "_indexed_digest"]
             ),
             keys=schema.VIDEO_ID,
             join_type="left outer",
@@ -101,14 +122,19 @@ def plan_index(
     in_errors = pc.is_valid(joined["_failed_fingerprint"])
     same_bytes = pc.fill_null(pc.equal(fingerprint, joined["_indexed_fingerprint"]), False)
     same_model = pc.fill_null(pc.equal(joined["_indexed_model"], model_id), False)
+    same_metadata = pc.fill_null(
+        pc.equal(joined[schema.METADATA_DIGEST], joined["_indexed_digest"]), False
+    )
     same_failure = pc.fill_null(pc.equal(fingerprint, joined["_failed_fingerprint"]), False)
     missing = pc.is_null(fingerprint)
+    current = pc.and_(in_table, pc.and_(same_bytes, same_model))
 
     reason = pc.case_when(
         pc.make_struct(
             missing,
             pa.repeat(pa.scalar(rebuild), joined.num_rows),
-            pc.and_(in_table, pc.and_(same_bytes, same_model)),
+            pc.and_(current, same_metadata),
+            current,
             pc.and_(in_table, same_bytes),
             in_table,
             pc.and_(in_errors, pc.and_(same_failure, pa.scalar(not retry_errors))),
@@ -117,6 +143,7 @@ def plan_index(
         MISSING,
         REBUILD,
         UNCHANGED,
+        METADATA_CHANGED,
         MODEL_CHANGED,
         CHANGED,
         FAILED_BEFORE,
@@ -136,9 +163,43 @@ def plan_index(
     return IndexPlan(
         todo=todo,
         missing=joined.filter(pc.equal(joined[REASON], MISSING)),
+        metadata_updates=joined.filter(pc.equal(joined[REASON], METADATA_CHANGED)),
         delete_ids=delete_ids,
         counts=counts,
     )
+
+
+def metadata_digests(manifest: pa.Table) -> pa.Array:
+    """A 64-bit digest ``[N]`` (int64) of each row's descriptive columns: every manifest column
+    but the key, the fingerprint and the clip bounds (``uri``, ``caption``, ``split`` and the
+    user's own), names included, so that a change to any of them, or a column added or dropped,
+    changes the digest.
+
+    Vectorised: each column becomes text in Arrow (lists joined, nulls marked), the texts are
+    joined per row, and pandas hashes the rows (SipHash with a fixed key, the same in every
+    process). Only extra columns of types Arrow cannot cast to text (structs, lists of
+    numbers...) go through Python, row by row, as JSON.
+    """
+    names = sorted(name for name in manifest.column_names if name not in _NOT_METADATA)
+    parts: list[pa.Array | str] = []
+    for name in names:
+        parts += [f"\x1e{name}\x1f", pc.fill_null(_as_text(manifest[name]), "\x00")]
+    if not parts:
+        return pa.nulls(manifest.num_rows, pa.int64())
+    rows = pc.binary_join_element_wise(*parts, "")
+    hashed = pd.util.hash_array(rows.to_numpy(zero_copy_only=False), categorize=False)
+    return pa.array(hashed.view(np.int64))
+
+
+def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    listed = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+    if listed and pa.types.is_string(column.type.value_type):
+        return pc.binary_join(column, "\x1f")
+    try:
+        return pc.cast(column, pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        texts = [json.dumps(value, sort_keys=True, default=str) for value in column.to_pylist()]
+        return pa.chunked_array([pa.array(texts, pa.string())])
 
 
 def _empty(*columns: str) -> pa.Table:

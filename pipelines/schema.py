@@ -42,6 +42,9 @@ SEGMENT_VECTORS = "segment_vectors"
 SEGMENT_START_S = "segment_start_s"
 SEGMENT_END_S = "segment_end_s"
 MODEL_ID = "model_id"
+# A 64-bit digest of a row's descriptive manifest columns (``pipelines.plan.metadata_digests``):
+# a changed caption or uri updates the row in place without re-encoding the video.
+METADATA_DIGEST = "metadata_digest"
 INDEXED_AT = "indexed_at"
 AT = "at"
 WORKER = "worker"
@@ -90,6 +93,7 @@ def embeddings_schema(dim: int, segments: int) -> pa.Schema:
             pa.field(SEGMENT_END_S, pa.list_(pa.float32(), segments)),
             pa.field(MODEL_ID, pa.string(), nullable=False),
             pa.field(FINGERPRINT, pa.string(), nullable=False),
+            pa.field(METADATA_DIGEST, pa.int64()),
             pa.field(INDEXED_AT, TIMESTAMP, nullable=False),
             pa.field(CAPTION, pa.list_(pa.string())),
             pa.field(SPLIT, pa.string()),

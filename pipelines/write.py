@@ -58,6 +58,7 @@ def delete_ids(table: lancedb.table.Table, video_ids: list[str]) -> None:
 class WriteStats:
     indexed: int = 0
     failed: int = 0
+    metadata_updated: int = 0
     commits: int = 0
     failures_by_reason: Counter[str] = field(default_factory=Counter)
     videos_by_worker: Counter[str] = field(default_factory=Counter)
@@ -92,7 +93,9 @@ class TableWriter:
             if extra.name not in self.schema.names:
                 self.schema = self.schema.append(extra)
         existing = open_table(self.db, table)
-        if existing is not None and _vector_types(existing.schema) != _vector_types(self.schema):
+        if existing is None:
+            self.table = self.db.create_table(table, schema=self.schema)
+        elif _vector_types(existing.schema) != _vector_types(self.schema):
             # Another embedding width or segment count cannot be upserted into fixed-size vector
             # columns. Every row is then another model's, which no query may mix with this one's
             # (the plan re-encodes them), so the table is replaced by an empty one in one commit:
@@ -101,7 +104,13 @@ class TableWriter:
             log.warning("%s holds vectors of another shape: replacing it (a new version)", table)
             self.table = self.db.create_table(table, schema=self.schema, mode="overwrite")
         else:
-            self.table = self.db.create_table(table, schema=self.schema, exist_ok=True)
+            # Columns this run brings (a new manifest column, or the metadata digest for a table
+            # written before it existed) are added to the table, null for the rows it holds.
+            added = [f for f in self.schema if f.name not in existing.schema.names]
+            if added:
+                existing.add_columns(added)
+            self.table = existing
+            self.schema = self.table.schema
         self.errors = self.db.create_table(
             schema.errors_table_name(table), schema=schema.ERRORS_SCHEMA, exist_ok=True
         )
@@ -122,6 +131,19 @@ class TableWriter:
         due = time.monotonic() - self._last_commit >= self.commit_seconds
         if self._pending_rows >= self.commit_rows or due:
             self.flush()
+
+    def update_metadata(self, rows: pa.Table) -> None:
+        """Rewrite the manifest columns (captions, uri, split, the user's own, the metadata
+        digest) of rows whose vector stands, in one commit that reads and writes no vector."""
+        if rows.num_rows == 0:
+            return
+        columns = [f for f in self.schema if f.name in rows.column_names]
+        self.table.merge_insert(schema.VIDEO_ID).when_matched_update_all().execute(
+            pa.table([rows[f.name].cast(f.type) for f in columns], schema=pa.schema(columns))
+        )
+        self.stats.metadata_updated += rows.num_rows
+        self.stats.commits += 1
+        log.info("updated the manifest columns of %d rows", rows.num_rows)
 
     def _with_manifest_columns(self, results: pa.Table) -> pa.Table:
         """Results carry little beyond ``video_id``; the manifest's columns (caption, split,
@@ -217,11 +239,12 @@ class TableWriter:
         versions older than ``cleanup_older_than``. The IVF_PQ index is built once the table has
         ``index_min_rows`` rows, and rebuilt when this run changed at least
         ``REBUILD_INDEX_FRACTION`` of them (an index trained on old vectors partitions new ones
-        poorly). Returns what happened to the ANN index, for the summary.
+        poorly); rows whose manifest columns alone were updated keep their vectors and count
+        for compaction only. Returns what happened to the ANN index, for the summary.
         """
         self.flush()
         changed = self.stats.indexed + self.stats.failed + deleted
-        if changed == 0 and cleanup_older_than is None:
+        if changed + self.stats.metadata_updated == 0 and cleanup_older_than is None:
             return "unchanged"
         self.table.optimize(cleanup_older_than=cleanup_older_than)
         self.errors.optimize(cleanup_older_than=cleanup_older_than)

@@ -222,6 +222,22 @@ def test_given_fingerprints_are_kept_and_gaps_filled(tmp_path: Path) -> None:
     ]
 
 
+def test_clip_bounds_are_part_of_the_fingerprint(tmp_path: Path) -> None:
+    paths = make_files(tmp_path / "videos", 1) * 4
+    table = pa.table(
+        {
+            schema.VIDEO_ID: ["whole", "clip", "from", "missing"],
+            schema.URI: [*paths[:3], str(tmp_path / "gone.mp4")],
+            schema.START_S: pa.array([None, 1.5, 2.0, 1.0], pa.float64()),
+            schema.END_S: pa.array([None, 4.0, None, 2.0], pa.float64()),
+        }
+    )
+    plain = f"1:{os.stat(paths[0]).st_mtime_ns}"
+    assert attach_fingerprints(table)[schema.FINGERPRINT].to_pylist() == [
+        plain, f"{plain}@1.5-4", f"{plain}@2-", None
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def s3() -> Iterator[tuple[pafs.S3FileSystem, str]]:
     """A local S3 (moto) with one bucket; yields the filesystem and the URI query to reach it."""

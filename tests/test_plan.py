@@ -3,7 +3,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from pipelines.plan import plan_index
+from pipelines.plan import metadata_digests, plan_index
 from pipelines.resources import ResourceRequest, plan_resources
 
 MODEL = "tiny@untrained-seed0/x"
@@ -20,11 +20,13 @@ def manifest(rows: dict[str, str | None]) -> pa.Table:
 
 
 def indexed(rows: dict[str, tuple[str, str]]) -> pa.Table:
+    """Table state of videos indexed from :func:`manifest` rows (same uri, so same digest)."""
     return pa.table(
         {
             "video_id": list(rows),
             "fingerprint": [fp for fp, _ in rows.values()],
             "model_id": [model for _, model in rows.values()],
+            "metadata_digest": metadata_digests(manifest({v: fp for v, (fp, _) in rows.items()})),
         }
     )
 
@@ -50,6 +52,76 @@ def test_every_category_is_found() -> None:
     assert plan.missing["video_id"].to_pylist() == ["missing"]
     assert plan.delete_ids == ["gone", "gone-err"]
     assert plan.counts["unchanged"] == 1 and plan.counts["failed_before"] == 1
+
+
+def test_descriptive_changes_update_in_place_and_encoding_changes_win() -> None:
+    rows = manifest({"same": "1", "caption": "1", "uri": "1", "split": "1", "extra": "1",
+                     "bytes": "2", "model": "1"})  # fmt: skip
+    described = rows.append_column("caption", pa.array([["a cat"]] * 7)).append_column(
+        "split", pa.array(["train"] * 7)
+    )
+    table = indexed({v: ("1", MODEL) for v in rows["video_id"].to_pylist()})
+    table = table.set_column(3, "metadata_digest", metadata_digests(described))
+    table = table.set_column(2, "model_id", pa.array([MODEL] * 6 + ["other"]))
+
+    edited = pa.table(
+        {
+            "video_id": described["video_id"],
+            "uri": [u + ("?moved" if v == "uri" else "") for v, u in
+                    zip(rows["video_id"].to_pylist(), rows["uri"].to_pylist(), strict=True)],
+            "fingerprint": described["fingerprint"],
+            "caption": [["a dog"] if v in ("caption", "bytes", "model") else ["a cat"]
+                        for v in rows["video_id"].to_pylist()],
+            "split": ["test" if v == "split" else "train" for v in rows["video_id"].to_pylist()],
+            "tag": ["new" if v == "extra" else None for v in rows["video_id"].to_pylist()],
+        }
+    )  # fmt: skip
+    # The "tag" column is new: every row's descriptive columns changed.
+    assert plan_index(edited, indexed=table, failed=None, model_id=MODEL).counts == {
+        "metadata_changed": 5, "changed": 1, "model_changed": 1
+    }  # fmt: skip
+
+    plan = plan_index(edited.drop_columns(["tag"]), indexed=table, failed=None, model_id=MODEL)
+    assert plan.counts == {
+        "unchanged": 2, "metadata_changed": 3, "changed": 1, "model_changed": 1
+    }  # fmt: skip
+    assert sorted(plan.metadata_updates["video_id"].to_pylist()) == ["caption", "split", "uri"]
+    assert plan.metadata_updates["metadata_digest"].null_count == 0
+    assert sorted(plan.todo["video_id"].to_pylist()) == ["bytes", "model"]
+    # A table written before digests existed: rows are described anew, none encoded for that.
+    old = table.drop_columns(["metadata_digest"])
+    assert plan_index(described, indexed=old, failed=None, model_id=MODEL).counts == {
+        "metadata_changed": 5, "changed": 1, "model_changed": 1
+    }  # fmt: skip
+
+
+def test_metadata_digest_sees_every_descriptive_column_but_not_the_encoding_ones() -> None:
+    base = pa.table(
+        {
+            "video_id": ["a", "b"],
+            "uri": ["/v/a.mp4", "/v/b.mp4"],
+            "caption": pa.array([["x", "y"], None], pa.list_(pa.string())),
+            "fingerprint": ["1", "2"],
+            "start_s": [0.0, 1.0],
+            "end_s": [1.0, 2.0],
+            "shape": pa.array([{"w": 1}, {"w": 2}]),  # not castable to text: JSON
+        }
+    )
+    digests = metadata_digests(base).to_pylist()
+    assert len(set(digests)) == 2 and digests == metadata_digests(base).to_pylist()
+
+    def changed(column: str, values: list) -> list[bool]:
+        index = base.schema.get_field_index(column)
+        edited = base.set_column(index, column, pa.array(values, base.schema.field(column).type))
+        after = metadata_digests(edited).to_pylist()
+        return [x != y for x, y in zip(digests, after, strict=True)]
+
+    assert changed("caption", [["x y"], None]) == [True, False]  # list joins stay distinct
+    assert changed("caption", [["x", "y"], []]) == [False, True]  # null is not empty
+    assert changed("uri", ["/v/a.mp4", "/w/b.mp4"]) == [False, True]
+    assert changed("shape", [{"w": 1}, {"w": 3}]) == [False, True]
+    for encoding in ("fingerprint", "start_s", "end_s"):
+        assert changed(encoding, base[encoding].to_pylist()[::-1]) == [False, False], encoding
 
 
 def test_empty_tables_mean_everything_is_new_and_rebuild_forces_all() -> None:

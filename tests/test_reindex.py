@@ -174,6 +174,53 @@ def test_add_change_delete_encodes_exactly_the_difference(
     assert read(db)["model_id"].unique().to_pylist() == [model_id(TINY)]
 
 
+def test_manifest_column_edits_update_rows_in_place_and_a_new_clip_is_reencoded(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    db = copy_db(scenario.clean_db, tmp_path)
+    before = read(db)
+    rows = pads.dataset(str(scenario.manifest)).to_table().sort_by("video_id")
+    count = rows.num_rows
+    # Video 0 moved (same bytes and mtime, so the same fingerprint: what an object store's ETag
+    # gives a copied object), video 1 re-captioned, video 2 moved to the other split.
+    moved = tmp_path / "moved.mp4"
+    shutil.copy2(rows["uri"][0].as_py(), moved)
+    uris, captions, splits = (rows[c].to_pylist() for c in ("uri", "caption", "split"))
+    uris[0] = str(moved)
+    captions[1] = ["a caption written later"]
+    splits[2] = "train" if splits[2] == "test" else "test"
+    edited = rows
+    for name, values in (("uri", uris), ("caption", captions), ("split", splits)):
+        index = edited.schema.get_field_index(name)
+        edited = edited.set_column(index, name, pa.array(values, edited.schema.field(name).type))
+    manifest = write_manifest(tmp_path / "manifest", edited)
+
+    summary = run_index(config(manifest, db))
+    assert summary.plan == {"metadata_changed": 3, "unchanged": count - 3}
+    assert summary.metadata_updated == 3 and summary.indexed == summary.failed == 0
+    assert summary.resources == "" and summary.videos_by_worker == {}  # nothing decoded
+    after = read(db)
+    assert after["uri"].to_pylist() == uris
+    assert after["caption"].to_pylist() == captions
+    assert after["split"].to_pylist() == splits
+    for column in ("vector", "segment_vectors", "fingerprint", "indexed_at"):
+        assert after[column].equals(before[column]), column
+    assert run_index(config(manifest, db)).plan == {"unchanged": count}
+
+    # A clip of one video is another embedding: that video alone is encoded again.
+    clip = [0.5] + [None] * (count - 1), [1.5] + [None] * (count - 1)
+    clipped = edited.append_column("start_s", pa.array(clip[0], pa.float64()))
+    clipped = clipped.append_column("end_s", pa.array(clip[1], pa.float64()))
+    summary = run_index(config(write_manifest(tmp_path / "manifest-clip", clipped), db))
+    assert summary.plan == {"changed": 1, "unchanged": count - 1} and summary.indexed == 1
+    after = read(db)
+    assert after["fingerprint"][0].as_py() == before["fingerprint"][0].as_py() + "@0.5-1.5"
+    assert after["segment_start_s"][0].as_py()[0] == 0.5
+    assert after["segment_end_s"][0].as_py()[-1] == 1.5
+    assert not np.allclose(vectors(after)[0], vectors(before)[0], atol=1e-3)
+    assert np.array_equal(vectors(after)[1:], vectors(before)[1:])
+
+
 def start_driver(*args: str, address: str) -> subprocess.Popen[str]:
     """The index job as its own driver process on the session's Ray (killable alone)."""
     return subprocess.Popen(
