@@ -88,7 +88,7 @@ def plan_index(
             schema.METADATA_DIGEST, pa.nulls(indexed.num_rows, pa.int64())
         )
     failed = failed if failed is not None else _empty(schema.FINGERPRINT)
-    manifest = manifest.append_column(schema.METADATA_DIGEST, metadata_digests(manifest))
+    manifest = with_metadata_digests(manifest)
     # Arrow joins carry no list columns (captions): join a slim key table, then line the result
     # up with the manifest by row number.
     keys = pa.table(
@@ -167,6 +167,13 @@ def plan_index(
         delete_ids=delete_ids,
         counts=counts,
     )
+
+
+def with_metadata_digests(manifest: pa.Table) -> pa.Table:
+    """``manifest`` with its ``metadata_digest`` column, computed unless it is there already."""
+    if schema.METADATA_DIGEST in manifest.column_names:
+        return manifest
+    return manifest.append_column(schema.METADATA_DIGEST, metadata_digests(manifest))
 
 
 def metadata_digests(manifest: pa.Table) -> pa.Array:

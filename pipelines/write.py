@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from lancedb.index import IvfPq
 
 from pipelines import schema
+from pipelines.plan import with_metadata_digests
 from pipelines.storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class TableWriter:
         self.db = connect(db_uri, storage)
         self.model_id = model_id
         self.schema = schema.embeddings_schema(dim, segments)
-        self.manifest = manifest
+        self.manifest = with_metadata_digests(manifest) if manifest is not None else None
         for extra in manifest.schema if manifest is not None else ():
             if extra.name not in self.schema.names:
                 self.schema = self.schema.append(extra)
