@@ -523,8 +523,14 @@ class DecodeStage:
         self.threads = threads
         self.storage = storage if storage is not None else StorageOptions.from_env()
         self._rng = np.random.default_rng(seed)
-        self._decoder: _DecoderProcess | None = None
+        # Started now rather than on the first video: under Ray this is actor start-up, which
+        # overlaps the encode actors loading their models, instead of the first batch's time.
+        self._decoder: _DecoderProcess | None = _DecoderProcess(self._buffer_bytes)
         self._decoded_by_child = 0
+
+    @property
+    def _buffer_bytes(self) -> int:
+        return self.frames * self.image_size**2 * 3
 
     @property
     def decoder_pid(self) -> int | None:
@@ -576,13 +582,11 @@ class DecodeStage:
         return int(row_seeds[i]) if row_seeds is not None else int(self._rng.integers(2**63))
 
     def _decode(self, req: _Request) -> _Result:
-        needed = self.frames * self.image_size**2 * 3
-        stale = self._decoder is not None and len(self._decoder.buffer) != needed
-        if stale or self._decoded_by_child >= _VIDEOS_PER_PROCESS:
+        if self._decoded_by_child >= _VIDEOS_PER_PROCESS:
             self._discard()
         for attempt in range(2):
             if self._decoder is None:
-                self._decoder = _DecoderProcess(needed)
+                self._decoder = _DecoderProcess(self._buffer_bytes)
                 self._decoded_by_child = 0
             decoder = self._decoder
             try:
