@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +64,13 @@ class EncodeStage:
         self.model = spec.build(self.device)
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self.worker = worker_label()
-        log.info("encode actor %s: %s on %s", self.worker, self.model.model_id, self.device)
+        # On stderr, which Ray keeps in the actor's log file (and shows on the driver): where each
+        # replica runs is on record even for an actor the pool never gave a batch.
+        print(
+            f"encode actor {self.worker}: {self.model.model_id} on {self.device}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _encode(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,22 +183,28 @@ def test_gpu_actors_receive_distinct_gpu_ids(
     from pipelines.index import run_index as run_index_in_process
     from pipelines.resources import ResourceRequest
 
+    # A setting no other test uses: this run's actors are the ones naming this model.
+    model = ModelSpec("tiny", overrides={"centers": 30})
     summary = run_index_in_process(
         IndexConfig(
             manifest=str(sample_corpus / "manifest"),
             db=str(tmp_path / "db"),
             table="videos",
-            model=ModelSpec("tiny"),
-            # Two decoders deliver blocks together and one-video encode batches keep an actor
-            # busy, so the pool hands work to both actors (it prefers the first when both idle).
-            resources=ResourceRequest(
-                encode_actors=2, gpus_per_actor=1, batch_size=1, decode_workers=2
-            ),
+            model=model,
+            resources=ResourceRequest(encode_actors=2, gpus_per_actor=1, batch_size=2),
         )
     )
-    gpu_ids = {label.split("gpus=")[1].split()[0] for label in summary.videos_by_worker}
     assert summary.indexed == 16
-    assert gpu_ids == {"0", "1"}, summary.videos_by_worker
+    # Each actor states its placement when it starts, in its Ray log file, whether or not the
+    # pool gave it work (it hands every block to one actor when decoding is the bottleneck).
+    started = re.compile(
+        rf"encode actor node=\S+ gpus=(\S+) pid=\d+: {re.escape(summary.model_id)} "
+    )
+    logs = Path(ray_session["session_dir"]) / "logs"
+    gpus = [m[1] for f in logs.glob("worker-*.err") for m in started.finditer(f.read_text())]
+    assert sorted(gpus) == ["0", "1"], gpus
+    for label in summary.videos_by_worker:
+        assert label.split("gpus=")[1].split()[0] in gpus
 
 
 def test_killed_job_rerun_equals_a_clean_run(
