@@ -59,7 +59,8 @@ class EncodeStage:
 
     def __init__(self, spec: ModelSpec, *, torch_threads: int | None = None) -> None:
         if torch_threads:
-            torch.set_num_threads(torch_threads)
+            # The plan counts the cluster's CPUs; an actor computes on its own node's.
+            torch.set_num_threads(min(torch_threads, os.cpu_count() or torch_threads))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = spec.build(self.device)
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None

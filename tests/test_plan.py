@@ -150,6 +150,8 @@ def test_cpu_plan_leaves_headroom_and_gpu_plan_pins_one_actor_per_gpu() -> None:
     cpu = plan_resources(ResourceRequest(), cluster_cpus=2, cluster_gpus=0)
     assert not cpu.use_gpus and cpu.encode_actors == 1
     assert cpu.decode_workers * cpu.decode_cpus + cpu.encode_cpus <= 2 - 1 + 1e-9
+    # Reservations leave headroom; torch computes on every CPU the decoders do not reserve.
+    assert cpu.torch_threads == 2
     gpu = plan_resources(ResourceRequest(), cluster_cpus=16, cluster_gpus=4)
     assert gpu.use_gpus and gpu.encode_actors == 4 and gpu.encode_gpus == 1
     assert gpu.encode_actors * gpu.encode_cpus + gpu.decode_workers * gpu.decode_cpus <= 16 * 0.9
