@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -87,6 +88,8 @@ class IndexSummary:
     ann_index: str = ""
     startup_rows: int = 0
     """Rows of the first result, which ends start-up."""
+    results: list[tuple[float, int]] = field(default_factory=list)
+    """Per result block: (seconds since the pipeline started, rows received so far)."""
 
     @property
     def videos_per_second(self) -> float:
@@ -201,6 +204,8 @@ def run_index(
             if "startup" not in summary.seconds:
                 summary.seconds["startup"] = time.perf_counter() - pipeline_started
                 summary.startup_rows = batch.num_rows
+            received = batch.num_rows + (summary.results[-1][1] if summary.results else 0)
+            summary.results.append((time.perf_counter() - pipeline_started, received))
             for stage, column in (("decode", schema.DECODE_S), ("encode", schema.ENCODE_S)):
                 stage_seconds[stage] += pc.sum(batch[column]).as_py() or 0.0
             writer.add(batch)
@@ -259,11 +264,12 @@ def build_dataset(
     carried = [schema.VIDEO_ID, schema.URI, schema.START_S, schema.END_S]
     rows = todo.select([name for name in carried if name in todo.column_names])
     # Blocks are the unit that streams to the committer: small enough that even a small corpus
-    # spreads over every decode actor and commits as it goes, never below one decode batch.
-    per_block = max(
-        resources.decode_batch_size,
-        min(ROWS_PER_BLOCK, rows.num_rows // (8 * resources.decode_workers)),
-    )
+    # spreads over every decode actor and commits as it goes; a whole number of decode and of
+    # encode batches, so that no stage re-bundles blocks (which delays results and makes short
+    # batches).
+    unit = math.lcm(resources.decode_batch_size, resources.encode_batch_size)
+    wanted = min(ROWS_PER_BLOCK, rows.num_rows // (8 * resources.decode_workers))
+    per_block = max(unit, wanted // unit * unit)
     # One block per slice: no repartition (an all-to-all step that needs free CPUs for its tasks).
     dataset = ray.data.from_arrow(
         [rows.slice(start, per_block) for start in range(0, rows.num_rows, per_block)]
