@@ -12,7 +12,8 @@ videos/s (on GPU nodes the limit would be ``min(D, E)``). D and E are the best o
 passes, so noise from other work on the machine raises the limit rather than lowering it.
 ``efficiency`` is the job's steady-state throughput over that limit; start-up (Ray and actors
 loading the model) is reported apart. Peak memory is the largest summed RSS of this process and
-every Ray process it started.
+every Ray process it started; CPU time per role (encode actor, decode actor, decoder process,
+driver, Ray's own processes) over the steady state shows where the gap to the limit goes.
 
     python -m bench.pipeline        # ViT-B-32-center (12 frames, 224 px), 192 videos
     python -m bench.pipeline --model tiny --videos 600 --encode-videos 240 \
@@ -22,9 +23,11 @@ every Ray process it started.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -72,10 +75,10 @@ def decode_throughput(
 
 def encode_throughput(
     rows: list[dict[str, Any]], *, model: str, videos: int, threads: int, repeats: int
-) -> float:
+) -> tuple[float, float]:
     """Videos/s of the encode stage on the first ``videos`` corpus videos, decoded beforehand
     (the job's own inputs, so clustering sees the same tokens), ``threads`` torch threads; the
-    best of ``repeats`` passes."""
+    best of ``repeats`` passes, and the CPU seconds per video that pass took."""
     import numpy as np
 
     from pipelines.decode import DecodeStage
@@ -92,52 +95,91 @@ def encode_throughput(
         ]
     stage(batches[0])  # warm-up
     encoded = sum(len(batch[schema.VIDEO_ID]) for batch in batches)
-    rates = []
+    passes = []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         for batch in batches:
             stage(batch)
-        rates.append(encoded / (time.perf_counter() - started))
-    return max(rates)
+        elapsed = time.perf_counter() - started
+        passes.append((encoded / elapsed, (_cpu_seconds() - cpu) / encoded))
+    return max(passes)
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def steady_window(results: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    """The results but the first, which carries start-up (actors loading models, the pipeline
+    filling), and the last, which can arrive together with the one before as the job drains."""
+    if len(results) < 5:
+        raise ValueError(f"too few result blocks to measure a steady state: {results}")
+    return results[1:-1]
 
 
 def steady_throughput(results: list[tuple[float, int]]) -> float:
     """Rows/s of the steady state: the least-squares slope of rows received against time over
-    the results between the first and the last. The first result carries start-up (actors
-    loading models, the pipeline filling); the last ones can arrive together as it drains."""
+    the results between the first and the last (``steady_window``)."""
     import numpy as np
 
-    interior = results[1:-1]
-    if len(interior) < 3:
-        raise ValueError(f"too few result blocks to measure a steady state: {results}")
+    interior = steady_window(results)
     seconds, rows = np.array(interior, dtype=np.float64).T
     return float(np.polyfit(seconds, rows, 1)[0])
 
 
-class PeakMemory:
-    """Samples the summed RSS of this process and its descendants (Ray's raylet, workers)."""
+class ProcessMonitor:
+    """Samples this process and its descendants (Ray's raylet, GCS and workers, the decoder
+    children): their summed RSS, whose peak it keeps, and the CPU time of each role."""
 
-    def __init__(self, interval_s: float = 0.25) -> None:
+    def __init__(self, interval_s: float = 1.0) -> None:
         self.peak_bytes = 0
+        self.samples: list[tuple[float, Counter[str]]] = []  # (time.time(), CPU s by role)
         self._interval = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def role(command: str, *, driver: bool) -> str:
+        if driver:
+            return "driver (plan, commits, Ray Data's executor)"
+        for marker, role in (
+            ("EncodeStage", "encode actor"),
+            ("DecodeStage", "decode actor"),
+            ("_child_main", "decoder process"),
+        ):
+            if marker in command:
+                return role
+        return "Ray's own processes"
 
     def _run(self) -> None:
         import psutil
 
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            total, cpu = 0, Counter()
             for process in [me, *me.children(recursive=True)]:
                 try:
-                    total += process.memory_info().rss
+                    with process.oneshot():
+                        total += process.memory_info().rss
+                        times = process.cpu_times()
+                        command = " ".join(process.cmdline())
                 except psutil.Error:
                     continue
+                cpu[self.role(command, driver=process.pid == me.pid)] += times.user + times.system
             self.peak_bytes = max(self.peak_bytes, total)
+            self.samples.append((time.time(), cpu))
             self._stop.wait(self._interval)
 
-    def __enter__(self) -> PeakMemory:
+    def cpu_seconds(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds each role used between the samples nearest inside ``[start, end]``."""
+        inside = [sample for sample in self.samples if start <= sample[0] <= end]
+        if len(inside) < 2:
+            raise ValueError("no two samples inside the window")
+        first, last = inside[0][1], inside[-1][1]
+        return {role: max(0.0, last[role] - first.get(role, 0.0)) for role in last}
+
+    def __enter__(self) -> ProcessMonitor:
         self._thread.start()
         return self
 
@@ -183,13 +225,13 @@ def main() -> None:
     frames, size = model.config.frames, model.image_size
 
     decode = decode_throughput(rows, frames=frames, size=size, workers=cores, repeats=args.repeats)
-    encode = encode_throughput(
+    encode, encode_cpu_per_video = encode_throughput(
         rows, model=args.model, videos=args.encode_videos, threads=cores, repeats=args.repeats
     )
     limit = 1.0 / (1.0 / decode + 1.0 / encode)
 
     ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
-    with PeakMemory() as memory:
+    with ProcessMonitor() as monitor:
         summary = run_index(
             IndexConfig(
                 manifest=str(corpus / "manifest"),
@@ -203,6 +245,10 @@ def main() -> None:
     videos = summary.indexed + summary.failed
     startup = summary.seconds["startup"]
     steady = steady_throughput(summary.results)
+    window = steady_window(summary.results)
+    window_s, window_rows = window[-1][0] - window[0][0], window[-1][1] - window[0][1]
+    cpu = monitor.cpu_seconds(window[0][0], window[-1][0])
+    job_encode_cpu_per_video = cpu.get("encode actor", 0.0) / window_rows
     whole = videos / summary.seconds["pipeline"]
 
     results = {
@@ -226,7 +272,12 @@ def main() -> None:
         "job_results": summary.results,
         "efficiency": steady / limit,
         "efficiency_including_startup": whole / limit,
-        "peak_memory_gib": memory.peak_bytes / 2**30,
+        "peak_memory_gib": monitor.peak_bytes / 2**30,
+        "steady_window_s": window_s,
+        "steady_cpu_seconds_by_role": cpu,
+        "steady_cpu_share_of_cores_by_role": {r: v / (window_s * cores) for r, v in cpu.items()},
+        "encode_cpu_s_per_video_alone": encode_cpu_per_video,
+        "encode_cpu_s_per_video_in_job": job_encode_cpu_per_video,
         "job_seconds": summary.seconds,
         "job_resources": summary.resources,
         "target_efficiency": 0.85,
@@ -242,7 +293,17 @@ def main() -> None:
         ],
         ["", "videos/s", "of limit"],
         title=f"{args.model}, {videos} videos, {frames} frames at {size} px, {cores} cores; "
-        f"start-up {startup:.1f} s, peak memory {memory.peak_bytes / 2**30:.2f} GiB",
+        f"start-up {startup:.1f} s, peak memory {monitor.peak_bytes / 2**30:.2f} GiB",
+    )
+    print_table(
+        [
+            [role, f"{seconds:.1f}", f"{seconds / (window_s * cores):.0%}"]
+            for role, seconds in sorted(cpu.items(), key=lambda item: -item[1])
+        ],
+        ["", "CPU s", "of the cores"],
+        title=f"CPU time by role over the steady state ({window_s:.1f} s, {window_rows} videos); "
+        f"encode CPU per video: {job_encode_cpu_per_video:.3f} s in the job, "
+        f"{encode_cpu_per_video:.3f} s alone",
     )
     verdict = "met" if results["target_met"] else "NOT met"
     print(f"target: steady-state efficiency >= 0.85: {verdict} ({steady / limit:.2f})")

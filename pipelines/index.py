@@ -89,7 +89,7 @@ class IndexSummary:
     startup_rows: int = 0
     """Rows of the first result, which ends start-up."""
     results: list[tuple[float, int]] = field(default_factory=list)
-    """Per result block: (seconds since the pipeline started, rows received so far)."""
+    """Per result block: (wall-clock ``time.time()``, rows received so far)."""
 
     @property
     def videos_per_second(self) -> float:
@@ -205,7 +205,7 @@ def run_index(
                 summary.seconds["startup"] = time.perf_counter() - pipeline_started
                 summary.startup_rows = batch.num_rows
             received = batch.num_rows + (summary.results[-1][1] if summary.results else 0)
-            summary.results.append((time.perf_counter() - pipeline_started, received))
+            summary.results.append((time.time(), received))
             for stage, column in (("decode", schema.DECODE_S), ("encode", schema.ENCODE_S)):
                 stage_seconds[stage] += pc.sum(batch[column]).as_py() or 0.0
             writer.add(batch)

@@ -1,4 +1,6 @@
 import math
+import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -124,7 +126,16 @@ def _step(model: nn.Module, video: torch.Tensor, text: torch.Tensor, distributed
 
 def _worker(rank: int, init_file: str, out_dir: str, state: dict, batches: dict) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    # Both ranks are on this machine: loopback, rather than the interface the host name resolves
+    # to; and a hang (a suite run once waited past the test's limit here) fails with gloo's error.
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=timedelta(seconds=60),
+    )
     try:
         results = {}
         for name, (video, text, sizes) in batches.items():
