@@ -130,11 +130,12 @@ def steady_throughput(results: list[tuple[float, int]]) -> float:
 
 class ProcessMonitor:
     """Samples this process and its descendants (Ray's raylet, GCS and workers, the decoder
-    children): their summed RSS, whose peak it keeps, and the CPU time of each role."""
+    children): their summed RSS, whose peak it keeps, and each process's role and CPU time."""
 
     def __init__(self, interval_s: float = 1.0) -> None:
         self.peak_bytes = 0
-        self.samples: list[tuple[float, Counter[str]]] = []  # (time.time(), CPU s by role)
+        # (time.time(), {pid: (role, CPU seconds so far)})
+        self.samples: list[tuple[float, dict[int, tuple[str, float]]]] = []
         self._interval = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -157,7 +158,7 @@ class ProcessMonitor:
 
         me = psutil.Process()
         while not self._stop.is_set():
-            total, cpu = 0, Counter()
+            total, processes = 0, {}
             for process in [me, *me.children(recursive=True)]:
                 try:
                     with process.oneshot():
@@ -166,18 +167,27 @@ class ProcessMonitor:
                         command = " ".join(process.cmdline())
                 except psutil.Error:
                     continue
-                cpu[self.role(command, driver=process.pid == me.pid)] += times.user + times.system
+                role = self.role(command, driver=process.pid == me.pid)
+                processes[process.pid] = (role, times.user + times.system)
             self.peak_bytes = max(self.peak_bytes, total)
-            self.samples.append((time.time(), cpu))
+            self.samples.append((time.time(), processes))
             self._stop.wait(self._interval)
 
     def cpu_seconds(self, start: float, end: float) -> dict[str, float]:
-        """CPU seconds each role used between the samples nearest inside ``[start, end]``."""
-        inside = [sample for sample in self.samples if start <= sample[0] <= end]
+        """CPU seconds each role used between the first and the last sample inside
+        ``[start, end]``. A process counts up to its last sample there (Ray Data ends a stage's
+        actors once the stage is done) and from zero when it started inside the window; a
+        process that is an idle Ray worker first and an actor later counts as the actor."""
+        inside = [processes for at, processes in self.samples if start <= at <= end]
         if len(inside) < 2:
             raise ValueError("no two samples inside the window")
-        first, last = inside[0][1], inside[-1][1]
-        return {role: max(0.0, last[role] - first.get(role, 0.0)) for role in last}
+        first, latest = inside[0], {}
+        for processes in inside[1:]:
+            latest.update(processes)
+        by_role: Counter[str] = Counter()
+        for pid, (role, cpu) in latest.items():
+            by_role[role] += max(0.0, cpu - first.get(pid, (role, 0.0))[1])
+        return dict(by_role)
 
     def __enter__(self) -> ProcessMonitor:
         self._thread.start()
