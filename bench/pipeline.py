@@ -3,7 +3,8 @@
 On a generated corpus, with the same CPUs for each:
 
 * D: decode-only throughput (``DecodeStage``, one decoder per core, no Ray);
-* E: encode-only throughput (``EncodeStage`` on pre-decoded frames, every core to torch);
+* E: encode-only throughput of the job's encode actors (``plan_resources``: one process per
+  actor with its torch threads, every core to torch), on pre-decoded frames;
 * the whole index job (local Ray, ``run_index``): its steady state (rows received against
   time, without the first and the last result), and its whole run with start-up.
 
@@ -74,18 +75,26 @@ def decode_throughput(
 
 
 def encode_throughput(
-    rows: list[dict[str, Any]], *, model: str, videos: int, threads: int, repeats: int
+    rows: list[dict[str, Any]],
+    *,
+    model: str,
+    videos: int,
+    actors: int,
+    threads: int,
+    repeats: int,
 ) -> tuple[float, float]:
-    """Videos/s of the encode stage on the first ``videos`` corpus videos, decoded beforehand
-    (the job's own inputs, so clustering sees the same tokens), ``threads`` torch threads; the
-    best of ``repeats`` passes, and the CPU seconds per video that pass took."""
+    """Videos/s of the job's encode configuration, ``actors`` processes of ``threads`` torch
+    threads each, all encoding the first ``videos`` corpus videos (decoded beforehand: the job's
+    own inputs, so clustering sees the same tokens) at the same time; passes start together, and
+    the best of ``repeats`` passes' summed rates counts, with the CPU seconds per video it took."""
+    import multiprocessing
+
     import numpy as np
 
+    from centerclip import create_model
     from pipelines.decode import DecodeStage
-    from pipelines.encode import EncodeStage, ModelSpec
 
-    stage = EncodeStage(ModelSpec(model), torch_threads=threads)
-    spec = stage.model
+    spec = create_model(model)
     with DecodeStage(frames=spec.config.frames, image_size=spec.image_size) as decoder:
         batches = [
             decoder(
@@ -93,16 +102,37 @@ def encode_throughput(
             )
             for chunk in (rows[i : i + BATCH] for i in range(0, min(videos, len(rows)), BATCH))
         ]
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(actors) as pool:
+        barrier = manager.Barrier(actors)
+        per_actor = pool.starmap(
+            _encode_passes, [(model, threads, batches, repeats, barrier)] * actors
+        )
+    passes = [
+        (sum(rate for rate, _ in together), sum(cpu for _, cpu in together) / actors)
+        for together in zip(*per_actor, strict=True)
+    ]
+    return max(passes)
+
+
+def _encode_passes(
+    model: str, threads: int, batches: list[dict[str, Any]], repeats: int, barrier: Any
+) -> list[tuple[float, float]]:
+    """One encode actor's passes: (videos/s, CPU seconds per video) each."""
+    from pipelines.encode import EncodeStage, ModelSpec
+
+    stage = EncodeStage(ModelSpec(model), torch_threads=threads)
     stage(batches[0])  # warm-up
     encoded = sum(len(batch[schema.VIDEO_ID]) for batch in batches)
     passes = []
     for _ in range(repeats):
+        barrier.wait()
         started, cpu = time.perf_counter(), _cpu_seconds()
         for batch in batches:
             stage(batch)
         elapsed = time.perf_counter() - started
         passes.append((encoded / elapsed, (_cpu_seconds() - cpu) / encoded))
-    return max(passes)
+    return passes
 
 
 def _cpu_seconds() -> float:
@@ -222,7 +252,7 @@ def main() -> None:
     from centerclip import create_model
     from pipelines.encode import ModelSpec
     from pipelines.index import IndexConfig, run_index
-    from pipelines.resources import ResourceRequest
+    from pipelines.resources import ResourceRequest, plan_resources
     from pipelines.synthetic import write_sample_corpus
 
     cores = usable_cores()
@@ -235,8 +265,15 @@ def main() -> None:
     frames, size = model.config.frames, model.image_size
 
     decode = decode_throughput(rows, frames=frames, size=size, workers=cores, repeats=args.repeats)
+    request = ResourceRequest(gpus_per_actor=0)
+    plan = plan_resources(request, cluster_cpus=cores, cluster_gpus=0)
     encode, encode_cpu_per_video = encode_throughput(
-        rows, model=args.model, videos=args.encode_videos, threads=cores, repeats=args.repeats
+        rows,
+        model=args.model,
+        videos=args.encode_videos,
+        actors=plan.encode_actors,
+        threads=plan.torch_threads,
+        repeats=args.repeats,
     )
     limit = 1.0 / (1.0 / decode + 1.0 / encode)
 
@@ -248,7 +285,7 @@ def main() -> None:
                 db=str(work / "db"),
                 table="videos",
                 model=ModelSpec(args.model),
-                resources=ResourceRequest(gpus_per_actor=0),
+                resources=request,
             )
         )
     ray.shutdown()
@@ -274,6 +311,8 @@ def main() -> None:
         "limit_formula": "1 / (1/D + 1/E): decode and encode share the same CPUs",
         "repeats": args.repeats,
         "encode_videos": args.encode_videos,
+        "encode_actors": plan.encode_actors,
+        "torch_threads_per_actor": plan.torch_threads,
         "job_steady_videos_per_s": steady,
         "job_videos_per_s_including_startup": whole,
         "job_startup_s": startup,
@@ -296,7 +335,7 @@ def main() -> None:
     print_table(
         [
             ["decode only (D)", f"{decode:.1f}", "-"],
-            ["encode only (E)", f"{encode:.1f}", "-"],
+            [f"encode only (E, {plan.encode_actors} actor(s))", f"{encode:.1f}", "-"],
             ["limit 1/(1/D+1/E)", f"{limit:.1f}", "1.00"],
             ["index job, steady state", f"{steady:.1f}", f"{steady / limit:.2f}"],
             ["index job, with start-up", f"{whole:.1f}", f"{whole / limit:.2f}"],

@@ -148,10 +148,16 @@ def test_flags_keep_deleted_and_retry_errors() -> None:
 
 def test_cpu_plan_leaves_headroom_and_gpu_plan_pins_one_actor_per_gpu() -> None:
     cpu = plan_resources(ResourceRequest(), cluster_cpus=2, cluster_gpus=0)
-    assert not cpu.use_gpus and cpu.encode_actors == 1
-    assert cpu.decode_workers * cpu.decode_cpus + cpu.encode_cpus <= 2 - 1 + 1e-9
-    # Reservations leave headroom; torch computes on every CPU the decoders do not reserve.
-    assert cpu.torch_threads == 2
+    assert not cpu.use_gpus
+    reserved = cpu.decode_workers * cpu.decode_cpus + cpu.encode_actors * cpu.encode_cpus
+    assert reserved <= 2 - 1 + 1e-9
+    # Reservations leave headroom; torch computes on every CPU the decoders do not reserve, one
+    # single-thread actor per CPU.
+    assert cpu.encode_actors == 2 and cpu.torch_threads == 1
+    big = plan_resources(ResourceRequest(), cluster_cpus=64, cluster_gpus=0)
+    assert big.encode_actors == 8 and big.torch_threads > 1  # replicas capped, threads instead
+    asked = plan_resources(ResourceRequest(encode_actors=1), cluster_cpus=2, cluster_gpus=0)
+    assert asked.encode_actors == 1 and asked.torch_threads == 2
     gpu = plan_resources(ResourceRequest(), cluster_cpus=16, cluster_gpus=4)
     assert gpu.use_gpus and gpu.encode_actors == 4 and gpu.encode_gpus == 1
     assert gpu.encode_actors * gpu.encode_cpus + gpu.decode_workers * gpu.decode_cpus <= 16 * 0.9
