@@ -264,11 +264,12 @@ def build_dataset(
     carried = [schema.VIDEO_ID, schema.URI, schema.START_S, schema.END_S]
     rows = todo.select([name for name in carried if name in todo.column_names])
     # Blocks are the unit that streams to the committer: small enough that even a small corpus
-    # spreads over every decode actor and commits as it goes; a whole number of decode and of
-    # encode batches, so that no stage re-bundles blocks (which delays results and makes short
-    # batches).
+    # spreads over every decode and every encode actor (about 8 blocks each) and commits as it
+    # goes; a whole number of decode and of encode batches, so that no stage re-bundles blocks
+    # (which delays results and makes short batches).
     unit = math.lcm(resources.decode_batch_size, resources.encode_batch_size)
-    wanted = min(ROWS_PER_BLOCK, rows.num_rows // (8 * resources.decode_workers))
+    actors = max(resources.decode_workers, resources.encode_actors)
+    wanted = min(ROWS_PER_BLOCK, rows.num_rows // (8 * actors))
     per_block = max(unit, wanted // unit * unit)
     # One block per slice: no repartition (an all-to-all step that needs free CPUs for its tasks).
     dataset = ray.data.from_arrow(
