@@ -266,7 +266,7 @@ def main() -> None:
 
     decode = decode_throughput(rows, frames=frames, size=size, workers=cores, repeats=args.repeats)
     request = ResourceRequest(gpus_per_actor=0)
-    plan = plan_resources(request, cluster_cpus=cores, cluster_gpus=0)
+    plan = plan_resources(request, cluster_cpus=cores, cluster_gpus=0, videos=len(rows))
     encode, encode_cpu_per_video = encode_throughput(
         rows,
         model=args.model,

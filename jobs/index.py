@@ -74,7 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     resources = parser.add_argument_group("resources (default: decided from the cluster)")
     resources.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-    resources.add_argument("--actors", type=_cli.positive_int, help="encode actors")
+    resources.add_argument(
+        "--actors",
+        type=_cli.positive_int,
+        help="encode actors (default: one per GPU; on CPU, one per free CPU, at most 8)",
+    )
     resources.add_argument(
         "--gpus-per-actor", type=float, help="GPUs per encode actor; 0 forces CPU encoding"
     )

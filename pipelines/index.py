@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections import Counter
@@ -31,13 +30,11 @@ from pipelines.decode import DecodeStage
 from pipelines.encode import EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints, read_manifest
 from pipelines.plan import REASON, IndexPlan, plan_index
-from pipelines.resources import ResourcePlan, ResourceRequest, plan_resources
+from pipelines.resources import ResourcePlan, ResourceRequest, plan_resources, rows_per_block
 from pipelines.storage import StorageOptions
 from pipelines.write import DEFAULT_INDEX_MIN_ROWS, TableWriter, connect, delete_ids, open_table
 
 log = logging.getLogger(__name__)
-
-ROWS_PER_BLOCK = 32
 
 
 class ErrorRateExceeded(RuntimeError):
@@ -194,7 +191,7 @@ def run_index(
     pipeline_started = time.perf_counter()
     stage_seconds: Counter[str] = Counter()
     if plan.todo.num_rows:
-        resources = _plan_cluster_resources(config)
+        resources = _plan_cluster_resources(config, plan.todo.num_rows)
         summary.resources = resources.describe()
         log.info("resources: %s", summary.resources)
         dataset = build_dataset(plan.todo, config, model.image_size, model.config.frames, resources)
@@ -231,7 +228,7 @@ def run_index(
     return summary
 
 
-def _plan_cluster_resources(config: IndexConfig) -> ResourcePlan:
+def _plan_cluster_resources(config: IndexConfig, videos: int) -> ResourcePlan:
     import ray
 
     if not ray.is_initialized():
@@ -244,6 +241,7 @@ def _plan_cluster_resources(config: IndexConfig) -> ResourcePlan:
         config.resources,
         cluster_cpus=available.get("CPU", 0.0),
         cluster_gpus=available.get("GPU", 0.0),
+        videos=videos,
     )
 
 
@@ -263,14 +261,7 @@ def build_dataset(
     # Only what decoding needs travels through Ray; the writer joins the rest back by video_id.
     carried = [schema.VIDEO_ID, schema.URI, schema.START_S, schema.END_S]
     rows = todo.select([name for name in carried if name in todo.column_names])
-    # Blocks are the unit that streams to the committer: small enough that even a small corpus
-    # spreads over every decode and every encode actor (about 8 blocks each) and commits as it
-    # goes; a whole number of decode and of encode batches, so that no stage re-bundles blocks
-    # (which delays results and makes short batches).
-    unit = math.lcm(resources.decode_batch_size, resources.encode_batch_size)
-    actors = max(resources.decode_workers, resources.encode_actors)
-    wanted = min(ROWS_PER_BLOCK, rows.num_rows // (8 * actors))
-    per_block = max(unit, wanted // unit * unit)
+    per_block = rows_per_block(resources, rows.num_rows)
     # One block per slice: no repartition (an all-to-all step that needs free CPUs for its tasks).
     dataset = ray.data.from_arrow(
         [rows.slice(start, per_block) for start in range(0, rows.num_rows, per_block)]

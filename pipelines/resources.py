@@ -9,7 +9,8 @@ hangs, so CPU reservations always leave headroom; and a GPU stage needs an expli
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,21 @@ CPU_SHARE_FOR_ACTORS = 0.9
 MIN_ACTOR_CPUS = 0.5
 # Each CPU encode actor holds a model replica: past this many, actors get more threads instead.
 MAX_CPU_ENCODE_ACTORS = 8
+# Blocks are the unit that streams from stage to stage and on to the committer.
+ROWS_PER_BLOCK = 32
+BLOCKS_PER_ACTOR = 8
 
 
 def plan_resources(
-    request: ResourceRequest, *, cluster_cpus: float, cluster_gpus: float
+    request: ResourceRequest,
+    *,
+    cluster_cpus: float,
+    cluster_gpus: float,
+    videos: int | None = None,
 ) -> ResourcePlan:
-    """Decide actor counts, reservations and batch sizes.
+    """Decide actor counts, reservations and batch sizes; with ``videos``, the number of videos
+    to encode, no pool gets more actors than there are blocks of them to work on (a re-index of a
+    few videos starts one actor, not one per CPU), unless the request names the count.
 
     With GPUs: one encode actor per GPU (``gpus_per_actor`` GPUs each, 1 by default) and every
     remaining CPU decodes. Without GPUs: CPU encode and decode actors share the CPUs; encoding gets
@@ -73,6 +83,32 @@ def plan_resources(
     Raises:
         ValueError: when the request cannot fit the cluster (more GPUs than it has, ...).
     """
+    plan = _plan_for_cluster(request, cluster_cpus, cluster_gpus)
+    if videos is None:
+        return plan
+    blocks = max(1, math.ceil(videos / rows_per_block(plan, videos)))
+    fitted = replace(
+        request,
+        encode_actors=request.encode_actors or min(plan.encode_actors, blocks),
+        decode_workers=request.decode_workers or min(plan.decode_workers, blocks),
+    )
+    return _plan_for_cluster(fitted, cluster_cpus, cluster_gpus)
+
+
+def rows_per_block(plan: ResourcePlan, videos: int) -> int:
+    """Rows per block for ``videos`` rows: a whole number of decode and of encode batches (so
+    that no stage re-bundles blocks, which delays results and makes short batches), at most
+    ``ROWS_PER_BLOCK``, and small enough that each actor gets about ``BLOCKS_PER_ACTOR`` blocks
+    and results stream to the committer even from a small corpus."""
+    unit = math.lcm(plan.decode_batch_size, plan.encode_batch_size)
+    actors = max(plan.decode_workers, plan.encode_actors)
+    wanted = min(ROWS_PER_BLOCK, videos // (BLOCKS_PER_ACTOR * actors))
+    return max(unit, wanted // unit * unit)
+
+
+def _plan_for_cluster(
+    request: ResourceRequest, cluster_cpus: float, cluster_gpus: float
+) -> ResourcePlan:
     if cluster_cpus < 1:
         raise ValueError(f"the Ray cluster offers {cluster_cpus:g} CPUs; at least 1 is needed")
     if request.gpus_per_actor is not None and request.gpus_per_actor > 0 and cluster_gpus <= 0:
