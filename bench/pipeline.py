@@ -39,13 +39,19 @@ from pipelines import schema
 BATCH = 8
 
 
+def _columns(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Manifest rows as the column batch a stage takes."""
+    import numpy as np
+
+    return {name: np.array([row[name] for row in rows], dtype=object) for name in rows[0]}
+
+
 def decode_throughput(
     rows: list[dict[str, Any]], *, frames: int, size: int, workers: int, repeats: int
 ) -> float:
     """Videos/s with ``workers`` decode stages (each one child decoder process) in parallel,
     each decoding its own share of the batches (a stage serves one caller at a time); the best
     of ``repeats`` passes over the corpus."""
-    import numpy as np
 
     from pipelines.decode import DecodeStage
 
@@ -55,10 +61,7 @@ def decode_throughput(
     def decode(stage: DecodeStage, share: list[list[dict[str, Any]]]) -> int:
         decoded = 0
         for batch in share:
-            columns = {
-                name: np.array([row[name] for row in batch], dtype=object) for name in batch[0]
-            }
-            decoded += int(sum(not error for error in stage(columns)[schema.ERROR]))
+            decoded += int(sum(not error for error in stage(_columns(batch))[schema.ERROR]))
         return decoded
 
     with ThreadPoolExecutor(workers) as pool:
@@ -89,18 +92,13 @@ def encode_throughput(
     the best of ``repeats`` passes' summed rates counts, with the CPU seconds per video it took."""
     import multiprocessing
 
-    import numpy as np
-
     from centerclip import create_model
     from pipelines.decode import DecodeStage
 
     spec = create_model(model)
     with DecodeStage(frames=spec.config.frames, image_size=spec.image_size) as decoder:
         batches = [
-            decoder(
-                {name: np.array([row[name] for row in chunk], dtype=object) for name in chunk[0]}
-            )
-            for chunk in (rows[i : i + BATCH] for i in range(0, min(videos, len(rows)), BATCH))
+            decoder(_columns(rows[i : i + BATCH])) for i in range(0, min(videos, len(rows)), BATCH)
         ]
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, context.Pool(actors) as pool:

@@ -158,7 +158,6 @@ def test_cpu_plan_leaves_headroom_and_gpu_plan_pins_one_actor_per_gpu() -> None:
     assert big.encode_actors == 8 and big.torch_threads > 1  # replicas capped, threads instead
     asked = plan_resources(ResourceRequest(encode_actors=1), cluster_cpus=2, cluster_gpus=0)
     assert asked.encode_actors == 1 and asked.torch_threads == 2
-    gpu = plan_resources(ResourceRequest(), cluster_cpus=16, cluster_gpus=4)
     # A few videos start only as many actors as they make blocks, with the CPUs among them.
     few = plan_resources(ResourceRequest(), cluster_cpus=4, cluster_gpus=0, videos=5)
     assert few.encode_actors == 1 and few.torch_threads == 3 and few.decode_workers == 1
@@ -170,6 +169,7 @@ def test_cpu_plan_leaves_headroom_and_gpu_plan_pins_one_actor_per_gpu() -> None:
         fitted = plan_resources(ResourceRequest(), cluster_cpus=4, cluster_gpus=0, videos=videos)
         blocks = -(-videos // rows_per_block(fitted, videos))
         assert fitted.encode_actors <= blocks and fitted.decode_workers <= blocks
+    gpu = plan_resources(ResourceRequest(), cluster_cpus=16, cluster_gpus=4)
     assert gpu.use_gpus and gpu.encode_actors == 4 and gpu.encode_gpus == 1
     assert gpu.encode_actors * gpu.encode_cpus + gpu.decode_workers * gpu.decode_cpus <= 16 * 0.9
     forced_cpu = plan_resources(ResourceRequest(gpus_per_actor=0), cluster_cpus=8, cluster_gpus=2)
