@@ -6,18 +6,22 @@ On a generated corpus, with the same CPUs for each:
 * E: encode-only throughput of the job's encode actors (``plan_resources``: one process per
   actor with its torch threads, every core to torch), on pre-decoded frames;
 * the whole index job (local Ray, ``run_index``): its steady state (rows received against
-  time, without the first and the last result), and its whole run with start-up.
+  time, without the first and the last result), and its whole run with start-up;
+* where the plan has each encode actor decode its own videos, the same job with a separate
+  decode pool (``--decode-workers 1``) right after it, in the same Ray session: the ratio of
+  the two is what running both stages in one actor gains.
 
 Decoding and encoding share the CPUs here, so the job can at best reach ``1 / (1/D + 1/E)``
 videos/s (on GPU nodes the limit would be ``min(D, E)``). D and E are the best of ``--repeats``
 passes, so noise from other work on the machine raises the limit rather than lowering it.
 ``efficiency`` is the job's steady-state throughput over that limit; start-up (Ray and actors
 loading the model) is reported apart. Peak memory is the largest summed RSS of this process and
-every Ray process it started; CPU time per role (encode actor, decode actor, decoder process,
-driver, Ray's own processes) over the steady state shows where the gap to the limit goes.
+every Ray process it started; CPU time per role (encode actor, decode+encode actor, decode
+actor, decoder process, driver, Ray's own processes) over the steady state shows where the gap
+to the limit goes.
 
     python -m bench.pipeline        # ViT-B-32-center (12 frames, 224 px), 192 videos
-    python -m bench.pipeline --model tiny --videos 600 --encode-videos 240 \
+    python -m bench.pipeline --model tiny --videos 2400 --encode-videos 480 \
         --output bench/results/pipeline-tiny.json   # per-video work small: Ray's overhead shows
 """
 
@@ -173,6 +177,7 @@ class ProcessMonitor:
         if driver:
             return "driver (plan, commits, Ray Data's executor)"
         for marker, role in (
+            ("DecodeEncodeStage", "decode+encode actor"),
             ("EncodeStage", "encode actor"),
             ("DecodeStage", "decode actor"),
             ("_child_main", "decoder process"),
@@ -201,21 +206,22 @@ class ProcessMonitor:
             self.samples.append((time.time(), processes))
             self._stop.wait(self._interval)
 
-    def cpu_seconds(self, start: float, end: float) -> dict[str, float]:
-        """CPU seconds each role used between the first and the last sample inside
-        ``[start, end]``. A process counts up to its last sample there (Ray Data ends a stage's
-        actors once the stage is done) and from zero when it started inside the window; a
-        process that is an idle Ray worker first and an actor later counts as the actor."""
-        inside = [processes for at, processes in self.samples if start <= at <= end]
+    def cpu_seconds(self, start: float, end: float) -> tuple[float, dict[str, float]]:
+        """The seconds between the first and the last sample inside ``[start, end]``, and the
+        CPU seconds each role used between them. A process counts up to its last sample there
+        (Ray Data ends a stage's actors once the stage is done) and from zero when it started
+        inside the window; a process that is an idle Ray worker first and an actor later counts
+        as the actor."""
+        inside = [sample for sample in self.samples if start <= sample[0] <= end]
         if len(inside) < 2:
             raise ValueError("no two samples inside the window")
-        first, latest = inside[0], {}
-        for processes in inside[1:]:
+        (first_at, first), latest = inside[0], {}
+        for _, processes in inside[1:]:
             latest.update(processes)
         by_role: Counter[str] = Counter()
         for pid, (role, cpu) in latest.items():
             by_role[role] += max(0.0, cpu - first.get(pid, (role, 0.0))[1])
-        return dict(by_role)
+        return inside[-1][0] - first_at, dict(by_role)
 
     def __enter__(self) -> ProcessMonitor:
         self._thread.start()
@@ -224,6 +230,44 @@ class ProcessMonitor:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def index_job(corpus: Path, db: Path, model: str, request: Any, cores: int) -> dict[str, Any]:
+    """One run of the index job (``run_index``) on the local Ray, and its figures: steady-state
+    and whole-run throughput, start-up, peak memory and CPU time by role over the steady state."""
+    from pipelines.encode import ModelSpec
+    from pipelines.index import IndexConfig, run_index
+
+    with ProcessMonitor() as monitor:
+        summary = run_index(
+            IndexConfig(
+                manifest=str(corpus / "manifest"),
+                db=str(db),
+                table="videos",
+                model=ModelSpec(model),
+                resources=request,
+            )
+        )
+    steady = steady_throughput(summary.results)
+    window = steady_window(summary.results)
+    sampled_s, cpu = monitor.cpu_seconds(window[0][0], window[-1][0])
+    encoding = cpu.get("encode actor", 0.0) + cpu.get("decode+encode actor", 0.0)
+    videos = summary.indexed + summary.failed
+    return {
+        "resources": summary.resources,
+        "videos": videos,
+        "steady_videos_per_s": steady,
+        "videos_per_s_including_startup": videos / summary.seconds["pipeline"],
+        "startup_s": summary.seconds["startup"],
+        "results": summary.results,
+        "peak_memory_gib": monitor.peak_bytes / 2**30,
+        "steady_window_s": window[-1][0] - window[0][0],
+        "steady_sampled_s": sampled_s,
+        "steady_cpu_seconds_by_role": cpu,
+        "steady_cpu_share_of_cores_by_role": {r: v / (sampled_s * cores) for r, v in cpu.items()},
+        "encode_cpu_s_per_video": encoding / (steady * sampled_s),
+        "seconds": summary.seconds,
+    }
 
 
 def main() -> None:
@@ -248,8 +292,6 @@ def main() -> None:
     import ray
 
     from centerclip import create_model
-    from pipelines.encode import ModelSpec
-    from pipelines.index import IndexConfig, run_index
     from pipelines.resources import ResourceRequest, plan_resources
     from pipelines.synthetic import write_sample_corpus
 
@@ -276,25 +318,16 @@ def main() -> None:
     limit = 1.0 / (1.0 / decode + 1.0 / encode)
 
     ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
-    with ProcessMonitor() as monitor:
-        summary = run_index(
-            IndexConfig(
-                manifest=str(corpus / "manifest"),
-                db=str(work / "db"),
-                table="videos",
-                model=ModelSpec(args.model),
-                resources=request,
-            )
-        )
+    job = index_job(corpus, work / "db", args.model, request, cores)
+    # The variant the plan replaced, in the same Ray session: a separate decode pool.
+    pooled = None
+    if plan.decode_in_encode_actors:
+        pooled_request = ResourceRequest(gpus_per_actor=0, decode_workers=1)
+        pooled = index_job(corpus, work / "db-pooled", args.model, pooled_request, cores)
     ray.shutdown()
-    videos = summary.indexed + summary.failed
-    startup = summary.seconds["startup"]
-    steady = steady_throughput(summary.results)
-    window = steady_window(summary.results)
-    window_s, window_rows = window[-1][0] - window[0][0], window[-1][1] - window[0][1]
-    cpu = monitor.cpu_seconds(window[0][0], window[-1][0])
-    job_encode_cpu_per_video = cpu.get("encode actor", 0.0) / window_rows
-    whole = videos / summary.seconds["pipeline"]
+    videos = job["videos"]
+    steady, whole = job["steady_videos_per_s"], job["videos_per_s_including_startup"]
+    cpu, sampled_s = job["steady_cpu_seconds_by_role"], job["steady_sampled_s"]
 
     results = {
         **run_metadata(),
@@ -311,45 +344,62 @@ def main() -> None:
         "encode_videos": args.encode_videos,
         "encode_actors": plan.encode_actors,
         "torch_threads_per_actor": plan.torch_threads,
+        "decode_in_encode_actors": plan.decode_in_encode_actors,
         "job_steady_videos_per_s": steady,
         "job_videos_per_s_including_startup": whole,
-        "job_startup_s": startup,
+        "job_startup_s": job["startup_s"],
         "job_steady_definition": "slope of rows received against time, first and last "
         "result left out",
-        "job_results": summary.results,
+        "job_results": job["results"],
         "efficiency": steady / limit,
         "efficiency_including_startup": whole / limit,
-        "peak_memory_gib": monitor.peak_bytes / 2**30,
-        "steady_window_s": window_s,
+        "peak_memory_gib": job["peak_memory_gib"],
+        "steady_window_s": job["steady_window_s"],
+        "steady_sampled_s": sampled_s,
         "steady_cpu_seconds_by_role": cpu,
-        "steady_cpu_share_of_cores_by_role": {r: v / (window_s * cores) for r, v in cpu.items()},
+        "steady_cpu_share_of_cores_by_role": job["steady_cpu_share_of_cores_by_role"],
         "encode_cpu_s_per_video_alone": encode_cpu_per_video,
-        "encode_cpu_s_per_video_in_job": job_encode_cpu_per_video,
-        "job_seconds": summary.seconds,
-        "job_resources": summary.resources,
+        "encode_cpu_s_per_video_in_job": job["encode_cpu_s_per_video"],
+        "job_seconds": job["seconds"],
+        "job_resources": job["resources"],
         "target_efficiency": 0.85,
         "target_met": steady / limit >= 0.85,
     }
+    rows_table = [
+        ["decode only (D)", f"{decode:.1f}", "-"],
+        [f"encode only (E, {plan.encode_actors} actor(s))", f"{encode:.1f}", "-"],
+        ["limit 1/(1/D+1/E)", f"{limit:.1f}", "1.00"],
+        ["index job, steady state", f"{steady:.1f}", f"{steady / limit:.2f}"],
+        ["index job, with start-up", f"{whole:.1f}", f"{whole / limit:.2f}"],
+    ]
+    if pooled is not None:
+        results["with_decode_pool"] = {
+            **pooled,
+            "efficiency": pooled["steady_videos_per_s"] / limit,
+            "plan_over_decode_pool": steady / pooled["steady_videos_per_s"],
+        }
+        rows_table.append(
+            [
+                "the same with a decode pool, steady state",
+                f"{pooled['steady_videos_per_s']:.1f}",
+                f"{pooled['steady_videos_per_s'] / limit:.2f}",
+            ]
+        )
     print_table(
-        [
-            ["decode only (D)", f"{decode:.1f}", "-"],
-            [f"encode only (E, {plan.encode_actors} actor(s))", f"{encode:.1f}", "-"],
-            ["limit 1/(1/D+1/E)", f"{limit:.1f}", "1.00"],
-            ["index job, steady state", f"{steady:.1f}", f"{steady / limit:.2f}"],
-            ["index job, with start-up", f"{whole:.1f}", f"{whole / limit:.2f}"],
-        ],
+        rows_table,
         ["", "videos/s", "of limit"],
         title=f"{args.model}, {videos} videos, {frames} frames at {size} px, {cores} cores; "
-        f"start-up {startup:.1f} s, peak memory {monitor.peak_bytes / 2**30:.2f} GiB",
+        f"start-up {job['startup_s']:.1f} s, peak memory {job['peak_memory_gib']:.2f} GiB; "
+        f"{job['resources']}",
     )
     print_table(
         [
-            [role, f"{seconds:.1f}", f"{seconds / (window_s * cores):.0%}"]
+            [role, f"{seconds:.1f}", f"{seconds / (sampled_s * cores):.0%}"]
             for role, seconds in sorted(cpu.items(), key=lambda item: -item[1])
         ],
         ["", "CPU s", "of the cores"],
-        title=f"CPU time by role over the steady state ({window_s:.1f} s, {window_rows} videos); "
-        f"encode CPU per video: {job_encode_cpu_per_video:.3f} s in the job, "
+        title=f"CPU time by role over {sampled_s:.1f} s of the steady state; "
+        f"encode CPU per video: {job['encode_cpu_s_per_video']:.3f} s in the job, "
         f"{encode_cpu_per_video:.3f} s alone",
     )
     verdict = "met" if results["target_met"] else "NOT met"

@@ -17,6 +17,8 @@ import torch
 
 import centerclip
 from pipelines import schema
+from pipelines.decode import DecodeStage
+from pipelines.storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,34 @@ class EncodeStage:
             }
         )
         return pa.table(columns)
+
+
+class DecodeEncodeStage:
+    """:class:`DecodeStage` then :class:`EncodeStage` in one process: manifest rows in, the
+    encode stage's table out.
+
+    For CPU-only plans (``ResourcePlan.decode_in_encode_actors``): decoding and encoding share
+    the CPUs anyway, and this way the frames go from the decoder child to the model without
+    crossing Ray's object store. Arguments are those of the two stages.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        frames: int,
+        image_size: int,
+        timeout_s: float = 60.0,
+        storage: StorageOptions | None = None,
+        torch_threads: int | None = None,
+    ) -> None:
+        self.decode = DecodeStage(
+            frames=frames, image_size=image_size, timeout_s=timeout_s, storage=storage
+        )
+        self.encode = EncodeStage(spec, torch_threads=torch_threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        return self.encode(self.decode(batch))
 
 
 def segment_spans(

@@ -7,6 +7,8 @@
     ray.data.from_arrow(todo)
       .map_batches(DecodeStage)              (CPU actor pool; decord in a child process)
       .map_batches(EncodeStage)              (one actor per GPU, or CPU actors)
+      or, with one single-thread actor per CPU and no GPU:
+      .map_batches(DecodeEncodeStage)        (each CPU actor decodes, then encodes)
       .iter_batches() -> TableWriter         (driver; merge_insert commits, errors table)
     TableWriter.finish()                     (compaction, IVF_PQ index)
 """
@@ -27,7 +29,7 @@ import pyarrow.compute as pc
 
 from pipelines import schema
 from pipelines.decode import DecodeStage
-from pipelines.encode import EncodeStage, ModelSpec
+from pipelines.encode import DecodeEncodeStage, EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints, read_manifest
 from pipelines.plan import REASON, IndexPlan, plan_index
 from pipelines.resources import ResourcePlan, ResourceRequest, plan_resources, rows_per_block
@@ -266,14 +268,29 @@ def build_dataset(
     dataset = ray.data.from_arrow(
         [rows.slice(start, per_block) for start in range(0, rows.num_rows, per_block)]
     )
+    decode_options = {
+        "frames": frames,
+        "image_size": image_size,
+        "timeout_s": config.decode_timeout_s,
+        "storage": config.storage,
+    }
+    encode_options = {
+        "fn_constructor_args": (config.model,),
+        "batch_size": resources.encode_batch_size,
+        "batch_format": "numpy",
+        "compute": ray.data.ActorPoolStrategy(size=resources.encode_actors),
+        "num_cpus": resources.encode_cpus,
+        "num_gpus": resources.encode_gpus,
+    }
+    if resources.decode_in_encode_actors:
+        return dataset.map_batches(
+            DecodeEncodeStage,
+            fn_constructor_kwargs={**decode_options, "torch_threads": resources.torch_threads},
+            **encode_options,
+        )
     dataset = dataset.map_batches(
         DecodeStage,
-        fn_constructor_kwargs={
-            "frames": frames,
-            "image_size": image_size,
-            "timeout_s": config.decode_timeout_s,
-            "storage": config.storage,
-        },
+        fn_constructor_kwargs=decode_options,
         batch_size=resources.decode_batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=resources.decode_workers),
@@ -281,13 +298,8 @@ def build_dataset(
     )
     return dataset.map_batches(
         EncodeStage,
-        fn_constructor_args=(config.model,),
         fn_constructor_kwargs={"torch_threads": resources.torch_threads},
-        batch_size=resources.encode_batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=resources.encode_actors),
-        num_cpus=resources.encode_cpus,
-        num_gpus=resources.encode_gpus,
+        **encode_options,
     )
 
 

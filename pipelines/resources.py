@@ -36,12 +36,20 @@ class ResourcePlan:
     decode_workers: int
     decode_cpus: float
     decode_batch_size: int
+    # Each encode actor decodes its own batches; there is no decode pool (decode_workers == 0).
+    decode_in_encode_actors: bool = False
 
     def describe(self) -> str:
         where = f"{self.encode_gpus:g} GPU" if self.use_gpus else f"{self.encode_cpus:g} CPU"
+        encoders = f"{self.encode_actors} encode actor(s) x {where}"
+        if self.decode_in_encode_actors:
+            return (
+                f"{encoders} ({self.torch_threads} torch thread(s)), each decoding its own "
+                f"videos, batch {self.encode_batch_size}"
+            )
         return (
             f"{self.decode_workers} decode actor(s) x {self.decode_cpus:g} CPU, "
-            f"{self.encode_actors} encode actor(s) x {where}, encode batch {self.encode_batch_size}"
+            f"{encoders}, encode batch {self.encode_batch_size}"
         )
 
 
@@ -52,6 +60,7 @@ DECODE_BATCH_SIZE = 4
 # Ray Data's own tasks need a full CPU each, and starve (the job hangs) without one.
 CPU_SHARE_FOR_ACTORS = 0.9
 MIN_ACTOR_CPUS = 0.5
+MIN_CPUS_PER_ENCODE_ACTOR = 0.25
 # Each CPU encode actor holds a model replica: past this many, actors get more threads instead.
 MAX_CPU_ENCODE_ACTORS = 8
 # Blocks are the unit that streams from stage to stage and on to the committer.
@@ -80,6 +89,12 @@ def plan_resources(
     itself) takes one of its cores, and on 2 cores two 1-thread actors indexed ViT-B/32 23% faster
     than one 2-thread actor in the same run.
 
+    Where every CPU gets its own single-thread encode actor and ``decode_workers`` is not named,
+    there is no decode pool: each actor decodes its batch (in its decoder child) and then encodes
+    it. Decoding and encoding share the CPUs either way, and this way no frame crosses Ray's
+    object store and no actor process only decodes. A multi-thread actor keeps the decode pool:
+    its threads would idle while its decoder works.
+
     Raises:
         ValueError: when the request cannot fit the cluster (more GPUs than it has, ...).
     """
@@ -87,10 +102,13 @@ def plan_resources(
     if videos is None:
         return plan
     blocks = max(1, math.ceil(videos / rows_per_block(plan, videos)))
+    decode_workers = request.decode_workers
+    if decode_workers is None and not plan.decode_in_encode_actors:
+        decode_workers = min(plan.decode_workers, blocks)
     fitted = replace(
         request,
         encode_actors=request.encode_actors or min(plan.encode_actors, blocks),
-        decode_workers=request.decode_workers or min(plan.decode_workers, blocks),
+        decode_workers=decode_workers,
     )
     return _plan_for_cluster(fitted, cluster_cpus, cluster_gpus)
 
@@ -100,7 +118,11 @@ def rows_per_block(plan: ResourcePlan, videos: int) -> int:
     that no stage re-bundles blocks, which delays results and makes short batches), at most
     ``ROWS_PER_BLOCK``, and small enough that each actor gets about ``BLOCKS_PER_ACTOR`` blocks
     and results stream to the committer even from a small corpus."""
-    unit = math.lcm(plan.decode_batch_size, plan.encode_batch_size)
+    unit = (
+        plan.encode_batch_size
+        if plan.decode_in_encode_actors
+        else math.lcm(plan.decode_batch_size, plan.encode_batch_size)
+    )
     actors = max(plan.decode_workers, plan.encode_actors)
     wanted = min(ROWS_PER_BLOCK, videos // (BLOCKS_PER_ACTOR * actors))
     return max(unit, wanted // unit * unit)
@@ -146,12 +168,33 @@ def _plan_for_cluster(
             decode_batch_size=DECODE_BATCH_SIZE,
         )
 
+    batch_size = request.batch_size or CPU_BATCH_SIZE
+    if request.decode_workers is None:
+        actors = request.encode_actors or min(max(1, round(cluster_cpus)), MAX_CPU_ENCODE_ACTORS)
+        single_thread = round(cluster_cpus / actors) <= 1
+        if single_thread:
+            if budget / actors < MIN_CPUS_PER_ENCODE_ACTOR:
+                raise ValueError(
+                    f"--actors {actors} does not fit the cluster's {cluster_cpus:g} CPUs"
+                )
+            return ResourcePlan(
+                use_gpus=False,
+                encode_actors=actors,
+                encode_gpus=0.0,
+                encode_cpus=budget / actors,
+                encode_batch_size=batch_size,
+                torch_threads=1,
+                decode_workers=0,
+                decode_cpus=0.0,
+                decode_batch_size=batch_size,
+                decode_in_encode_actors=True,
+            )
     decode_workers = request.decode_workers or max(1, int(budget // 3))
     decode_cpus = min(1.0, budget / 3 / decode_workers)
     torch_cpus = max(1, round(cluster_cpus - decode_workers * decode_cpus))
     actors = request.encode_actors or min(torch_cpus, MAX_CPU_ENCODE_ACTORS)
     encode_cpus = (budget - decode_workers * decode_cpus) / actors
-    if encode_cpus < 0.25:
+    if encode_cpus < MIN_CPUS_PER_ENCODE_ACTOR:
         raise ValueError(
             f"--actors {actors} and --decode-workers {decode_workers} do not fit the cluster's "
             f"{cluster_cpus:g} CPUs"
@@ -161,7 +204,7 @@ def _plan_for_cluster(
         encode_actors=actors,
         encode_gpus=0.0,
         encode_cpus=encode_cpus,
-        encode_batch_size=request.batch_size or CPU_BATCH_SIZE,
+        encode_batch_size=batch_size,
         torch_threads=max(1, round(torch_cpus / actors)),
         decode_workers=decode_workers,
         decode_cpus=decode_cpus,

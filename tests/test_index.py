@@ -85,6 +85,9 @@ def test_index_records_every_good_video_once_and_every_bad_one_with_its_reason(
     assert status == 0
     out = capsys.readouterr().out
     assert "indexed:" in out and "failed:" in out and "videos/s" in out
+    # 22 videos on 4 CPUs: single-thread encode actors that decode their own videos (the
+    # two-node test runs the other graph, a decode pool feeding the encode actors).
+    assert "each decoding its own videos" in out
 
     manifest = pads.dataset(str(mixed_manifest)).to_table()
     table = read(db, "videos")

@@ -154,10 +154,17 @@ def test_cpu_plan_leaves_headroom_and_gpu_plan_pins_one_actor_per_gpu() -> None:
     # Reservations leave headroom; torch computes on every CPU the decoders do not reserve, one
     # single-thread actor per CPU.
     assert cpu.encode_actors == 2 and cpu.torch_threads == 1
+    # ... and each of them decodes its own videos: no decode pool.
+    assert cpu.decode_in_encode_actors and cpu.decode_workers == 0
+    assert cpu.decode_batch_size == cpu.encode_batch_size == rows_per_block(cpu, 32)
+    pooled = plan_resources(ResourceRequest(decode_workers=1), cluster_cpus=2, cluster_gpus=0)
+    assert not pooled.decode_in_encode_actors and pooled.decode_workers == 1
     big = plan_resources(ResourceRequest(), cluster_cpus=64, cluster_gpus=0)
     assert big.encode_actors == 8 and big.torch_threads > 1  # replicas capped, threads instead
+    assert not big.decode_in_encode_actors and big.decode_workers > 0
     asked = plan_resources(ResourceRequest(encode_actors=1), cluster_cpus=2, cluster_gpus=0)
     assert asked.encode_actors == 1 and asked.torch_threads == 2
+    assert not asked.decode_in_encode_actors  # its second thread would idle while it decodes
     # A few videos start only as many actors as they make blocks, with the CPUs among them.
     few = plan_resources(ResourceRequest(), cluster_cpus=4, cluster_gpus=0, videos=5)
     assert few.encode_actors == 1 and few.torch_threads == 3 and few.decode_workers == 1
@@ -174,6 +181,7 @@ def test_cpu_plan_leaves_headroom_and_gpu_plan_pins_one_actor_per_gpu() -> None:
     assert gpu.encode_actors * gpu.encode_cpus + gpu.decode_workers * gpu.decode_cpus <= 16 * 0.9
     forced_cpu = plan_resources(ResourceRequest(gpus_per_actor=0), cluster_cpus=8, cluster_gpus=2)
     assert not forced_cpu.use_gpus
+    assert not gpu.decode_in_encode_actors and gpu.decode_workers > 0
 
 
 @pytest.mark.parametrize(
@@ -181,7 +189,8 @@ def test_cpu_plan_leaves_headroom_and_gpu_plan_pins_one_actor_per_gpu() -> None:
     [
         (ResourceRequest(encode_actors=3, gpus_per_actor=1), 2, "exceeds the cluster's 2 GPUs"),
         (ResourceRequest(gpus_per_actor=1), 0, "has no GPUs"),
-        (ResourceRequest(encode_actors=8), 0, "do not fit"),
+        (ResourceRequest(encode_actors=8), 0, "does not fit"),
+        (ResourceRequest(encode_actors=8, decode_workers=1), 0, "do not fit"),
     ],
 )
 def test_impossible_requests_are_refused(

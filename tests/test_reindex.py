@@ -47,7 +47,9 @@ CPU_ONLY = ["--gpus-per-actor", "0"]
 # commits. A larger encode batch would gather the blocks of a small run into one commit.
 COMMIT_EVERY_BLOCK = ["--batch-size", "1", "--commit-rows", "1"]
 ADDED, CHANGED, DELETED = 3, 2, 2
-ENCODE_ACTOR_TITLE = "ray::MapWorker(MapBatches(EncodeStage))"
+# Encode actors, with (CPU-only plans) or without their own decoding.
+ENCODE_ACTOR_TITLES = ("ray::MapWorker(MapBatches(EncodeStage))",
+                       "ray::MapWorker(MapBatches(DecodeEncodeStage))")  # fmt: skip
 # How often a kill point is checked: an encode task takes 0.1 s or more, and scanning /proc more
 # often would take CPU from the job under test.
 POLL_S = 0.02
@@ -256,8 +258,8 @@ def descendants() -> dict[int, str]:
 def encode_actors(*, busy: bool = False) -> list[int]:
     """Pids of this session's encode actors; with ``busy``, only those executing a batch right
     now (Ray titles a busy actor ``<class>.submit``)."""
-    title = f"{ENCODE_ACTOR_TITLE}.submit" if busy else ENCODE_ACTOR_TITLE
-    return [pid for pid, command in descendants().items() if command.startswith(title)]
+    titles = tuple(f"{title}.submit" if busy else title for title in ENCODE_ACTOR_TITLES)
+    return [pid for pid, command in descendants().items() if command.startswith(titles)]
 
 
 @pytest.fixture(autouse=True)
