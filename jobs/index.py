@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     resources.add_argument(
         "--actors",
         type=_cli.positive_int,
-        help="encode actors (default: one per GPU; on CPU, one per free CPU, at most 8)",
+        help="encode actors (default: one per GPU; on CPU, one per CPU, at most 8)",
     )
     resources.add_argument(
         "--gpus-per-actor", type=float, help="GPUs per encode actor; 0 forces CPU encoding"
