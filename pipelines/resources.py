@@ -169,37 +169,22 @@ def _plan_for_cluster(
             decode_batch_size=DECODE_BATCH_SIZE,
         )
 
-    batch_size = request.batch_size or CPU_BATCH_SIZE
-    if request.decode_workers is None:
-        actors = request.encode_actors or min(max(1, round(cluster_cpus)), MAX_CPU_ENCODE_ACTORS)
-        single_thread = round(cluster_cpus / actors) <= 1
-        if single_thread:
-            if budget / actors < MIN_CPUS_PER_ENCODE_ACTOR:
-                raise ValueError(
-                    f"--actors {actors} does not fit the cluster's {cluster_cpus:g} CPUs"
-                )
-            return ResourcePlan(
-                use_gpus=False,
-                encode_actors=actors,
-                encode_gpus=0.0,
-                encode_cpus=budget / actors,
-                encode_batch_size=batch_size,
-                torch_threads=1,
-                decode_workers=0,
-                decode_cpus=0.0,
-                decode_batch_size=batch_size,
-                decode_in_encode_actors=True,
-            )
-    decode_workers = request.decode_workers or max(1, int(budget // 3))
-    decode_cpus = min(1.0, budget / 3 / decode_workers)
-    torch_cpus = max(1, round(cluster_cpus - decode_workers * decode_cpus))
-    actors = request.encode_actors or min(torch_cpus, MAX_CPU_ENCODE_ACTORS)
+    # One single-thread actor per CPU decodes its own videos; otherwise a decode pool feeds them.
+    actors = request.encode_actors or min(max(1, round(cluster_cpus)), MAX_CPU_ENCODE_ACTORS)
+    decode_in_encode_actors = request.decode_workers is None and round(cluster_cpus / actors) <= 1
+    if decode_in_encode_actors:
+        decode_workers, decode_cpus, torch_cpus = 0, 0.0, actors
+        too_many = f"--actors {actors} does not fit"
+    else:
+        decode_workers = request.decode_workers or max(1, int(budget // 3))
+        decode_cpus = min(1.0, budget / 3 / decode_workers)
+        torch_cpus = max(1, round(cluster_cpus - decode_workers * decode_cpus))
+        actors = request.encode_actors or min(torch_cpus, MAX_CPU_ENCODE_ACTORS)
+        too_many = f"--actors {actors} and --decode-workers {decode_workers} do not fit"
     encode_cpus = (budget - decode_workers * decode_cpus) / actors
     if encode_cpus < MIN_CPUS_PER_ENCODE_ACTOR:
-        raise ValueError(
-            f"--actors {actors} and --decode-workers {decode_workers} do not fit the cluster's "
-            f"{cluster_cpus:g} CPUs"
-        )
+        raise ValueError(f"{too_many} the cluster's {cluster_cpus:g} CPUs")
+    batch_size = request.batch_size or CPU_BATCH_SIZE
     return ResourcePlan(
         use_gpus=False,
         encode_actors=actors,
@@ -209,7 +194,8 @@ def _plan_for_cluster(
         torch_threads=max(1, round(torch_cpus / actors)),
         decode_workers=decode_workers,
         decode_cpus=decode_cpus,
-        decode_batch_size=DECODE_BATCH_SIZE,
+        decode_batch_size=batch_size if decode_in_encode_actors else DECODE_BATCH_SIZE,
+        decode_in_encode_actors=decode_in_encode_actors,
     )
 
 
