@@ -1,0 +1,57 @@
+"""The decode stage: video files in, ``T`` sampled, resized, centre-cropped uint8 frames out.
+
+:class:`DecodeStage` is a plain callable over numpy batches, so Ray Data can run it with
+``map_batches(DecodeStage, fn_constructor_kwargs=..., batch_format="numpy")`` and tests can call it
+directly. A bad video never raises: it becomes a row whose ``error`` starts with one of the stable
+categories below (``"truncated: decoded 7 of 24 frames"``), so failures can be grouped by
+``error.split(":")[0]``.
+
+Decoders can hang on a stalled read or crash the process on hostile input, so the actual decoding
+runs in a child process owned by the stage (started on first use). A video that takes longer than
+``timeout_s`` gets the child killed and a ``timeout`` row; a child that dies gives a
+``decoder crashed`` row; either way a fresh child decodes the next video.
+
+Cost: frames are decoded with decord at the output resolution (the decoder scales, so no full-size
+RGB frame is materialised) and fetched with one ``get_batch`` over the sorted unique indices, which
+decodes forward through each group of pictures once and skips whole GOPs that hold no wanted
+frame. With far-apart keyframes (x264's default GOP is 250) sparse sampling still decodes nearly
+every frame up to the last wanted one; that is inherent to the codec, not to this stage.
+"""
+
+from pipelines.decode.child import _child_main
+from pipelines.decode.errors import (
+    BAD_CLIP,
+    DECODE_FAILED,
+    DECODER_CRASHED,
+    EMPTY_FILE,
+    ERROR_CATEGORIES,
+    MISSING_FILE,
+    NO_VIDEO_STREAM,
+    NOT_A_VIDEO,
+    READ_FAILED,
+    TIMEOUT,
+    TRUNCATED,
+    error_category,
+)
+from pipelines.decode.sampling import SAMPLING_RANDOM, SAMPLING_UNIFORM, sample_indices
+from pipelines.decode.stage import DecodeStage
+
+__all__ = [
+    "BAD_CLIP",
+    "DECODER_CRASHED",
+    "DECODE_FAILED",
+    "EMPTY_FILE",
+    "ERROR_CATEGORIES",
+    "MISSING_FILE",
+    "NOT_A_VIDEO",
+    "NO_VIDEO_STREAM",
+    "READ_FAILED",
+    "SAMPLING_RANDOM",
+    "SAMPLING_UNIFORM",
+    "TIMEOUT",
+    "TRUNCATED",
+    "DecodeStage",
+    "_child_main",
+    "error_category",
+    "sample_indices",
+]

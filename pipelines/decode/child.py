@@ -1,0 +1,141 @@
+"""The decoder process: decoding runs in a child Python process the stage owns.
+
+Decoders can hang on a stalled read or crash the process on hostile input. The stage sends one
+request per video over a socket pair and waits at most its timeout; frames come back through a
+shared-memory buffer rather than the socket, which saves pickling and two copies per video.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from multiprocessing.connection import Connection
+from typing import IO
+
+import numpy as np
+
+from pipelines.decode.decord_backend import _decode_file
+from pipelines.decode.errors import DECODE_FAILED, _Failure, _short
+from pipelines.decode.protocol import _Request, _Result
+from pipelines.decode.source import _local_file
+
+# A child that cannot even import decord within this long is an installation problem, not a
+# property of one video, so it raises instead of producing error rows.
+_STARTUP_TIMEOUT_S = 120.0
+
+
+def _decode_request(req: _Request, out: np.ndarray) -> _Result:
+    """Decode one video into ``out`` ``[T, S, S, 3]``; every failure becomes the error."""
+    try:
+        with _local_file(req.uri, req.storage) as path:
+            return _decode_file(path, req, out)
+    except _Failure as failure:
+        return _Result(error=str(failure))
+    except Exception as err:
+        return _Result(error=f"{DECODE_FAILED}: {type(err).__name__}: {_short(err)}")
+
+
+def _frame_view(buffer: mmap.mmap, frames: int, size: int) -> np.ndarray:
+    return np.frombuffer(buffer, np.uint8, count=frames * size * size * 3).reshape(
+        frames, size, size, 3
+    )
+
+
+def _child_main(fd: int, buffer_fd: int, buffer_bytes: int) -> None:
+    """Entry point of the decoder process: answer requests on socket ``fd`` until EOF.
+
+    Frames go into the memory shared through ``buffer_fd`` rather than through the socket, which
+    saves pickling and two copies of ``T * S * S * 3`` bytes per video.
+    """
+    import av
+    import decord
+
+    # Both libraries log every damaged file to stderr; the message lands in the error row.
+    decord.logging.set_level(decord.logging.QUIET)
+    av.logging.set_level(av.logging.PANIC)
+    buffer = mmap.mmap(buffer_fd, buffer_bytes)
+    conn = Connection(fd)
+    conn.send(os.getpid())
+    while True:
+        try:
+            req = conn.recv()
+        except EOFError:
+            return
+        conn.send(_decode_request(req, _frame_view(buffer, req.frames, req.image_size)))
+
+
+def _shareable_file() -> IO[bytes]:
+    """An unnamed file to map in both processes: anonymous memory where the OS offers it."""
+    if hasattr(os, "memfd_create"):
+        return os.fdopen(os.memfd_create("decoded-frames"), "r+b")
+    return tempfile.TemporaryFile()
+
+
+class _DecoderProcess:
+    """One child Python process running :func:`_child_main`, talking over a socket pair."""
+
+    def __init__(self, buffer_bytes: int) -> None:
+        env = dict(os.environ)
+        # The child must import this package exactly as the parent did (Ray's working_dir,
+        # an uninstalled checkout...): hand it the parent's import path.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        parent_sock, child_sock = socket.socketpair()
+        with _shareable_file() as shared, child_sock:
+            os.ftruncate(shared.fileno(), buffer_bytes)
+            self.buffer = mmap.mmap(shared.fileno(), buffer_bytes)
+            code = (
+                "import pipelines.decode as d; "
+                f"d._child_main({child_sock.fileno()}, {shared.fileno()}, {buffer_bytes})"
+            )
+            # A fresh interpreter rather than multiprocessing: no re-import of the caller's main
+            # script (a Ray worker, a notebook), and nothing inherited but these two descriptors.
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code],
+                pass_fds=(child_sock.fileno(), shared.fileno()),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        self.conn = Connection(parent_sock.detach())
+        if not self.conn.poll(_STARTUP_TIMEOUT_S):
+            self.kill()
+            raise RuntimeError(f"decoder process did not start within {_STARTUP_TIMEOUT_S:g}s")
+        try:
+            self.conn.recv()
+        except EOFError:
+            code = self.process.wait()
+            raise RuntimeError(f"decoder process failed to start (exit status {code})") from None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def exit_reason(self) -> str:
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "decoder process stopped answering"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"decoder process killed by {signal.Signals(-code).name}"
+        return f"decoder process exited with status {code}"
+
+    def kill(self) -> None:
+        self.conn.close()
+        self.buffer.close()
+        self.process.kill()
+        self.process.wait()
+
+    def close(self) -> None:
+        self.conn.close()
+        self.buffer.close()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,138 @@
+"""Getting a video's bytes to the decoder; telling a damaged file from one that is no video."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+
+from pipelines.decode.errors import (
+    DECODE_FAILED,
+    EMPTY_FILE,
+    MISSING_FILE,
+    NO_VIDEO_STREAM,
+    NOT_A_VIDEO,
+    READ_FAILED,
+    TRUNCATED,
+    _Failure,
+    _short,
+)
+from pipelines.storage import StorageOptions
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+@contextlib.contextmanager
+def _local_file(uri: str, storage: StorageOptions) -> Iterator[str]:
+    """A local path holding ``uri``'s bytes; remote objects are copied to a temporary file."""
+    if _SCHEME.match(uri) and not uri.startswith("file:"):
+        yield from _remote_copy(uri, storage)
+        return
+    import pyarrow.fs as pafs
+
+    path = pafs.FileSystem.from_uri(uri)[1] if uri.startswith("file:") else uri
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise _Failure(MISSING_FILE, path) from None
+    except OSError as err:
+        raise _Failure(READ_FAILED, f"{path}: {_short(err)}") from None
+    if os.path.isdir(path):
+        raise _Failure(NOT_A_VIDEO, f"{path} is a directory")
+    # Only regular files have a meaningful size; a pipe or device is left to the decoder (and
+    # to the timeout, should it never deliver data).
+    if os.path.isfile(path) and st.st_size == 0:
+        raise _Failure(EMPTY_FILE, f"{path} has 0 bytes")
+    yield path
+
+
+def _remote_copy(uri: str, storage: StorageOptions) -> Iterator[str]:
+    import pyarrow.fs as pafs
+
+    try:
+        fs, path = storage.filesystem(uri)
+        info = fs.get_file_info(path)
+    except Exception as err:
+        raise _Failure(READ_FAILED, f"{uri}: {_short(err)}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise _Failure(MISSING_FILE, uri)
+    if info.type == pafs.FileType.Directory:
+        raise _Failure(NOT_A_VIDEO, f"{uri} is a directory")
+    if info.size == 0:
+        raise _Failure(EMPTY_FILE, f"{uri} has 0 bytes")
+    suffix = os.path.splitext(path)[1]
+    with tempfile.NamedTemporaryFile(prefix="decode-", suffix=suffix) as tmp:
+        try:
+            with fs.open_input_stream(path) as src:
+                while chunk := src.read(1 << 22):
+                    tmp.write(chunk)
+            tmp.flush()
+        except Exception as err:
+            raise _Failure(READ_FAILED, f"{uri}: {_short(err)}") from None
+        yield tmp.name
+
+
+def _container_magic(path: str) -> str | None:
+    """The container family that ``path``'s first bytes announce, if any."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    if head[:3] == b"FLV":
+        return "flv"
+    return None
+
+
+def _count_decodable_frames(path: str) -> int:
+    """How many frames PyAV gets out of ``path`` before the data ends or breaks."""
+    import av
+
+    count = 0
+    try:
+        with av.open(path) as container:
+            for _ in container.decode(video=0):
+                count += 1
+    except Exception:
+        pass
+    return count
+
+
+def _damaged(path: str, claimed: int, err: BaseException) -> _Failure:
+    """Classify a decoder failure on a file whose container opened: frames lost, or other."""
+    decoded = _count_decodable_frames(path)
+    if claimed > 0 and decoded < claimed:
+        return _Failure(TRUNCATED, f"decoded {decoded} of {claimed} frames ({_short(err)})")
+    return _Failure(DECODE_FAILED, _short(err))
+
+
+def _probe(path: str) -> tuple[int, int, int]:
+    """``(width, height, claimed frame count or 0)`` of the first video stream."""
+    import av
+
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except Exception as err:
+        family = _container_magic(path)
+        if family is not None:
+            detail = f"{family} container cannot be opened ({_short(err)})"
+            raise _Failure(TRUNCATED, detail) from None
+        raise _Failure(NOT_A_VIDEO, _short(err)) from None
+    with container:
+        if not container.streams.video:
+            kinds = ", ".join(s.type for s in container.streams) or "none"
+            raise _Failure(NO_VIDEO_STREAM, f"streams found: {kinds}")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        claimed = stream.frames
+    if width <= 0 or height <= 0:
+        raise _Failure(NOT_A_VIDEO, f"video stream has no picture size ({width}x{height})")
+    return width, height, claimed
