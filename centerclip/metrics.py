@@ -249,3 +249,138 @@ def ann_recall_at_k(exact_topk: ArrayLike, approx_topk: ArrayLike) -> float:
     candidate = approx.gather(1, position.clamp(max=approx.shape[1] - 1))
     found = candidate == exact  # [Q, k]
     return float(found.double().mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Chance level: what a random ranking scores, so that a figure can be read against it.
+#
+# A uniformly random ranking of N candidates, of which c are right answers, puts the best right
+# one at rank <= K unless all c fall among the N - K others: P(best rank <= K) = 1 - C(N-c, K) /
+# C(N, K) = 1 - prod_{i<c} (N - K - i) / (N - i). With c = 1 this is K / N. The expected best rank
+# is (N + 1) / (c + 1). Text-to-video is the case N = V videos, c = 1; video-to-text under the
+# MSR-VTT protocol is N = Q captions, c = the video's own captions.
+
+# The chance CDF is a ratio of integers computed in floats; within this of 1/2 it counts as
+# exactly 1/2 (e.g. 4 of 8 videos), where the median is the midpoint of two ranks.
+_HALF_TOLERANCE = 1e-12
+
+
+def _as_right_counts(num_candidates: int, num_right: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct right-answer counts ``[U]`` and how many queries have each ``[U]``."""
+    if num_candidates < 1:
+        raise ValueError(f"num_candidates must be at least 1, got {num_candidates}")
+    counts = np.asarray(_as_tensor(num_right).cpu().numpy())
+    if counts.ndim != 1 or counts.shape[0] == 0:
+        raise ValueError(f"num_right must be a non-empty 1-D sequence, got shape {counts.shape}")
+    if not np.issubdtype(counts.dtype, np.integer):
+        raise ValueError(f"num_right must hold integer counts, got {counts.dtype}")
+    if counts.min() < 1 or counts.max() > num_candidates:
+        raise ValueError(
+            f"every query needs 1 to {num_candidates} right answers, "
+            f"got {counts.min()} to {counts.max()}"
+        )
+    distinct, queries = np.unique(counts, return_counts=True)
+    return distinct, queries
+
+
+def _chance_recall(
+    num_candidates: int, distinct: np.ndarray, queries: np.ndarray, ks: np.ndarray
+) -> np.ndarray:
+    """Fraction ``[L]`` of queries whose best right answer a random ranking puts within each
+    ``ks [L]``, for queries with ``distinct [U]`` right answers, ``queries [U]`` of each."""
+    recall = np.zeros(len(ks))
+    for right, weight in zip(distinct.tolist(), queries.tolist(), strict=True):
+        if right == 1:  # the common case, written so that K / N comes out exact in floats
+            recall += weight * np.minimum(ks, num_candidates) / num_candidates
+            continue
+        i = np.arange(right)
+        # [L, right]: the chance that the i-th right answer also misses the top K, given the
+        # previous ones did; a factor <= 0 means the top K cannot miss them all.
+        factors = (num_candidates - ks[:, None] - i) / (num_candidates - i)
+        recall += weight * (1.0 - np.clip(factors, 0.0, None).prod(axis=1))
+    return recall / queries.sum()
+
+
+def chance_recall_at_k_curve(
+    num_candidates: int, num_right: ArrayLike, ks: Sequence[int]
+) -> list[float]:
+    """Expected recall@K (percent) of a uniformly random ranking, for each ``k`` in ``ks``.
+
+    Args:
+        num_candidates: ``N``, items every query ranks (videos for text-to-video, captions for
+            video-to-text).
+        num_right: ``[M]`` right answers of each query (1 for text-to-video; a video's own
+            captions for video-to-text, where its best-ranked one counts).
+        ks: cut-offs ``>= 1``; beyond ``N`` recall is 100%.
+
+    Returns:
+        Per ``k``: the mean over queries of ``1 - C(N - c, k) / C(N, k)`` times 100, where ``c``
+        is the query's right answers (``min(k, N) / N`` when ``c == 1``).
+    """
+    distinct, queries = _as_right_counts(num_candidates, num_right)
+    cutoffs = np.asarray(list(ks), dtype=np.int64)
+    if cutoffs.ndim != 1 or (cutoffs.size and cutoffs.min() < 1):
+        raise ValueError(f"ks must be cut-offs >= 1, got {list(ks)}")
+    recall = _chance_recall(num_candidates, distinct, queries, cutoffs)
+    return [float(value) * 100 for value in recall]
+
+
+def chance_recall_metrics(num_candidates: int, num_right: ArrayLike) -> dict[str, float]:
+    """The metrics of :func:`recall_metrics` that a uniformly random ranking is expected to get.
+
+    Args:
+        num_candidates: ``N``, items every query ranks.
+        num_right: ``[M]`` right answers of each query (see :func:`chance_recall_at_k_curve`).
+
+    Returns:
+        ``{"R@1", "R@5", "R@10"}``: expected percent within K; ``"MnR"``: expected mean rank, the
+        mean over queries of ``(N + 1) / (c + 1)``; ``"MdR"``: the median of the random rank's
+        distribution over all queries (the smallest ``m`` with ``P(rank <= m) >= 1/2``, or
+        ``m + 0.5`` when that probability is exactly 1/2, as numpy's median of a large sample
+        of such ranks would give). With one right answer each, both are ``(N + 1) / 2``.
+    """
+    distinct, queries = _as_right_counts(num_candidates, num_right)
+    result = {
+        f"R@{k}": float(_chance_recall(num_candidates, distinct, queries, np.array([k]))[0] * 100)
+        for k in (1, 5, 10)
+    }
+
+    def at_most(rank: int) -> float:
+        return float(_chance_recall(num_candidates, distinct, queries, np.array([rank]))[0])
+
+    # Binary search for the first rank whose CDF reaches 1/2 (the CDF is 1 at rank N).
+    low, high = 1, num_candidates
+    while low < high:
+        middle = (low + high) // 2
+        if at_most(middle) >= 0.5 - _HALF_TOLERANCE:
+            high = middle
+        else:
+            low = middle + 1
+    exactly_half = abs(at_most(low) - 0.5) <= _HALF_TOLERANCE and low < num_candidates
+    result["MdR"] = low + 0.5 if exactly_half else float(low)
+    result["MnR"] = float((queries * (num_candidates + 1) / (distinct + 1)).sum() / queries.sum())
+    return result
+
+
+def chance_retrieval_metrics(captions_per_video: ArrayLike) -> dict[str, dict[str, float]]:
+    """Chance level of :func:`retrieval_metrics` for a set of ``V`` videos and their captions.
+
+    Args:
+        captions_per_video: ``[V]`` captions each video owns (0 for an uncaptioned video, which
+            is still a text-to-video candidate but no video-to-text query); at least one caption.
+
+    Returns:
+        ``{"t2v": ..., "v2t": ...}``, each as :func:`chance_recall_metrics`: text-to-video ranks
+        ``V`` videos with one right answer per caption; video-to-text ranks the ``Q`` captions,
+        a video counting its best-ranked own caption.
+    """
+    counts = np.asarray(_as_tensor(captions_per_video).cpu().numpy())
+    if counts.ndim != 1 or not np.issubdtype(counts.dtype, np.integer) or counts.min() < 0:
+        raise ValueError("captions_per_video must be [V] non-negative integer counts")
+    num_queries = int(counts.sum())
+    if num_queries == 0:
+        raise ValueError("chance level needs at least one caption")
+    return {
+        "t2v": chance_recall_metrics(len(counts), np.ones(num_queries, np.int64)),
+        "v2t": chance_recall_metrics(num_queries, counts[counts > 0]),
+    }

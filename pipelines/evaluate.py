@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lancedb
 import numpy as np
@@ -44,6 +44,8 @@ from lancedb.table import Table
 import centerclip
 from centerclip.metrics import (
     ann_recall_at_k,
+    chance_recall_at_k_curve,
+    chance_retrieval_metrics,
     recall_at_k_curve,
     recall_metrics,
     retrieval_ranks,
@@ -61,6 +63,9 @@ from pipelines.search import (
     open_index,
 )
 from pipelines.write import build_ann_index, connect, open_table, sql_in
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +123,8 @@ class EvaluationReport:
     files: list[Path] = field(default_factory=list)
 
     def format(self) -> str:
-        """The terminal summary: counts, the metric table, the index and what was left out."""
+        """The terminal summary: counts, the metric table (exact, ANN and chance level per
+        direction), the index and what was left out."""
         m = self.metrics
         ann = m["ann"]
         lines = [
@@ -135,6 +141,11 @@ class EvaluationReport:
         for direction in ("t2v", "v2t"):
             lines.append(_metric_row(f"{direction} exact", m[direction]))
             lines.append(_metric_row(f"{direction} ANN@{ann['k']}", ann[direction]))
+            lines.append(_metric_row(f"{direction} chance", m["chance"][direction]))
+        lines.append(
+            f"chance:       random ranking of {m['num_videos']} videos (t2v) / "
+            f"{m['num_queries']} captions (v2t, a video's best caption counts)"
+        )
         lines.append(
             f"ann_recall@10: {m['ann_recall@10']:.3f} (t2v), "
             f"{ann['v2t']['ann_recall@10']:.3f} (v2t)"
@@ -603,6 +614,9 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationReport:
             **ranks.metrics(),
             "ann_recall@10": ann_recall_at_k(exact_top, ranks.top[:, :MIN_ANN_K]),
         }
+    # [V] evaluated captions of each gallery video (0 for an uncaptioned one): what chance
+    # level depends on.
+    gallery_captions = np.bincount(caption_video, minlength=len(video))
     captions_per_video = Counter(queries[schema.VIDEO_ID].to_pylist())
     missing_videos = [
         {schema.VIDEO_ID: v, "reason": reason, "num_captions": captions_per_video[v]}
@@ -614,6 +628,7 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationReport:
         "table": config.table,
         "split": config.split,
         **exact.metrics(),
+        "chance": chance_retrieval_metrics(gallery_captions),
         "ann_recall@10": ann_metrics["t2v"]["ann_recall@10"],
         "ann": ann_metrics,
         "missing": {
@@ -634,6 +649,7 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationReport:
         out / PLOT_FILE,
         exact={"t2v": exact.t2v.numpy(), "v2t": exact.v2t.numpy()},
         ann={"t2v": ann_t2v, "v2t": ann_v2t},
+        captions_per_video=gallery_captions,
         title=model_id,
     )
     return EvaluationReport(
@@ -754,30 +770,74 @@ def _ranks_table(
     )
 
 
-def plot_recall_at_k(
-    path: Path,
+# Factor of empty log-axis room beyond K = 1 and the last K.
+_K_MARGIN = 1.1
+
+
+def k_ticks(max_k: int) -> list[int]:
+    """The 1-2-5 sequence up to ``max_k`` (1, 2, 5, 10, 20, 50, ...): readable integer ticks for
+    a log K axis."""
+    ticks = []
+    decade = 1
+    while decade <= max_k:
+        ticks += [step * decade for step in (1, 2, 5) if step * decade <= max_k]
+        decade *= 10
+    return ticks
+
+
+def recall_at_k_figure(
     *,
     exact: dict[str, np.ndarray],
     ann: dict[str, AnnRanks],
+    captions_per_video: np.ndarray,
     title: str,
-) -> None:
-    """Recall@K against K, exact and ANN, one panel per direction (``t2v``, ``v2t``).
+) -> Figure:
+    """Recall@K against K, one panel per direction (``t2v``, ``v2t``), over one K range.
 
-    ``exact`` holds 1-based ranks ``[N]`` per direction; the ANN curve stops at its ``k``, the
-    last K its results say anything about.
+    Each panel has the exact curve, the ANN curve (up to its ``k``, the last K its results say
+    anything about) and, dotted, the chance level: the expected recall@K of a random ranking
+    (:func:`centerclip.metrics.chance_recall_at_k_curve`). For text-to-video that is ``K / V``;
+    for video-to-text a video counts its best-ranked caption, so chance is the mean over videos
+    of ``1 - C(Q - c, K) / C(Q, K)`` with ``c`` its captions among all ``Q``.
+
+    Args:
+        exact: 1-based ranks per direction: ``t2v [Q]``, ``v2t [Vc]``.
+        ann: the ANN ranks per direction.
+        captions_per_video: ``[V]`` evaluated captions of each gallery video (0 if none).
+        title: the figure's title (the model).
+
+    Returns:
+        A matplotlib ``Figure`` (not attached to pyplot) with two axes sharing the K range: from
+        1 to the worst exact rank in either direction, and never less than the ANN's ``k``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FixedLocator, MultipleLocator, NullFormatter
 
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    captions_per_video = np.asarray(captions_per_video)
+    num_videos, num_captions = len(captions_per_video), int(captions_per_video.sum())
+    # The chance curves' candidates and right answers per query, per direction.
+    chance_inputs = {
+        "t2v": (num_videos, np.ones(num_captions, np.int64)),
+        "v2t": (num_captions, captions_per_video[captions_per_video > 0]),
+    }
+    titles = {
+        "t2v": f"text-to-video: {len(exact['t2v'])} captions, each ranking {num_videos} videos",
+        "v2t": f"video-to-text: {len(exact['v2t'])} videos, each ranking {num_captions} captions",
+    }
+    max_k = max(
+        2, *(int(exact[d].max()) for d in ("t2v", "v2t")), *(ann[d].k for d in ("t2v", "v2t"))
+    )
+    ks = np.arange(1, max_k + 1)
+
+    figure = Figure(figsize=(11, 4.4), layout="constrained")
     FigureCanvasAgg(figure)
-    names = {"t2v": "text-to-video", "v2t": "video-to-text"}
-    for axis, direction in zip(figure.subplots(1, 2), ("t2v", "v2t"), strict=True):
-        ranks = exact[direction]
-        # Up to the worst rank seen (every query found by then), and never less than the ANN's k.
-        ks = np.arange(1, max(int(ranks.max()), ann[direction].k) + 1)
-        axis.plot(ks, recall_at_k_curve(ranks, ks.tolist()), label="exact", linewidth=2)
+    axes = figure.subplots(1, 2, sharex=True, sharey=True)
+    for axis, direction in zip(axes, ("t2v", "v2t"), strict=True):
+        # Wider than the ANN curve, which often lies right on it (an index that loses nothing).
+        axis.plot(
+            ks, recall_at_k_curve(exact[direction], ks.tolist()), label="exact", linewidth=2.5
+        )
         ann_ks = np.arange(1, ann[direction].k + 1)
         axis.plot(
             ann_ks,
@@ -787,15 +847,50 @@ def plot_recall_at_k(
             marker="o",
             markersize=3,
         )
+        candidates, right = chance_inputs[direction]
+        axis.plot(
+            ks,
+            chance_recall_at_k_curve(candidates, right, ks.tolist()),
+            label="chance (random ranking)",
+            linestyle=":",
+            linewidth=1.5,
+            color="0.35",
+            zorder=1.5,  # under the model's curves where they meet (at 100%)
+        )
         axis.set_xscale("log")
-        axis.xaxis.set_major_formatter(ScalarFormatter())
-        axis.set_ylim(0, 101)
-        axis.set_xlabel("K")
-        axis.set_ylabel("recall@K (%)")
-        axis.set_title(f"{names[direction]} ({len(ranks)} queries)")
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend(loc="upper left")
+        # A little room either side so that the markers at K = 1 and at the last K show whole.
+        axis.set_xlim(1 / _K_MARGIN, max_k * _K_MARGIN)
+        axis.xaxis.set_major_locator(FixedLocator(k_ticks(max_k)))
+        axis.xaxis.set_major_formatter("{x:.0f}")
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        # Room above 100% so that markers and lines at 100% are not cut by the frame.
+        axis.set_ylim(0, 105)
+        axis.yaxis.set_major_locator(FixedLocator(range(0, 101, 20)))
+        axis.yaxis.set_minor_locator(MultipleLocator(10))
+        axis.set_xlabel("K (log scale)")
+        axis.set_title(titles[direction], fontsize=10)
+        axis.grid(True, which="major", alpha=0.4)
+        axis.grid(True, which="minor", alpha=0.15)
+    axes[0].set_ylabel("recall@K (%)")
+    axes[1].tick_params(labelleft=True)
+    # One legend for both panels, outside them: inside, it hides whichever curve runs under it.
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3)
     figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def plot_recall_at_k(
+    path: Path,
+    *,
+    exact: dict[str, np.ndarray],
+    ann: dict[str, AnnRanks],
+    captions_per_video: np.ndarray,
+    title: str,
+) -> None:
+    """Write :func:`recall_at_k_figure` to ``path`` (PNG)."""
+    figure = recall_at_k_figure(
+        exact=exact, ann=ann, captions_per_video=captions_per_video, title=title
+    )
     figure.savefig(path, dpi=120)
 
 

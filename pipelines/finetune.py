@@ -41,7 +41,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -50,6 +50,7 @@ import torch
 
 import centerclip
 from centerclip import save_checkpoint
+from centerclip.metrics import chance_recall_metrics
 from centerclip.train import (
     TrainConfig,
     autocast_dtype,
@@ -63,6 +64,9 @@ from pipelines.encode import ModelSpec
 from pipelines.manifest import read_manifest
 from pipelines.resources import TrainingPlan, plan_training
 from pipelines.storage import StorageOptions
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -468,31 +472,81 @@ def read_checkpoint_json(checkpoint: Any, name: str) -> Any:
         return json.loads(file.read())
 
 
-def write_history(out: Path, history: list[dict]) -> None:
-    """``history.json`` and ``curves.png`` (training loss and validation recall per epoch)."""
-    import matplotlib
+def training_curves_figure(history: list[dict]) -> Figure:
+    """Per epoch: training loss, validation text-to-video recall against its chance level, the
+    learning rate and CLIP's logit scale (1 / temperature).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Args:
+        history: the ``history.json`` records: ``epoch``, and ``loss``, ``lr`` (of the epoch's
+            last step), ``logit_scale`` for trained epochs, ``val`` (as
+            :func:`centerclip.metrics.retrieval_metrics`) for validated ones (epoch 0: the base
+            model).
 
-    (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+    Returns:
+        A matplotlib ``Figure`` (not attached to pyplot) with 2 x 2 axes sharing integer epochs.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
     trained = [r for r in history if "loss" in r]
     validated = [r for r in history if "val" in r]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], marker="o")
-    left.set(xlabel="epoch", ylabel="training loss (symmetric InfoNCE)", title="loss")
-    for k in ("R@1", "R@5", "R@10"):
-        right.plot(
+    figure = Figure(figsize=(11, 7), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, 2, sharex=True)
+    (loss_axis, recall_axis), (lr_axis, scale_axis) = axes
+    epochs = [r["epoch"] for r in trained]
+
+    loss_axis.plot(epochs, [r["loss"] for r in trained], marker="o")
+    loss_axis.set(ylabel="symmetric InfoNCE", title="training loss")
+
+    colours = {"R@1": "C0", "R@5": "C1", "R@10": "C2"}
+    for k, colour in colours.items():
+        recall_axis.plot(
             [r["epoch"] for r in validated],
             [r["val"]["t2v"][k] for r in validated],
             marker="o",
+            color=colour,
             label=f"t2v {k}",
         )
-    right.set(xlabel="epoch", ylabel="%", ylim=(0, 100), title="validation text-to-video recall")
-    right.legend()
-    figure.tight_layout()
-    figure.savefig(out / CURVES_FILE, dpi=100)
-    plt.close(figure)
+    latest = validated[-1]["val"] if validated else {}
+    if "num_videos" in latest and "num_queries" in latest:
+        # Validation is always the same videos, so one chance level holds for every epoch.
+        chance = chance_recall_metrics(
+            latest["num_videos"], np.ones(latest["num_queries"], np.int64)
+        )
+        for k, colour in colours.items():
+            recall_axis.axhline(chance[k], color=colour, linestyle=":", linewidth=1.2)
+        recall_axis.plot(
+            [], [], color="0.35", linestyle=":", label=f"chance ({latest['num_videos']} videos)"
+        )
+    # Room above 100% so that markers at 100% are not cut by the frame.
+    recall_axis.set_ylim(0, 105)
+    recall_axis.yaxis.set_major_locator(FixedLocator(range(0, 101, 20)))
+    recall_axis.set(ylabel="%", title="validation text-to-video recall")
+    if validated:
+        recall_axis.legend(loc="best", fontsize=9)
+
+    lr_axis.plot(epochs, [r.get("lr", np.nan) for r in trained], marker="o")
+    lr_axis.set_ylim(bottom=0)
+    lr_axis.set(ylabel="learning rate", title="learning rate (the epoch's last step)")
+    lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+
+    scale_axis.plot(epochs, [r["logit_scale"] for r in trained], marker="o")
+    scale_axis.set(ylabel="exp(logit_scale)", title="logit scale (1 / temperature)")
+
+    for axis in axes.flat:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(True, alpha=0.3)
+    for axis in axes[1]:
+        axis.set_xlabel("epoch")
+    return figure
+
+
+def write_history(out: Path, history: list[dict]) -> None:
+    """``history.json`` and ``curves.png`` (:func:`training_curves_figure`)."""
+    (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+    training_curves_figure(history).savefig(out / CURVES_FILE, dpi=100)
 
 
 def _progress_callback(out: Path) -> Any:

@@ -3,8 +3,10 @@ bookkeeping on a real IVF_PQ index."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import lancedb
@@ -14,7 +16,13 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from centerclip.metrics import ann_recall_at_k, ranks_from_similarity
+from centerclip.metrics import (
+    ann_recall_at_k,
+    chance_recall_at_k_curve,
+    chance_recall_metrics,
+    chance_retrieval_metrics,
+    ranks_from_similarity,
+)
 from jobs import cli
 from jobs import evaluate as evaluate_job
 from jobs import index as index_job
@@ -23,6 +31,7 @@ from pipelines.encode import ModelSpec
 from pipelines.evaluate import (
     AnnRanks,
     EvaluateConfig,
+    EvaluationReport,
     ann_ranks,
     encode_captions,
     gallery_filter,
@@ -91,6 +100,7 @@ def test_evaluation_writes_the_documented_outputs_and_reports_missing_videos(
     assert _evaluate(indexed, tmp_path, "--split", "test") == 0
     out = capsys.readouterr().out
     assert "R@1" in out and "t2v exact" in out and "v2t ANN@10" in out
+    assert "t2v chance" in out and "v2t chance" in out
     assert "ANN index:    none" in out and "--build-index" in out
     assert "left out:     3 captions of 2 videos" in out
     assert BROKEN in out and NEVER_INDEXED in out
@@ -120,6 +130,13 @@ def test_evaluation_writes_the_documented_outputs_and_reports_missing_videos(
     left_out = ranks.filter(pa.compute.is_valid(ranks[schema.MISSING]))
     assert sorted(set(left_out["video_id"].to_pylist())) == sorted([BROKEN, NEVER_INDEXED])
     assert left_out[schema.T2V_RANK].null_count == left_out.num_rows
+
+    # Chance level of the videos evaluated, whatever their order (uncaptioned ones own 0).
+    evaluated = ranks.filter(pa.compute.is_null(ranks[schema.MISSING]))
+    own = list(Counter(evaluated["video_id"].to_pylist()).values())
+    own += [0] * (metrics["num_videos"] - len(own))
+    assert metrics["chance"] == chance_retrieval_metrics(np.array(own))
+    assert metrics["chance"]["t2v"]["R@1"] == pytest.approx(100 / metrics["num_videos"])
 
 
 def test_exact_ranks_match_the_table_and_ann_agrees_with_exact(
@@ -351,3 +368,82 @@ def test_missing_videos_are_explained_by_the_errors_table_or_the_other_model(
         "new": "not indexed",
     }
     assert missing_reasons(None, ["new"], {}) == {"new": "not indexed"}
+
+
+def _best_ranks_of_every_ranking(num_candidates: int, num_right: list[int]) -> np.ndarray:
+    """For each query (``c`` right answers: candidates ``0..c-1``) and every ordering of the
+    candidates, equally likely under a random ranking: the best right answer's 1-based rank."""
+    orderings = list(itertools.permutations(range(num_candidates)))
+    return np.array(
+        [1 + min(order.index(item) for item in range(right)) for right in num_right
+         for order in orderings]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("num_candidates", "num_right"),
+    [(6, [1]), (7, [1]), (6, [2]), (6, [3]), (6, [1, 2, 3]), (5, [2, 2, 1]), (4, [4]), (1, [1])],
+)
+def test_chance_metrics_equal_those_of_every_random_ranking(
+    num_candidates: int, num_right: list[int]
+) -> None:
+    """Exhaustive: every permutation is one equally likely random ranking, so the pooled ranks
+    are the exact distribution (each query gets as many as the others)."""
+    best = _best_ranks_of_every_ranking(num_candidates, num_right)
+    chance = chance_recall_metrics(num_candidates, num_right)
+    for k in (1, 5, 10):
+        assert chance[f"R@{k}"] == pytest.approx((best <= k).mean() * 100, abs=1e-9)
+    assert chance["MnR"] == pytest.approx(best.mean())
+    assert chance["MdR"] == np.median(best)
+    ks = list(range(1, num_candidates + 3))
+    expected = [(best <= k).mean() * 100 for k in ks]
+    assert chance_recall_at_k_curve(num_candidates, num_right, ks) == pytest.approx(expected)
+
+
+def test_chance_level_of_8_videos_makes_r10_of_100_percent_meaningless() -> None:
+    two_each = chance_retrieval_metrics(np.full(8, 2))
+    assert two_each["t2v"] == {"R@1": 12.5, "R@5": 62.5, "R@10": 100.0, "MdR": 4.5, "MnR": 4.5}
+    # Video-to-text ranks 16 captions and a video counts the better of its 2.
+    assert two_each["v2t"]["R@1"] == pytest.approx(2 / 16 * 100)
+    assert two_each["v2t"]["R@10"] == pytest.approx((1 - (6 * 5) / (16 * 15)) * 100)
+    assert two_each["v2t"]["MnR"] == pytest.approx(17 / 3)
+    # An uncaptioned video is a text-to-video candidate, not a video-to-text query.
+    mixed = chance_retrieval_metrics([2, 0, 1, 3])
+    assert mixed == {
+        "t2v": chance_recall_metrics(4, [1] * 6),
+        "v2t": chance_recall_metrics(6, [2, 1, 3]),
+    }
+    # MSR-VTT's 1k-A test split: 1000 videos, 20 captions each (only the first in t2v there).
+    msrvtt = chance_retrieval_metrics(np.full(1000, 20))
+    assert msrvtt["t2v"]["R@1"] == pytest.approx(0.1) and msrvtt["t2v"]["MdR"] == 500.5
+    assert msrvtt["v2t"]["R@1"] == pytest.approx(0.1)
+    assert msrvtt["v2t"]["MnR"] == pytest.approx(20001 / 21)
+
+
+def test_chance_metrics_reject_impossible_counts() -> None:
+    with pytest.raises(ValueError, match="1 to 3 right answers"):
+        chance_recall_metrics(3, [0, 1])
+    with pytest.raises(ValueError, match="1 to 3 right answers"):
+        chance_recall_metrics(3, [4])
+    with pytest.raises(ValueError, match="at least one caption"):
+        chance_retrieval_metrics([0, 0])
+    with pytest.raises(ValueError, match="cut-offs"):
+        chance_recall_at_k_curve(3, [1], [0, 1])
+
+
+def test_the_printed_table_has_a_chance_row_per_direction() -> None:
+    exact = {"R@1": 50.0, "R@5": 100.0, "R@10": 100.0, "MdR": 1.5, "MnR": 1.6}
+    ann = {**exact, "ann_recall@10": 1.0, "beyond_k": 0}
+    metrics = {
+        "model_id": "tiny@untrained-seed0", "split": "test", "num_queries": 16, "num_videos": 8,
+        "num_videos_without_captions": 0, "t2v": exact, "v2t": exact,
+        "chance": chance_retrieval_metrics(np.full(8, 2)), "ann_recall@10": 1.0,
+        "ann": {"index_note": "none", "v2t_index_note": "none", "k": 10, "nprobes": None,
+                "refine_factor": 10, "t2v": ann, "v2t": ann},
+        "missing": {"num_captions": 0, "num_videos": 0, "videos": []},
+    }  # fmt: skip
+    lines = EvaluationReport(metrics=metrics, ranks=pa.table({})).format().splitlines()
+    rows = {line[:16].strip(): line[16:].split() for line in lines if "chance" in line[:16]}
+    assert rows["t2v chance"] == ["12.5", "62.5", "100.0", "4.5", "4.5"]
+    assert rows["v2t chance"][0] == "12.5"
+    assert "random ranking of 8 videos (t2v) / 16 captions (v2t" in lines[-3]
