@@ -25,17 +25,30 @@ from jobs import _cli
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="folder for everything")
+    parser.add_argument(
+        "--out", required=True, type=_cli.output_folder, help="folder for everything"
+    )
     parser.add_argument("--videos", type=_cli.positive_int, default=1320, help="corpus size")
     parser.add_argument(
         "--test-videos", type=_cli.positive_int, default=120, help="of which held out for test"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=_cli.non_negative_int,
+        default=0,
+        help="corpus, data order, captions, frame positions",
+    )
     parser.add_argument("--model", default="tiny", help="preset to fine-tune from scratch")
     training = parser.add_argument_group("fine-tuning (see jobs.finetune)")
-    training.add_argument("--epochs", type=_cli.positive_int, default=10)
-    training.add_argument("--batch-size", type=_cli.positive_int, default=64)
-    training.add_argument("--lr", type=_cli.positive_float, default=2e-3)
+    training.add_argument(
+        "--epochs", type=_cli.positive_int, default=10, help="passes over the training split"
+    )
+    training.add_argument(
+        "--batch-size", type=_cli.at_least(2), default=64, help="global batch, all workers"
+    )
+    training.add_argument(
+        "--lr", type=_cli.positive_float, default=2e-3, help="learning rate (new weights)"
+    )
     training.add_argument(
         "--frames", type=_cli.positive_int, default=4, help="frames per video (T)"
     )
@@ -52,6 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.test_videos >= args.videos:
         raise _cli.JobError(f"--test-videos {args.test_videos} must be below --videos")
+    if args.videos - args.test_videos < args.batch_size:
+        raise _cli.JobError(
+            f"--batch-size {args.batch_size} needs at least as many training videos; --videos "
+            f"{args.videos} with --test-videos {args.test_videos} leaves "
+            f"{args.videos - args.test_videos}"
+        )
+    index.check_model(args.model, None, {"frames": args.frames, "segments": args.segments})
     out: Path = args.out
     corpus, manifest = out / "corpus", str(out / "corpus" / "manifest")
     model = str(out / "finetune" / "model.pt")

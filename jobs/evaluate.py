@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from jobs import _cli
 from jobs.index import add_model_arguments, model_spec
@@ -36,10 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manifest", required=True, nargs="+", help="Parquet shards, or folders of them"
     )
-    parser.add_argument("--db", required=True, help="LanceDB folder or URI")
+    parser.add_argument("--db", required=True, type=_cli.database, help="LanceDB folder or URI")
     parser.add_argument("--table", required=True, help="embeddings table name")
     parser.add_argument("--split", help="evaluate only the manifest rows of this split")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the results")
+    parser.add_argument(
+        "--out", required=True, type=_cli.output_folder, help="folder for the results"
+    )
     add_model_arguments(parser)
     ann = parser.add_argument_group("ANN search")
     ann.add_argument(
@@ -58,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-rank k x this many candidates by exact distance (0: PQ distances only)",
     )
     resources = parser.add_argument_group("text encoding")
-    resources.add_argument("--text-batch-size", type=_cli.positive_int, default=256)
+    resources.add_argument(
+        "--text-batch-size", type=_cli.positive_int, default=256, help="captions per encode batch"
+    )
     resources.add_argument(
         "--ray-min-captions",
         type=_cli.non_negative_int,
@@ -68,14 +71,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     resources.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     resources.add_argument("--actors", type=_cli.positive_int, help="text encode actors")
     resources.add_argument(
-        "--gpus-per-actor", type=float, help="GPUs per text encode actor; 0 forces CPU"
+        "--gpus-per-actor",
+        type=_cli.non_negative_float,
+        help="GPUs per text encode actor; 0 forces CPU",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from centerclip import WeightsUnavailableError
     from pipelines.evaluate import EvaluateConfig, run_evaluation
     from pipelines.manifest import ManifestError
 
+    _cli.check_manifest_exists(args.manifest)
     config = EvaluateConfig(
         manifest=args.manifest,
         db=args.db,
@@ -97,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         report = run_evaluation(config)
     except (ManifestError, ValueError, FileNotFoundError) as err:
         raise _cli.JobError(str(err)) from err
+    except WeightsUnavailableError as err:
+        raise _cli.JobError(f"--weights {args.weights}: {err}") from err
     print(report.format(), flush=True)
     print("wrote:        " + ", ".join(str(path) for path in report.files), flush=True)
     return 0

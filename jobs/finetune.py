@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--manifest", required=True, nargs="+", help="Parquet shards, or folders of them"
     )
     parser.add_argument(
-        "--out", required=True, help="output folder (model.pt, curves, checkpoints)"
+        "--out",
+        required=True,
+        type=_cli.output_folder,
+        help="output folder (model.pt, curves, checkpoints)",
     )
     parser.add_argument("--train-split", default="train", help="split to train on")
     parser.add_argument(
@@ -36,25 +39,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_model_arguments(parser)
     train = parser.add_argument_group("training (a resumed run must keep these)")
-    train.add_argument("--epochs", type=_cli.positive_int, default=5)
     train.add_argument(
-        "--batch-size", type=_cli.positive_int, default=128, help="global batch, all workers"
+        "--epochs", type=_cli.positive_int, default=5, help="passes over the training split"
+    )
+    train.add_argument(
+        "--batch-size",
+        type=_cli.at_least(2),
+        default=128,
+        help="global batch, all workers: the loss's negatives",
     )
     train.add_argument(
         "--lr", type=_cli.positive_float, default=1e-4, help="learning rate of new weights"
     )
     train.add_argument(
         "--pretrained-lr",
-        type=float,
+        type=_cli.non_negative_float,
         default=1e-7,
         help="learning rate of weights loaded from a trained model",
     )
-    train.add_argument("--weight-decay", type=float, default=0.2)
     train.add_argument(
-        "--warmup", type=_cli.fraction, default=0.1, help="share of steps warming up"
+        "--weight-decay",
+        type=_cli.non_negative_float,
+        default=0.2,
+        help="AdamW weight decay (weight matrices only)",
     )
     train.add_argument(
-        "--grad-clip", type=float, default=1.0, help="max gradient norm; 0 turns it off"
+        "--warmup",
+        type=_cli.fraction_below_one,
+        default=0.1,
+        help="share of steps warming up",
+    )
+    train.add_argument(
+        "--grad-clip",
+        type=_cli.non_negative_float,
+        default=1.0,
+        help="max gradient norm; 0 turns it off",
     )
     train.add_argument(
         "--precision",
@@ -62,7 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="autocast; auto: bf16 on GPUs, fp32 on CPUs",
     )
-    train.add_argument("--seed", type=int, default=0, help="data order, captions, frame positions")
+    train.add_argument(
+        "--seed",
+        type=_cli.non_negative_int,
+        default=0,
+        help="data order, captions, frame positions",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     run.add_argument(
@@ -96,14 +120,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from centerclip import WeightsUnavailableError
     from centerclip.train import TrainConfig
     from pipelines.finetune import FinetuneConfig, run_finetune
     from pipelines.manifest import ManifestError
 
+    _cli.check_manifest_exists(args.manifest)
     try:
         config = FinetuneConfig(
             manifest=args.manifest,
-            out=args.out,
+            out=str(args.out),
             model=model_spec(args),
             train=TrainConfig(
                 epochs=args.epochs,
@@ -133,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         summary = run_finetune(config)
     except (ManifestError, ValueError, FileNotFoundError) as err:
         raise _cli.JobError(str(err)) from err
+    except WeightsUnavailableError as err:
+        raise _cli.JobError(f"--weights {args.weights}: {err}") from err
     print(summary.format(), flush=True)
     return 0
 

@@ -2,13 +2,13 @@
 
 Incremental: only videos that are new, whose bytes changed, or that were embedded by another model
 are decoded and encoded; videos gone from the manifest are deleted. Bad videos become rows of the
-errors table ``<table>_errors``; the job goes on.
+errors table <table>_errors; the job goes on.
 
-Runs on a local Ray started in-process, or on a cluster (``--address`` or ``ray job submit``):
+Runs on a local Ray started in-process, or on a cluster (--address, or ray job submit):
 
     python -m jobs.index --manifest corpus/manifest --db corpus/db --table videos --model tiny
 
-Manifests, videos and the database may live on S3 (``s3://bucket/prefix``), reached with the
+Manifests, videos and the database may live on S3 (s3://bucket/prefix), reached with the
 driver's AWS variables, which the job hands to its Ray workers: AWS_ENDPOINT_URL (MinIO, Ceph...;
 AWS_ALLOW_HTTP=true for a plain-HTTP one without a scheme), AWS_REGION, AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; unset ones fall back to each node's default credentials.
@@ -17,10 +17,12 @@ AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; unset ones fall back to each node's de
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from jobs import _cli
 
@@ -30,7 +32,9 @@ if TYPE_CHECKING:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--weights`` and the settings overrides, shared by every job with a model."""
-    group = parser.add_argument_group("model")
+    group = parser.add_argument_group(
+        "model", "--frames ... --distance default to the preset's (or the checkpoint's) settings"
+    )
     group.add_argument(
         "--model", required=True, help="a preset name (centerclip presets) or a checkpoint file"
     )
@@ -46,18 +50,78 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--segments", type=_cli.positive_int, help="segments per video (S)")
     group.add_argument("--centers", type=_cli.positive_int, help="tokens kept per segment (K)")
-    group.add_argument("--method", choices=["kmedoids", "spectral", "none"])
-    group.add_argument("--distance", choices=["euclidean", "cosine"])
+    group.add_argument(
+        "--method",
+        choices=["kmedoids", "spectral", "none"],
+        help="token clustering; none: every frame is a segment (CLIP4Clip meanP)",
+    )
+    group.add_argument(
+        "--distance", choices=["euclidean", "cosine"], help="k-medoids distance between tokens"
+    )
+
+
+def check_model(
+    model: str, weights: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> None:
+    """Fail with one line (:class:`JobError`), before any work, when ``--model`` names neither
+    a preset nor an existing checkpoint file, ``--weights`` a missing file or weights the preset
+    does not have, or the settings flags do not fit the preset. What only loading can tell
+    (pretrained weights that cannot be downloaded here) is reported when the job builds the
+    model (``centerclip.WeightsUnavailableError``)."""
+    from centerclip.config import get_preset, list_presets
+    from centerclip.factory import _looks_like_path  # the factory's own test: a file or a preset
+
+    presets = ", ".join(list_presets())
+    if _looks_like_path(model):
+        if not Path(model).is_file():
+            raise _cli.JobError(
+                f"--model {model}: no such checkpoint file; pass a model.pt that jobs.finetune "
+                f"wrote, or a preset name ({presets})"
+            )
+        if weights is not None:
+            raise _cli.JobError(
+                f"--weights {weights}: the checkpoint --model {model} carries its own weights; "
+                "leave --weights out"
+            )
+        return
+    if model not in list_presets():
+        close = difflib.get_close_matches(model, list_presets(), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise _cli.JobError(
+            f"--model {model}: unknown preset; {hint}known presets: {presets} "
+            "(or pass a checkpoint file)"
+        )
+    preset = get_preset(model)
+    try:
+        preset.settings.with_overrides(**(overrides or {}))
+    except ValueError as err:
+        given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (overrides or {}).items())
+        raise _cli.JobError(f"--model {model} {given}: {err}") from None
+    if weights is None:
+        return
+    if _looks_like_path(weights):
+        if not Path(weights).is_file():
+            raise _cli.JobError(
+                f"--weights {weights}: no such weights file; pass an open_clip state dict or a "
+                "centerclip checkpoint"
+            )
+    elif preset.open_clip_model is None or (weights == "pretrained" and not preset.pretrained):
+        raise _cli.JobError(
+            f"--weights {weights}: preset {model} has no pretrained weights; leave --weights out "
+            "(random initialisation) or pass a weights file"
+        )
 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
-    from pipelines.encode import ModelSpec
-
+    """The model the flags name, checked first (:func:`check_model`)."""
     overrides = {
         name: getattr(args, name)
         for name in ("frames", "cluster_block", "segments", "centers", "method", "distance")
         if getattr(args, name) is not None
     }
+    check_model(args.model, args.weights, overrides)
+    from pipelines.encode import ModelSpec
+
     return ModelSpec(args.model, args.weights, overrides)
 
 
@@ -68,7 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         help="Parquet shards, or folders of them (local or s3://)",
     )
-    parser.add_argument("--db", required=True, help="LanceDB folder or URI (s3://...)")
+    parser.add_argument(
+        "--db", required=True, type=_cli.database, help="LanceDB folder or URI (s3://...)"
+    )
     parser.add_argument("--table", required=True, help="embeddings table name")
     parser.add_argument("--split", help="index only the manifest rows of this split")
     add_model_arguments(parser)
@@ -80,15 +146,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="encode actors (default: one per GPU; on CPU, one per CPU, at most 8)",
     )
     resources.add_argument(
-        "--gpus-per-actor", type=float, help="GPUs per encode actor; 0 forces CPU encoding"
+        "--gpus-per-actor",
+        type=_cli.non_negative_float,
+        help="GPUs per encode actor; 0 forces CPU encoding (default: 1 where there are GPUs)",
     )
-    resources.add_argument("--batch-size", type=_cli.positive_int, help="videos per encode batch")
+    resources.add_argument(
+        "--batch-size",
+        type=_cli.positive_int,
+        help="videos per encode batch (default: 32 on GPU, 8 on CPU)",
+    )
     resources.add_argument("--decode-workers", type=_cli.positive_int, help="decode actors")
     resources.add_argument(
         "--decode-timeout", type=_cli.positive_float, default=60.0, help="seconds per video"
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--commit-rows", type=_cli.positive_int, default=256)
+    run.add_argument(
+        "--commit-rows", type=_cli.positive_int, default=256, help="rows per LanceDB commit"
+    )
     run.add_argument("--rebuild", action="store_true", help="re-encode every video")
     run.add_argument(
         "--retry-errors", action="store_true", help="retry failed videos even if unchanged"
@@ -111,17 +185,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--keep-versions-days",
-        type=float,
+        type=_cli.days,
         default=None,
         help="delete table versions older than this many days after the run (default: keep all)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from centerclip import WeightsUnavailableError
     from pipelines.index import ErrorRateExceeded, IndexConfig, run_index
     from pipelines.manifest import ManifestError
     from pipelines.resources import ResourceRequest
 
+    _cli.check_manifest_exists(args.manifest)
     config = IndexConfig(
         manifest=args.manifest,
         db=args.db,
@@ -153,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except (ManifestError, ValueError, FileNotFoundError) as err:
         raise _cli.JobError(str(err)) from err
+    except WeightsUnavailableError as err:
+        raise _cli.JobError(f"--weights {args.weights}: {err}") from err
     except ErrorRateExceeded as err:
         print(f"error: {err}", file=sys.stderr)
         return 3

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import pyarrow.compute as pc
 
@@ -21,9 +20,11 @@ from pipelines import manifest, schema, synthetic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--out", type=_cli.output_folder, required=True, help="output folder")
     parser.add_argument("--videos", type=_cli.positive_int, required=True, help="number of videos")
-    parser.add_argument("--seed", type=int, default=0, help="makes the corpus reproducible")
+    parser.add_argument(
+        "--seed", type=_cli.non_negative_int, default=0, help="makes the corpus reproducible"
+    )
     parser.add_argument(
         "--test-fraction", type=_cli.fraction, default=0.2, help="share of videos in 'test'"
     )

@@ -14,7 +14,7 @@ from jobs.index import add_model_arguments, model_spec
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("query", nargs="+", help="one or more text queries")
-    parser.add_argument("--db", required=True, help="LanceDB folder or URI")
+    parser.add_argument("--db", required=True, type=_cli.database, help="LanceDB folder or URI")
     parser.add_argument("--table", required=True, help="embeddings table name")
     parser.add_argument("-k", type=_cli.positive_int, default=10, help="results per query")
     parser.add_argument(
@@ -24,10 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from centerclip import WeightsUnavailableError
     from pipelines.search import search
 
-    model = model_spec(args).build()
+    spec = model_spec(args)
     try:
+        model = spec.build()
         results = search(
             db_uri=args.db,
             table_name=args.table,
@@ -36,8 +38,10 @@ def run(args: argparse.Namespace) -> int:
             k=args.k,
             exact=args.exact,
         )
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         raise _cli.JobError(str(err)) from err
+    except WeightsUnavailableError as err:
+        raise _cli.JobError(f"--weights {args.weights}: {err}") from err
     for query, hits in zip(args.query, results, strict=True):
         print(f'query: "{query}"')
         for rank, hit in enumerate(hits, start=1):
