@@ -234,6 +234,32 @@ def training_step(
         loss = global_infonce(video, text, video_clip.logit_scale, keep)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    return apply_gradients(
+        video_clip,
+        loss=float(loss.detach()),
+        pairs=int(keep.sum()),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        grad_clip=grad_clip,
+        max_logit_scale=max_logit_scale,
+    )
+
+
+def apply_gradients(
+    model: VideoCLIP,
+    *,
+    loss: float,
+    pairs: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    grad_clip: float,
+    max_logit_scale: float,
+) -> StepResult:
+    """The second half of :func:`training_step`, once the (scaled) gradients are in ``.grad``:
+    unscale, clip, AdamW, schedule, clamp the temperature. ``loss`` and ``pairs`` are only
+    reported."""
     scaler.unscale_(optimizer)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(parameters, grad_clip or math.inf)
@@ -243,13 +269,13 @@ def training_step(
     scheduler.step()
     with torch.no_grad():
         # CLIP's clamp: a temperature below 1/100 makes the loss unstable.
-        video_clip.logit_scale.clamp_(0.0, math.log(max_logit_scale))
+        model.logit_scale.clamp_(0.0, math.log(max_logit_scale))
     return StepResult(
-        loss=float(loss.detach()),
+        loss=loss,
         grad_norm=float(grad_norm),
         lr=lr,
-        logit_scale=float(video_clip.logit_scale.detach().exp()),
-        pairs=int(keep.sum()),
+        logit_scale=float(model.logit_scale.detach().exp()),
+        pairs=pairs,
     )
 
 
