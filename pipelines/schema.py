@@ -28,6 +28,10 @@ FRAMES = "frames"
 DURATION_S = "duration_s"
 FRAME_TIMES_S = "frame_times_s"
 DECODE_S = "decode_s"
+# Cost accounting per row, from the decode stage: CPU seconds of the decoder process and frames
+# it produced (clips decoded in one pass share the pass's figures). Not stored in the table.
+DECODE_CPU_S = "decode_cpu_s"
+FRAMES_DECODED = "frames_decoded"
 # Optional decode input: the seed of one row's random frame sampling, so the frames a training
 # row gets do not depend on which decode actor happens to decode it (``pipelines.finetune``).
 SAMPLE_SEED = "sample_seed"

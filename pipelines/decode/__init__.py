@@ -18,7 +18,7 @@ frame. With far-apart keyframes (x264's default GOP is 250) sparse sampling stil
 every frame up to the last wanted one; that is inherent to the codec, not to this stage.
 """
 
-from pipelines.decode.child import _child_main
+from pipelines.decode.child import DECODER_DECORD, DECODER_PYAV, DECODERS, _child_main
 from pipelines.decode.errors import (
     BAD_CLIP,
     DECODE_FAILED,
@@ -33,19 +33,36 @@ from pipelines.decode.errors import (
     TRUNCATED,
     error_category,
 )
-from pipelines.decode.sampling import SAMPLING_RANDOM, SAMPLING_UNIFORM, sample_indices
-from pipelines.decode.stage import DecodeStage
+from pipelines.decode.sampling import (
+    INDEX_SAMPLINGS,
+    SAMPLING_FAST,
+    SAMPLING_KEYFRAME,
+    SAMPLING_RANDOM,
+    SAMPLING_UNIFORM,
+    SAMPLINGS,
+    sample_indices,
+)
+from pipelines.decode.stage import DEFAULT_DECODER, MAX_CLIPS_PER_PASS, DecodeStage
 
 __all__ = [
     "BAD_CLIP",
+    "DECODERS",
     "DECODER_CRASHED",
+    "DECODER_DECORD",
+    "DECODER_PYAV",
     "DECODE_FAILED",
+    "DEFAULT_DECODER",
     "EMPTY_FILE",
     "ERROR_CATEGORIES",
+    "INDEX_SAMPLINGS",
+    "MAX_CLIPS_PER_PASS",
     "MISSING_FILE",
     "NOT_A_VIDEO",
     "NO_VIDEO_STREAM",
     "READ_FAILED",
+    "SAMPLINGS",
+    "SAMPLING_FAST",
+    "SAMPLING_KEYFRAME",
     "SAMPLING_RANDOM",
     "SAMPLING_UNIFORM",
     "TIMEOUT",

@@ -15,14 +15,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from multiprocessing.connection import Connection
 from typing import IO
 
 import numpy as np
 
-from pipelines.decode.decord_backend import _decode_file
+from pipelines.decode import decord_backend, pyav_backend
 from pipelines.decode.errors import DECODE_FAILED, _Failure, _short
-from pipelines.decode.protocol import _Request, _Result
+from pipelines.decode.protocol import _ClipResult, _Request, _Result
 from pipelines.decode.source import _local_file
 
 # A child that cannot even import decord within this long is an installation problem, not a
@@ -30,28 +31,41 @@ from pipelines.decode.source import _local_file
 _STARTUP_TIMEOUT_S = 120.0
 
 
+DECODER_PYAV = "pyav"
+DECODER_DECORD = "decord"
+_BACKENDS = {DECODER_PYAV: pyav_backend.decode_file, DECODER_DECORD: decord_backend.decode_file}
+DECODERS = tuple(_BACKENDS)
+
+
 def _decode_request(req: _Request, out: np.ndarray) -> _Result:
-    """Decode one video into ``out`` ``[T, S, S, 3]``; every failure becomes the error."""
+    """Decode the clips of one file into ``out`` ``[C, T, S, S, 3]``; every failure becomes an
+    error (the whole file's, or one clip's)."""
+    began = time.process_time()
+    result = _Result()
     try:
         with _local_file(req.uri, req.storage) as path:
-            return _decode_file(path, req, out)
+            result.clips, result.frames_decoded = _BACKENDS[req.decoder](path, req, out)
     except _Failure as failure:
-        return _Result(error=str(failure))
+        result.clips = [_ClipResult(error=str(failure))] * len(req.clips)
     except Exception as err:
-        return _Result(error=f"{DECODE_FAILED}: {type(err).__name__}: {_short(err)}")
+        error = f"{DECODE_FAILED}: {type(err).__name__}: {_short(err)}"
+        result.clips = [_ClipResult(error=error)] * len(req.clips)
+    # The child's own CPU time, decoder threads included: what this file cost.
+    result.cpu_s = time.process_time() - began
+    return result
 
 
-def _frame_view(buffer: mmap.mmap, frames: int, size: int) -> np.ndarray:
-    return np.frombuffer(buffer, np.uint8, count=frames * size * size * 3).reshape(
-        frames, size, size, 3
-    )
+def _frame_view(buffer: mmap.mmap, clips: int, frames: int, size: int) -> np.ndarray:
+    """The shared buffer as ``[clips, frames, size, size, 3]`` uint8."""
+    count = clips * frames * size * size * 3
+    return np.frombuffer(buffer, np.uint8, count=count).reshape(clips, frames, size, size, 3)
 
 
 def _child_main(fd: int, buffer_fd: int, buffer_bytes: int) -> None:
     """Entry point of the decoder process: answer requests on socket ``fd`` until EOF.
 
     Frames go into the memory shared through ``buffer_fd`` rather than through the socket, which
-    saves pickling and two copies of ``T * S * S * 3`` bytes per video.
+    saves pickling and two copies of ``T * S * S * 3`` bytes per clip.
     """
     import av
     import decord
@@ -67,7 +81,8 @@ def _child_main(fd: int, buffer_fd: int, buffer_bytes: int) -> None:
             req = conn.recv()
         except EOFError:
             return
-        conn.send(_decode_request(req, _frame_view(buffer, req.frames, req.image_size)))
+        out = _frame_view(buffer, len(req.clips), req.frames, req.image_size)
+        conn.send(_decode_request(req, out))
 
 
 def _shareable_file() -> IO[bytes]:

@@ -1,13 +1,19 @@
-"""The decord backend: decodes in the child process, at the output resolution."""
+"""The decord backend: decodes in the child process, at the output resolution.
+
+decord has no frame skipping, so ``fast`` takes keyframes where a chunk holds one and the
+chunk's centre otherwise. ``frames_decoded`` is what decord's ``get_batch`` decodes by design
+(from the keyframe before each wanted frame to it, skipping groups of pictures that hold none),
+counted from its keyframe list rather than reported by decord.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipelines.decode.errors import BAD_CLIP, TRUNCATED, _Failure
-from pipelines.decode.protocol import _Request, _Result
-from pipelines.decode.sampling import sample_indices
-from pipelines.decode.source import _damaged, _probe
+from pipelines.decode.errors import TRUNCATED, _Failure
+from pipelines.decode.protocol import _ClipResult, _Request
+from pipelines.decode.sampling import choose_targets, clip_range, frames_to_reach
+from pipelines.decode.source import _damaged, _probe, output_size
 
 # Containers may count a frame or two more than the decoder can return (edit lists, a final
 # frame with no duration); only a larger shortfall means the file lost frames.
@@ -20,17 +26,16 @@ _BAD_WIDTH_MESSAGE = "The size must exactly match"
 _BAD_WIDTHS: set[int] = set()
 
 
-def _decode_file(path: str, req: _Request, out: np.ndarray) -> _Result:
-    """Decode ``path`` into ``out`` ``[T, S, S, 3]``."""
+def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipResult], int]:
+    """Decode the clips of ``req`` from ``path`` into ``out`` ``[C, T, S, S, 3]``.
+
+    Returns each clip's result and the frames decoded for all of them together.
+    """
     import decord
 
     width, height, claimed = _probe(path)
     size = req.image_size
-    # Scale so the shorter side is exactly ``size``; the centre crop then takes the longer side.
-    if width <= height:
-        out_w, out_h = size, max(size, round(height * size / width))
-    else:
-        out_w, out_h = max(size, round(width * size / height)), size
+    out_w, out_h = output_size(width, height, size)
     if out_w in _BAD_WIDTHS:
         out_w += 1
     try:
@@ -45,34 +50,50 @@ def _decode_file(path: str, req: _Request, out: np.ndarray) -> _Result:
     times = reader.get_frame_timestamp(np.arange(n))  # [n, 2] start and end of each frame
     starts = times[:, 0]
     duration = float(times[-1, 1])
+    keyframes = np.asarray(reader.get_key_indices(), np.int64)
+    if not len(keyframes) or keyframes[0] != 0:
+        keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
 
-    first, stop = 0, n
-    if req.start_s is not None:
-        if req.start_s >= duration:
-            raise _Failure(BAD_CLIP, f"start_s {req.start_s:g} is past the end ({duration:g}s)")
-        # The frame showing start_s: the last one that starts at or before it.
-        first = max(int(np.searchsorted(starts, req.start_s + 1e-6, side="right")) - 1, 0)
-    if req.end_s is not None:
-        stop = max(first + 1, int(np.searchsorted(starts, req.end_s, side="left")))
-    rng = np.random.default_rng(req.seed) if req.seed is not None else None
-    indices = first + sample_indices(stop - first, req.frames, sampling=req.sampling, rng=rng)
+    results: list[_ClipResult] = []
+    wanted: list[np.ndarray] = []
+    for clip in req.clips:
+        try:
+            first, stop = clip_range(starts, duration, clip.start_s, clip.end_s)
+        except _Failure as failure:
+            results.append(_ClipResult(error=str(failure)))
+            wanted.append(np.zeros(0, np.int64))
+            continue
+        rng = np.random.default_rng(clip.seed) if clip.seed is not None else None
+        targets = choose_targets(
+            first, stop, req.frames, sampling=req.sampling, keyframes=keyframes, rng=rng
+        )
+        indices = np.array([t.want for t in targets], np.int64)
+        wanted.append(indices)
+        results.append(
+            _ClipResult(
+                error="", frame_times_s=starts[indices].astype(np.float32), duration_s=duration
+            )
+        )
 
-    unique, inverse = np.unique(indices, return_inverse=True)
+    every = np.concatenate(wanted)
+    if not len(every):
+        return results, 0
+    unique, inverse = np.unique(every, return_inverse=True)
     try:
         batch = reader.get_batch(unique.tolist()).asnumpy()  # [U, out_h, out_w, 3]
     except Exception as err:
         if _BAD_WIDTH_MESSAGE in str(err) and out_w not in _BAD_WIDTHS:
             _BAD_WIDTHS.add(out_w)
-            return _decode_file(path, req, out)
+            return decode_file(path, req, out)
         raise _damaged(path, claimed or n, err) from None
     if batch.shape[0] != len(unique):
         raise _Failure(TRUNCATED, f"decoded {batch.shape[0]} of {len(unique)} sampled frames")
     top = (batch.shape[1] - size) // 2
     left = (batch.shape[2] - size) // 2
     crop = batch[:, top : top + size, left : left + size]
-    np.take(crop, inverse, axis=0, out=out)
-    return _Result(
-        error="",
-        frame_times_s=starts[indices].astype(np.float32),
-        duration_s=duration,
-    )
+    at = 0
+    for k, indices in enumerate(wanted):
+        if len(indices):
+            np.take(crop, inverse[at : at + len(indices)], axis=0, out=out[k])
+        at += len(indices)
+    return results, frames_to_reach(unique, keyframes)

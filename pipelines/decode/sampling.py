@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
+
+from pipelines.decode.errors import BAD_CLIP, _Failure
 
 SAMPLING_UNIFORM = "uniform"
 SAMPLING_RANDOM = "random"
+SAMPLING_FAST = "fast"
+SAMPLING_KEYFRAME = "keyframe"
+
+# The policies an index or evaluation may use (``random`` is training's own).
+INDEX_SAMPLINGS = (SAMPLING_UNIFORM, SAMPLING_FAST, SAMPLING_KEYFRAME)
+SAMPLINGS = (*INDEX_SAMPLINGS, SAMPLING_RANDOM)
 
 
 def sample_indices(
@@ -32,3 +43,91 @@ def sample_indices(
     # (i + offset) * n / T rather than i * w + offset * w: exact for chunk centres on whole frames.
     positions = (np.arange(frames) + offsets) * num_frames / frames
     return np.minimum(np.floor(positions).astype(np.int64), num_frames - 1)
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    """One frame to fetch, by presentation-order index into the file's frames.
+
+    ``exact``: frame ``want`` itself. Otherwise any *reference* frame of ``[lo, hi)`` will do
+    (the first one at or after ``want``, else the last one before it), which lets the decoder skip
+    every non-reference frame on its way there.
+    """
+
+    want: int
+    lo: int
+    hi: int
+    exact: bool
+
+
+def clip_range(
+    starts_s: np.ndarray, duration_s: float, start_s: float | None, end_s: float | None
+) -> tuple[int, int]:
+    """``[first, stop)``: the frames (indices into ``starts_s``, sorted start times) of a clip."""
+    first, stop = 0, len(starts_s)
+    if start_s is not None:
+        if start_s >= duration_s:
+            raise _Failure(BAD_CLIP, f"start_s {start_s:g} is past the end ({duration_s:g}s)")
+        # The frame showing start_s: the last one that starts at or before it.
+        first = max(int(np.searchsorted(starts_s, start_s + 1e-6, side="right")) - 1, 0)
+    if end_s is not None:
+        stop = max(first + 1, int(np.searchsorted(starts_s, end_s, side="left")))
+    return first, stop
+
+
+def choose_targets(
+    first: int,
+    stop: int,
+    frames: int,
+    *,
+    sampling: str,
+    keyframes: np.ndarray,
+    rng: np.random.Generator | None = None,
+) -> list[Target]:
+    """The ``T = frames`` targets of the clip ``[first, stop)``, one per chunk, in chunk order.
+
+    ``keyframes`` is the sorted presentation-order indices of the file's keyframes. ``uniform``
+    and ``random`` take :func:`sample_indices`' frames exactly. ``fast`` takes, per chunk, the
+    keyframe nearest its centre when the chunk holds one (reaching it costs one frame after a
+    seek), else a reference frame near the centre. ``keyframe`` takes the keyframe nearest each
+    chunk's centre anywhere in the clip (several chunks may share one), and ``fast``'s choice
+    where the clip holds no keyframe.
+    """
+    n = stop - first
+    if sampling in (SAMPLING_UNIFORM, SAMPLING_RANDOM):
+        wanted = first + sample_indices(n, frames, sampling=sampling, rng=rng)
+        return [Target(int(w), int(w), int(w) + 1, True) for w in wanted]
+    if sampling not in (SAMPLING_FAST, SAMPLING_KEYFRAME):
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    centres = first + sample_indices(n, frames)
+    in_clip = keyframes[(keyframes >= first) & (keyframes < stop)]
+    targets = []
+    for i, centre in enumerate(centres.tolist()):
+        lo = first + math.ceil(i * n / frames)
+        hi = first + math.ceil((i + 1) * n / frames)
+        pool = (
+            in_clip if sampling == SAMPLING_KEYFRAME else in_clip[(in_clip >= lo) & (in_clip < hi)]
+        )
+        if len(pool):
+            key = int(pool[np.argmin(np.abs(pool - centre))])
+            targets.append(Target(key, key, key + 1, True))
+        elif lo <= centre < hi and hi - lo > 1:
+            targets.append(Target(centre, lo, hi, False))
+        else:
+            targets.append(Target(centre, centre, centre + 1, True))
+    return targets
+
+
+def frames_to_reach(wanted: np.ndarray, keyframes: np.ndarray) -> int:
+    """Frames a decoder must produce to reach every frame in ``wanted`` (presentation indices):
+    from the keyframe before each to it, continuing forward within a group of pictures and
+    skipping the groups that hold none. This is the floor of exact sampling."""
+    count, position = 0, -1
+    for want in np.unique(wanted).tolist():
+        key = int(keyframes[max(int(np.searchsorted(keyframes, want, side="right")) - 1, 0)])
+        if key > position:
+            count += want - key + 1
+        else:
+            count += want - position
+        position = want
+    return count

@@ -7,6 +7,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 from pipelines.decode.errors import (
     DECODE_FAILED,
@@ -114,8 +115,8 @@ def _damaged(path: str, claimed: int, err: BaseException) -> _Failure:
     return _Failure(DECODE_FAILED, _short(err))
 
 
-def _probe(path: str) -> tuple[int, int, int]:
-    """``(width, height, claimed frame count or 0)`` of the first video stream."""
+def _open_video(path: str) -> tuple[Any, Any]:
+    """``(container, first video stream)`` of ``path``; the caller closes the container."""
     import av
 
     try:
@@ -126,13 +127,28 @@ def _probe(path: str) -> tuple[int, int, int]:
             detail = f"{family} container cannot be opened ({_short(err)})"
             raise _Failure(TRUNCATED, detail) from None
         raise _Failure(NOT_A_VIDEO, _short(err)) from None
-    with container:
-        if not container.streams.video:
-            kinds = ", ".join(s.type for s in container.streams) or "none"
-            raise _Failure(NO_VIDEO_STREAM, f"streams found: {kinds}")
-        stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        claimed = stream.frames
+    if not container.streams.video:
+        kinds = ", ".join(s.type for s in container.streams) or "none"
+        container.close()
+        raise _Failure(NO_VIDEO_STREAM, f"streams found: {kinds}")
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
     if width <= 0 or height <= 0:
+        container.close()
         raise _Failure(NOT_A_VIDEO, f"video stream has no picture size ({width}x{height})")
-    return width, height, claimed
+    return container, stream
+
+
+def _probe(path: str) -> tuple[int, int, int]:
+    """``(width, height, claimed frame count or 0)`` of the first video stream."""
+    container, stream = _open_video(path)
+    with container:
+        return stream.codec_context.width, stream.codec_context.height, stream.frames
+
+
+def output_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """``(width, height)`` scaled so the shorter side is exactly ``size``; the centre crop then
+    takes ``size`` of the longer side."""
+    if width <= height:
+        return size, max(size, round(height * size / width))
+    return max(size, round(width * size / height)), size

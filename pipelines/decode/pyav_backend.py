@@ -1,0 +1,275 @@
+"""The PyAV backend: decodes only the frames the sampled ones need, in one pass per file.
+
+Demuxing (reading packets without decoding them) is cheap, so the file is first demuxed whole to
+learn every frame's timestamp and which frames are keyframes. From that each clip's targets are
+chosen (:func:`~pipelines.decode.sampling.choose_targets`), and one forward pass over the file
+fetches all of them: it seeks to the keyframe before a target when that keyframe lies beyond the
+decoder's position (so groups of pictures holding no target are never decoded), and otherwise
+decodes forward. Only targets are converted, straight to the small output size (swscale scales
+and converts in one step; no full-size RGB frame exists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from pipelines.decode.errors import TRUNCATED, _Failure
+from pipelines.decode.protocol import _ClipResult, _Request
+from pipelines.decode.sampling import (
+    SAMPLING_FAST,
+    SAMPLING_KEYFRAME,
+    Target,
+    choose_targets,
+    clip_range,
+)
+from pipelines.decode.source import _damaged, _open_video, output_size
+
+FAST_CODEC_OPTIONS = {"skip_loop_filter": "all"}
+# Containers may count a frame or two more than the file holds (edit lists, a final frame with
+# no duration); only a larger shortfall means the file lost frames.
+_FRAME_SHORTFALL_SLACK = 0.02
+
+
+@dataclass(frozen=True)
+class _FrameIndex:
+    """Every frame of a stream in presentation order, from its packets."""
+
+    pts: np.ndarray  # [n] int64, sorted
+    keyframes: np.ndarray  # [k] int64, indices into pts; never empty
+    time_base: Fraction
+    end_pts: int  # where the last frame ends
+
+    @property
+    def starts_s(self) -> np.ndarray:
+        """Start second of each frame, the first frame at 0."""
+        return ((self.pts - self.pts[0]) * float(self.time_base)).astype(np.float64)
+
+    @property
+    def duration_s(self) -> float:
+        return float((self.end_pts - self.pts[0]) * self.time_base)
+
+    def key_before(self, index: int) -> int:
+        """Index of the keyframe at or before frame ``index``."""
+        at = max(int(np.searchsorted(self.keyframes, index, side="right")) - 1, 0)
+        return int(self.keyframes[at])
+
+
+def _index_frames(container: Any, stream: Any) -> _FrameIndex:
+    pts, keys, durations = [], [], []
+    for packet in container.demux(stream):
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        if stamp is None or packet.size == 0:
+            continue
+        pts.append(stamp)
+        keys.append(packet.is_keyframe)
+        durations.append(packet.duration or 0)
+    if not pts:
+        raise _Failure(TRUNCATED, f"decoded 0 of {stream.frames} frames")
+    order = np.argsort(np.asarray(pts, np.int64), kind="stable")
+    sorted_pts = np.asarray(pts, np.int64)[order]
+    keyframes = np.flatnonzero(np.asarray(keys, bool)[order])
+    if not len(keyframes) or keyframes[0] != 0:
+        # A stream that starts on a frame not flagged as key still starts decoding there.
+        keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
+    last = int(order[-1])
+    step = durations[last] or (int(np.median(np.diff(sorted_pts))) if len(pts) > 1 else 1)
+    return _FrameIndex(sorted_pts, keyframes, stream.time_base, int(sorted_pts[-1]) + step)
+
+
+# What the decoder may skip on its way to a target (FFmpeg's ``skip_frame`` levels).
+SKIP_NOTHING = "DEFAULT"
+SKIP_NONREF = "NONREF"  # frames no other frame references: nothing else decodes differently
+SKIP_NONKEY = "NONKEY"  # all but keyframes: the frames after one decode wrongly until a seek
+
+
+class _Pass:
+    """One forward pass over a file's frames, fetching targets in increasing order.
+
+    ``frames_decoded`` counts the frames the decoder produced (skipped frames excluded).
+    """
+
+    def __init__(self, container: Any, stream: Any, index: _FrameIndex) -> None:
+        self.container = container
+        self.stream = stream
+        self.codec = stream.codec_context
+        self.index = index
+        self.frames_decoded = 0
+        self._frames: Iterator[Any] | None = None
+        self._held: Any = None  # a frame read past one target, which the next one may want
+        self._position: int | None = None  # pts of the last frame the decoder produced
+        self._skipped = False  # whether frames were skipped since the last seek
+
+    def fetch(self, target: Target, skip: str) -> Any:
+        """The frame ``target`` names (an ``av.VideoFrame``), skipping what ``skip`` allows."""
+        if target.exact:
+            return self._exact(target.want, skip)
+        return self._reference(target)
+
+    def _exact(self, want: int, skip: str) -> Any:
+        want_pts = int(self.index.pts[want])
+        self._start(want, want_pts, skip=skip)
+        for frame in self._next_frames():
+            if frame.pts < want_pts:
+                continue
+            if frame.pts > want_pts:
+                if self._skipped and skip != SKIP_NOTHING:
+                    # The wanted frame was skipped on the way to an earlier target (its packet
+                    # went in while the decoder was still reordering): go back for it.
+                    self._seek(self.index.key_before(want))
+                    return self._exact(want, SKIP_NOTHING)
+                # The decoder never produced the wanted frame (a damaged or odd stream): the
+                # next one stands in, and stays available to the next target.
+                self._held = frame
+            return frame
+        raise _Failure(TRUNCATED, f"the file ends before frame {want} of {len(self.index.pts)}")
+
+    def _reference(self, target: Target) -> Any:
+        lo, want = int(self.index.pts[target.lo]), int(self.index.pts[target.want])
+        hi = int(self.index.pts[target.hi]) if target.hi < len(self.index.pts) else None
+        self._start(target.want, want, skip=SKIP_NONREF)
+        before = None
+        for frame in self._next_frames():
+            if frame.pts < lo:
+                continue
+            if frame.pts < want:
+                before = frame
+                continue
+            if hi is None or frame.pts < hi:
+                return frame
+            self._held = frame
+            break
+        if before is not None:
+            return before
+        # No reference frame in the chunk (a chunk shorter than the gap between references).
+        return self._exact(target.want, SKIP_NOTHING)
+
+    def _start(self, want: int, want_pts: int, *, skip: str) -> None:
+        """Position the decoder so its next frames lead to frame ``want``: seek to the keyframe
+        before it when that lies beyond the decoder's position, when ``want`` was passed, or
+        when frames that later ones need were skipped."""
+        next_pts = self._held.pts if self._held is not None else None
+        if next_pts is None and self._position is not None:
+            next_pts = self._position + 1
+        key = self.index.key_before(want)
+        broken = self.codec.skip_frame == SKIP_NONKEY and skip != SKIP_NONKEY
+        if next_pts is None or want_pts < next_pts or self.index.pts[key] >= next_pts or broken:
+            self._seek(key)
+        self.codec.skip_frame = skip
+        self._skipped |= skip != SKIP_NOTHING
+
+    def _seek(self, key: int) -> None:
+        self.container.seek(int(self.index.pts[key]), stream=self.stream, backward=True)
+        self._frames = self._decode()
+        self._held = None
+        self._position = None
+        self._skipped = False
+
+    def _next_frames(self) -> Iterator[Any]:
+        if self._held is not None:
+            frame, self._held = self._held, None
+            yield frame
+        assert self._frames is not None
+        for frame in self._frames:
+            if frame.pts is None:
+                continue
+            self._position = frame.pts
+            yield frame
+
+    def _decode(self) -> Iterator[Any]:
+        for packet in self.container.demux(self.stream):
+            for frame in self.codec.decode(packet):
+                self.frames_decoded += 1
+                yield frame
+
+
+def _skip_for(target: Target, sampling: str, keyframes: np.ndarray) -> str:
+    """What the decoder may skip on its way to ``target`` under ``sampling``."""
+    if not target.exact:
+        return SKIP_NONREF
+    if sampling == SAMPLING_FAST:
+        # fast's exact targets are keyframes (nothing before them is decoded) or centres of
+        # chunks too short to hold a reference frame (decoded exactly, see _Pass._exact).
+        return SKIP_NONREF
+    if sampling == SAMPLING_KEYFRAME and _is_keyframe(target.want, keyframes):
+        return SKIP_NONKEY
+    return SKIP_NOTHING
+
+
+def _is_keyframe(index: int, keyframes: np.ndarray) -> bool:
+    at = int(np.searchsorted(keyframes, index))
+    return at < len(keyframes) and int(keyframes[at]) == index
+
+
+def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipResult], int]:
+    """Decode the clips of ``req`` from ``path`` into ``out`` ``[C, T, S, S, 3]``.
+
+    Returns each clip's result and the frames the decoder produced for all of them together.
+    """
+    container, stream = _open_video(path)
+    with container:
+        stream.thread_type = "AUTO" if req.threads > 1 else "SLICE"
+        stream.codec_context.thread_count = req.threads
+        if req.sampling == SAMPLING_FAST:
+            # Deblocking is a fifth of H.264 decoding; without it a 224-px frame differs from
+            # the deblocked one by under one level on average (bench/decode.py measures both).
+            stream.codec_context.options = FAST_CODEC_OPTIONS
+        claimed = stream.frames
+        try:
+            index = _index_frames(container, stream)
+        except _Failure:
+            raise
+        except Exception as err:  # a demuxer error: the file is damaged
+            raise _damaged(path, claimed, err) from None
+        n = len(index.pts)
+        if claimed - n > max(1, _FRAME_SHORTFALL_SLACK * claimed):
+            raise _Failure(TRUNCATED, f"decoded {n} of {claimed} frames")
+        starts, duration = index.starts_s, index.duration_s
+
+        results: list[_ClipResult] = []
+        # target -> every (clip, frame slot) it fills; clips of one file often share frames.
+        slots: dict[Target, list[tuple[int, int]]] = {}
+        for k, clip in enumerate(req.clips):
+            try:
+                first, stop = clip_range(starts, duration, clip.start_s, clip.end_s)
+            except _Failure as failure:
+                results.append(_ClipResult(error=str(failure)))
+                continue
+            rng = np.random.default_rng(clip.seed) if clip.seed is not None else None
+            targets = choose_targets(
+                first, stop, req.frames, sampling=req.sampling, keyframes=index.keyframes, rng=rng
+            )
+            for t, target in enumerate(targets):
+                slots.setdefault(target, []).append((k, t))
+            results.append(_ClipResult(error="", frame_times_s=np.zeros(req.frames, np.float32)))
+
+        out_w, out_h = output_size(
+            stream.codec_context.width, stream.codec_context.height, out.shape[2]
+        )
+        decoder = _Pass(container, stream, index)
+        try:
+            for target in sorted(slots, key=lambda t: (t.want, t.lo)):
+                frame = decoder.fetch(target, _skip_for(target, req.sampling, index.keyframes))
+                pixels = _resize_crop(frame, out_w, out_h, out.shape[2])
+                time_s = float((frame.pts - index.pts[0]) * index.time_base)
+                for k, t in slots[target]:
+                    out[k, t] = pixels
+                    results[k].frame_times_s[t] = time_s
+        except _Failure:
+            raise
+        except Exception as err:
+            raise _damaged(path, claimed or n, err) from None
+    return [
+        _ClipResult(r.error, r.frame_times_s, duration) if not r.error else r for r in results
+    ], decoder.frames_decoded
+
+
+def _resize_crop(frame: Any, width: int, height: int, size: int) -> np.ndarray:
+    """``frame`` scaled to ``width x height`` RGB, then its centre ``size x size`` ``[S, S, 3]``."""
+    rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+    top, left = (height - size) // 2, (width - size) // 2
+    return rgb[top : top + size, left : left + size]
