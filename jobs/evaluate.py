@@ -16,7 +16,7 @@ import argparse
 from collections.abc import Sequence
 
 from jobs import _cli
-from jobs.index import add_model_arguments, model_spec
+from jobs.index import add_decode_arguments, add_model_arguments, model_spec
 
 # As pipelines.evaluate.MIN_ANN_K; not imported from there so --help stays fast (no torch).
 MIN_ANN_K = 10
@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, type=_cli.output_folder, help="folder for the results"
     )
     add_model_arguments(parser)
+    add_decode_arguments(parser, decoder=False)
     ann = parser.add_argument_group("ANN search")
     ann.add_argument(
         "-k", type=ann_k, default=MIN_ANN_K, help="results per ANN query (at least 10)"

@@ -17,7 +17,7 @@ import argparse
 from collections.abc import Sequence
 
 from jobs import _cli
-from jobs.index import add_model_arguments, model_spec
+from jobs.index import add_decode_arguments, add_model_arguments, model_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-max-videos", type=_cli.positive_int, default=1000, help="validation videos"
     )
     add_model_arguments(parser)
+    add_decode_arguments(parser)
     train = parser.add_argument_group("training (a resumed run must keep these)")
     train.add_argument(
         "--epochs", type=_cli.positive_int, default=5, help="passes over the training split"

@@ -60,6 +60,30 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_decode_arguments(parser: argparse.ArgumentParser, *, decoder: bool = True) -> None:
+    """``--sampling`` (part of the model's identity) and ``--decoder``, for every job whose
+    vectors come from decoded frames."""
+    from pipelines.decode import DECODERS, DEFAULT_DECODER, INDEX_SAMPLINGS, SAMPLING_UNIFORM
+
+    group = parser.add_argument_group("frames")
+    group.add_argument(
+        "--sampling",
+        choices=INDEX_SAMPLINGS,
+        default=SAMPLING_UNIFORM,
+        help="which frame of each of the T chunks: uniform (its centre), fast (the frame "
+        "cheapest to reach near it, about 2x less decoding), keyframe (the nearest keyframe, "
+        "10x+ less, fewer distinct frames); part of the model_id, so a table indexed one way is "
+        "re-indexed, evaluated and searched only that way (default: %(default)s)",
+    )
+    if decoder:
+        group.add_argument(
+            "--decoder",
+            choices=DECODERS,
+            default=DEFAULT_DECODER,
+            help="decoding library (same frames either way; default: %(default)s)",
+        )
+
+
 def check_model(
     model: str, weights: str | None = None, overrides: Mapping[str, Any] | None = None
 ) -> None:
@@ -120,9 +144,16 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
         if getattr(args, name) is not None
     }
     check_model(args.model, args.weights, overrides)
+    from pipelines.decode import DEFAULT_DECODER, SAMPLING_UNIFORM
     from pipelines.encode import ModelSpec
 
-    return ModelSpec(args.model, args.weights, overrides)
+    return ModelSpec(
+        args.model,
+        args.weights,
+        overrides,
+        sampling=getattr(args, "sampling", SAMPLING_UNIFORM),
+        decoder=getattr(args, "decoder", DEFAULT_DECODER),
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,6 +169,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table", required=True, help="embeddings table name")
     parser.add_argument("--split", help="index only the manifest rows of this split")
     add_model_arguments(parser)
+    add_decode_arguments(parser)
     resources = parser.add_argument_group("resources (default: decided from the cluster)")
     resources.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     resources.add_argument(

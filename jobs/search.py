@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Sequence
 
 from jobs import _cli
-from jobs.index import add_model_arguments, model_spec
+from jobs.index import add_decode_arguments, add_model_arguments, model_spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--exact", action="store_true", help="brute-force search instead of the ANN index"
     )
     add_model_arguments(parser)
+    add_decode_arguments(parser, decoder=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import torch
 
 import centerclip
 from pipelines import schema
-from pipelines.decode import DecodeStage
+from pipelines.decode import DEFAULT_DECODER, SAMPLING_UNIFORM, DecodeStage
 from pipelines.storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -25,14 +25,25 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to build the same model in any process."""
+    """Everything needed to build the same model in any process, and to feed it frames.
+
+    ``sampling`` (``pipelines.decode``: ``uniform``, ``fast``, ``keyframe``) chooses the frames
+    the embeddings are made of, so it is part of the built model's ``model_id`` (as a
+    ``/sampling-<policy>`` suffix, absent for the default ``uniform``): changing it re-indexes
+    instead of mixing. ``decoder`` (``pyav``, ``decord``) is not: both give the same frames.
+    """
 
     model: str
     weights: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict, hash=False)
+    sampling: str = SAMPLING_UNIFORM
+    decoder: str = DEFAULT_DECODER
 
     def build(self, device: str | torch.device = "cpu") -> centerclip.VideoCLIP:
-        return centerclip.create_model(self.model, self.weights, device=device, **self.overrides)
+        model = centerclip.create_model(self.model, self.weights, device=device, **self.overrides)
+        if self.sampling != SAMPLING_UNIFORM:
+            model.model_id = f"{model.model_id}/sampling-{self.sampling}"
+        return model
 
 
 def worker_label() -> str:
@@ -181,12 +192,19 @@ class DecodeEncodeStage:
         *,
         frames: int,
         image_size: int,
+        sampling: str = SAMPLING_UNIFORM,
+        decoder: str = DEFAULT_DECODER,
         timeout_s: float = 60.0,
         storage: StorageOptions | None = None,
         torch_threads: int | None = None,
     ) -> None:
         self.decode = DecodeStage(
-            frames=frames, image_size=image_size, timeout_s=timeout_s, storage=storage
+            frames=frames,
+            image_size=image_size,
+            sampling=sampling,
+            decoder=decoder,
+            timeout_s=timeout_s,
+            storage=storage,
         )
         self.encode = EncodeStage(spec, torch_threads=torch_threads)
 

@@ -59,7 +59,7 @@ from centerclip.train import (
     validation_metrics,
 )
 from pipelines import schema
-from pipelines.decode import SAMPLING_RANDOM, SAMPLING_UNIFORM, DecodeStage
+from pipelines.decode import SAMPLING_RANDOM, DecodeStage
 from pipelines.encode import ModelSpec
 from pipelines.manifest import read_manifest
 from pipelines.resources import TrainingPlan, plan_training
@@ -597,6 +597,7 @@ def _train_dataset(
             "frames": model.config.frames,
             "image_size": model.image_size,
             "sampling": SAMPLING_RANDOM,
+            "decoder": config.model.decoder,
             "timeout_s": config.decode_timeout_s,
             "storage": config.storage,
         },
@@ -608,7 +609,7 @@ def _train_dataset(
 
 
 def _val_dataset(rows: pa.Table, model: Any, plan: TrainingPlan, config: FinetuneConfig) -> Any:
-    """Validation rows -> frames at the chunk centres, as indexing samples them."""
+    """Validation rows -> frames sampled as indexing will (``config.model.sampling``)."""
     import ray
 
     carried = [schema.VIDEO_ID, schema.URI, schema.CAPTION, schema.START_S, schema.END_S]
@@ -621,7 +622,8 @@ def _val_dataset(rows: pa.Table, model: Any, plan: TrainingPlan, config: Finetun
         fn_constructor_kwargs={
             "frames": model.config.frames,
             "image_size": model.image_size,
-            "sampling": SAMPLING_UNIFORM,
+            "sampling": config.model.sampling,
+            "decoder": config.model.decoder,
             "timeout_s": config.decode_timeout_s,
             "storage": config.storage,
         },

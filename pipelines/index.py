@@ -271,6 +271,8 @@ def build_dataset(
     decode_options = {
         "frames": frames,
         "image_size": image_size,
+        "sampling": config.model.sampling,
+        "decoder": config.model.decoder,
         "timeout_s": config.decode_timeout_s,
         "storage": config.storage,
     }

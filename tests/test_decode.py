@@ -419,3 +419,21 @@ def test_targets_and_their_floor() -> None:
     ]
     keyframe = choose_targets(12, 30, 3, sampling=SAMPLING_KEYFRAME, keyframes=keyframes)
     assert [t.want for t in keyframe] == [20, 20, 20]
+
+
+def test_sampling_is_part_of_the_model_id() -> None:
+    import argparse
+
+    from jobs.index import add_decode_arguments, add_model_arguments, model_spec
+    from pipelines.encode import ModelSpec
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    add_decode_arguments(parser)
+    args = ["--model", "tiny", "--sampling", SAMPLING_FAST, "--decoder", DECODER_DECORD]
+    spec = model_spec(parser.parse_args(args))
+
+    assert (spec.sampling, spec.decoder) == (SAMPLING_FAST, DECODER_DECORD)
+    uniform = ModelSpec("tiny").build().model_id
+    assert model_spec(parser.parse_args(["--model", "tiny"])).build().model_id == uniform
+    assert spec.build().model_id == f"{uniform}/sampling-{SAMPLING_FAST}"
