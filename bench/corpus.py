@@ -8,8 +8,8 @@ real texture and motion in every region, encoded with the settings users' files 
 * ``x264`` with its *defaults* (``preset=medium``: GOP 250, B-frames with a pyramid), the case
   most web video is;
 * the same with a GOP of 30 (``gop30``) and without B-frames (``nob``);
-* HEVC (x265 defaults), and, in the full corpus, VP9 in WebM, AV1 (SVT-AV1) in Matroska, MPEG-4
-  Part 2 in AVI and MJPEG;
+* HEVC (x265 defaults); and 3-s clips of VP9 (WebM), AV1 (SVT-AV1, Matroska), H.264 in
+  Matroska, QuickTime and MPEG-TS, MPEG-2 (MPEG-PS), MPEG-4 Part 2 and MJPEG (AVI), ProRes;
 * 480p, 720p and 1080p; 10, 30 and 60 s; 24, 30 and 60 fps;
 * one long video with 60 clips given by ``start_s`` / ``end_s`` (10 minutes in the full corpus).
 
@@ -30,9 +30,11 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,18 +76,26 @@ PROFILES = (
     Profile("x264nob_480p_10s_30", 854, 480, 10, 30, options={"bf": "0"}, quick=True),
     Profile("hevc_480p_10s_30", 854, 480, 10, 30, codec="libx265", quick=True),
     Profile("hevc_720p_10s_30", 1280, 720, 10, 30, codec="libx265"),
-    Profile("vp9_480p_10s_30", 854, 480, 10, 30, codec="libvpx-vp9", suffix=".webm",
-            options={"deadline": "realtime", "cpu-used": "8", "b": "1500000"}),
-    Profile("av1_480p_10s_30", 854, 480, 10, 30, codec="libsvtav1", suffix=".mkv",
-            options={"preset": "10"}),
-    Profile("mpeg4_480p_10s_30", 854, 480, 10, 30, codec="mpeg4", suffix=".avi",
-            options={"qscale": "4"}),
-    Profile("mjpeg_480p_10s_30", 854, 480, 10, 30, codec="mjpeg", suffix=".avi",
-            pix_fmt="yuvj420p"),
+    # Other codecs and containers: 3-s clips, enough to check each decoder reads them.
+    Profile("vp9_480p_3s_30", 854, 480, 3, 30, codec="libvpx-vp9", suffix=".webm",
+            options={"deadline": "realtime", "cpu-used": "8", "b": "1500000"}, quick=True),
+    Profile("av1_480p_3s_30", 854, 480, 3, 30, codec="libsvtav1", suffix=".mkv",
+            options={"preset": "10"}, quick=True),
+    Profile("x264_480p_3s_30_mkv", 854, 480, 3, 30, suffix=".mkv", quick=True),
+    Profile("x264_480p_3s_30_mov", 854, 480, 3, 30, suffix=".mov", quick=True),
+    Profile("x264_480p_3s_30_ts", 854, 480, 3, 30, suffix=".ts", quick=True),
+    Profile("mpeg2_480p_3s_30_mpg", 854, 480, 3, 30, codec="mpeg2video", suffix=".mpg",
+            options={"b": "4000000"}, quick=True),
+    Profile("mpeg4_480p_3s_30_avi", 854, 480, 3, 30, codec="mpeg4", suffix=".avi",
+            options={"qscale": "4"}, quick=True),
+    Profile("mjpeg_480p_3s_30_avi", 854, 480, 3, 30, codec="mjpeg", suffix=".avi",
+            pix_fmt="yuvj420p", quick=True),
+    Profile("prores_480p_3s_30_mov", 854, 480, 3, 30, codec="prores_ks", suffix=".mov",
+            pix_fmt="yuv422p10le", quick=True),
     # The long video: 10 minutes, 60 clips of 10 s, encoded fast (its pass is what is measured,
-    # not its picture quality); the quick corpus has a 2-minute version with 60 clips of 2 s.
+    # not its picture quality); the quick corpus has it at 180p.
     Profile("long_360p_600s_30", 640, 360, 600, 30, options={"preset": "veryfast"}, clips=60),
-    Profile("long_360p_120s_30", 640, 360, 120, 30, options={"preset": "veryfast"}, clips=60,
+    Profile("long_180p_600s_30", 320, 180, 600, 30, options={"preset": "veryfast"}, clips=60,
             quick=True),
 )  # fmt: skip
 
@@ -121,10 +131,10 @@ def _footage(paths: list[Path]) -> list[np.ndarray]:
     return frames
 
 
-def _camera(footage: list[np.ndarray], profile: Profile, seed: int):  # noqa: ANN202
-    """Frames ``profile`` needs, as ``av.VideoFrame``s: the footage played forwards and
-    backwards through a window that pans and zooms smoothly, cut to a new shot every 3 to 12
-    seconds (where an encoder places keyframes, as in real edits)."""
+def _camera(footage: list[np.ndarray], profile: Profile, seed: int) -> Iterator[Any]:
+    """Frames ``profile`` needs, as ``av.VideoFrame``s: the footage played through a window that
+    pans and zooms smoothly, cut to another place in it every 3 to 12 seconds (where an encoder
+    places keyframes, as in real edits)."""
     import av
 
     rng = np.random.default_rng(seed)

