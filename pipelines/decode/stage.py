@@ -178,11 +178,10 @@ class DecodeStage:
             began = time.perf_counter()
             result = self._decode(req)
             self.passes += 1
-            view = _frame_view(self._decoder.buffer, len(rows), t, s) if self._decoder else None
             for k, (i, clip) in enumerate(zip(rows, result.clips, strict=True)):
                 errors[i] = clip.error
-                if not clip.error and view is not None:
-                    frames[i] = view[k]
+                if not clip.error:
+                    frames[i] = self._clip_frames(len(rows), k)
                     times[i] = clip.frame_times_s
                     durations[i] = clip.duration_s
             share = len(rows)
@@ -200,6 +199,12 @@ class DecodeStage:
         out[schema.DECODE_CPU_S] = cpu_seconds
         out[schema.FRAMES_DECODED] = decoded
         return out
+
+    def _clip_frames(self, clips: int, k: int) -> np.ndarray:
+        """Clip ``k``'s frames in the shared buffer (a view). No view may outlive the call that
+        copies it: the buffer cannot be closed, nor a dead child replaced, while one exists."""
+        assert self._decoder is not None
+        return _frame_view(self._decoder.buffer, clips, self.frames, self.image_size)[k]
 
     def _sample_seed(self, row_seeds: np.ndarray | None, i: int) -> int | None:
         if self.sampling != SAMPLING_RANDOM:
