@@ -430,10 +430,11 @@ def test_targets_and_their_floor() -> None:
     fast = choose_targets(0, 30, 3, sampling=SAMPLING_FAST, keyframes=keyframes)
     assert [(t.want, t.exact) for t in fast] == [(0, True), (10, True), (20, True)]
     fast = choose_targets(0, 30, 3, sampling=SAMPLING_FAST, keyframes=np.array([0]))
+    # The last chunk's target is the last of its group of pictures: its first reference frame.
     assert [(t.want, t.lo, t.hi, t.exact) for t in fast] == [
         (0, 0, 1, True),
         (15, 10, 20, False),
-        (25, 20, 30, False),
+        (20, 20, 30, False),
     ]
     keyframe = choose_targets(12, 30, 3, sampling=SAMPLING_KEYFRAME, keyframes=keyframes)
     assert [t.want for t in keyframe] == [20, 20, 20]

@@ -124,9 +124,34 @@ class _Pass:
 
     def fetch(self, target: Target, skip: str) -> Any:
         """The frame ``target`` names (an ``av.VideoFrame``), skipping what ``skip`` allows."""
+        if skip == SKIP_NONKEY and not self._sequential:
+            return self._keyframe(target.want)
         if target.exact:
             return self._exact(target.want, skip)
         return self._reference(target)
+
+    def _keyframe(self, want: int) -> Any:
+        """Keyframe ``want`` alone: its packet decoded, then the decoder drained. Fed the packets
+        after it instead, a decoder that reorders B-frames holds the keyframe back until the
+        next decoded frame, which skipping everything but keyframes puts a GOP away."""
+        key_pts = int(self.index.pts[want])
+        self.container.seek(key_pts, stream=self.stream, backward=True)
+        self._frames, self._held, self._position = None, None, None
+        for packet in self.container.demux(self.stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            if packet.pts != key_pts:
+                break
+            frames = [*self.codec.decode(packet), *self.codec.decode(None)]
+            self.frames_decoded += len(frames)
+            found = next((f for f in frames if f.pts == key_pts), None)
+            if found is not None:
+                return found
+            break
+        # The seek missed the keyframe: decode towards it the ordinary way.
+        self._sequential = True
+        self._restart()
+        return self._exact(want, SKIP_NOTHING)
 
     def _exact(self, want: int, skip: str) -> Any:
         want_pts = int(self.index.pts[want])

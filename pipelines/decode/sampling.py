@@ -89,7 +89,8 @@ def choose_targets(
     ``keyframes`` is the sorted presentation-order indices of the file's keyframes. ``uniform``
     and ``random`` take :func:`sample_indices`' frames exactly. ``fast`` takes, per chunk, the
     keyframe nearest its centre when the chunk holds one (reaching it costs one frame after a
-    seek), else a reference frame near the centre. ``keyframe`` takes the keyframe nearest each
+    seek), else a reference frame near the centre, or the chunk's first reference frame where
+    no later target shares its group of pictures. ``keyframe`` takes the keyframe nearest each
     chunk's centre anywhere in the clip (several chunks may share one), and ``fast``'s choice
     where the clip holds no keyframe.
     """
@@ -115,7 +116,24 @@ def choose_targets(
             targets.append(Target(centre, lo, hi, False))
         else:
             targets.append(Target(centre, centre, centre + 1, True))
-    return targets
+    return _cheapest_last_of_gop(targets, keyframes)
+
+
+def _cheapest_last_of_gop(targets: list[Target], keyframes: np.ndarray) -> list[Target]:
+    """Reference targets that are the last to decode in their group of pictures take the first
+    reference frame of their chunk instead of the one at its centre: decoding stops there, and
+    nothing between the chunk's start and centre is decoded for the group. Targets that later
+    ones in the group follow keep the centre, which the decoder passes anyway."""
+
+    def gop(index: int) -> int:
+        return int(np.searchsorted(keyframes, index, side="right"))
+
+    cheaper = list(targets)
+    for i, target in enumerate(targets):
+        later = targets[i + 1].want if i + 1 < len(targets) else None
+        if not target.exact and (later is None or gop(later) != gop(target.want)):
+            cheaper[i] = Target(target.lo, target.lo, target.hi, False)
+    return cheaper
 
 
 def frames_to_reach(wanted: np.ndarray, keyframes: np.ndarray) -> int:
