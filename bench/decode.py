@@ -3,8 +3,9 @@
 On the realistic corpus of ``bench/corpus.py`` (generated first if missing), for every profile:
 
 * **the floor**: CPU seconds to decode exactly the frames exact sampling needs (from the keyframe
-  before each sampled frame to it, skipping groups of pictures that hold none), PyAV in this
-  process, one thread, no conversion: what no decoder of that library can undercut;
+  before each sampled frame to it, skipping groups of pictures that hold none; from the start in
+  MPEG-TS and MPEG-PS, which cannot seek exactly), PyAV in this process, one thread, no
+  conversion: what no decoder of that library can undercut;
 * **the stage**: CPU seconds of :class:`~pipelines.decode.DecodeStage` per video, its decoder
   process included, with resizing, cropping and the copy out of shared memory, for
   each policy (``uniform``, ``fast``, ``keyframe``) and library (``pyav``, ``decord``); frames
@@ -80,21 +81,25 @@ def floor_cost(path: str) -> tuple[float, int]:
     """``(CPU seconds, frames)`` to decode exactly what uniform sampling of ``path`` needs."""
     import av
 
-    from pipelines.decode.pyav_backend import _index_frames
+    from pipelines.decode.pyav_backend import _TIMESTAMP_DISCONTINUITIES, _index_frames
     from pipelines.decode.sampling import choose_targets
 
     with av.open(path) as container:
+        index = _index_frames(container, container.streams.video[0])
+        # Without a seek index (MPEG-TS, MPEG-PS) the floor is a read from the start.
+        seekable = not container.format.flags & _TIMESTAMP_DISCONTINUITIES
+    targets = choose_targets(
+        0, len(index.pts), FRAMES, sampling="uniform", keyframes=index.keyframes
+    )
+    wanted = sorted({int(index.pts[t.want]) for t in targets})
+    with av.open(path) as container:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
-        index = _index_frames(container, stream)
-        targets = choose_targets(
-            0, len(index.pts), FRAMES, sampling="uniform", keyframes=index.keyframes
-        )
-        wanted = sorted({int(index.pts[t.want]) for t in targets})
-        began, frames, position, decoded = time.process_time(), 0, None, None
+        began, frames, position = time.process_time(), 0, None
+        decoded = container.decode(stream)
         for want in wanted:
             key = int(index.pts[index.key_before(int(np.searchsorted(index.pts, want)))])
-            if position is None or key > position:
+            if seekable and (position is None or key > position):
                 container.seek(key, stream=stream, backward=True)
                 decoded = container.decode(stream)
             for frame in decoded:
