@@ -11,11 +11,13 @@ runs in a child process owned by the stage (started on first use). A video that 
 ``timeout_s`` gets the child killed and a ``timeout`` row; a child that dies gives a
 ``decoder crashed`` row; either way a fresh child decodes the next video.
 
-Cost: frames are decoded with decord at the output resolution (the decoder scales, so no full-size
-RGB frame is materialised) and fetched with one ``get_batch`` over the sorted unique indices, which
-decodes forward through each group of pictures once and skips whole GOPs that hold no wanted
-frame. With far-apart keyframes (x264's default GOP is 250) sparse sampling still decodes nearly
-every frame up to the last wanted one; that is inherent to the codec, not to this stage.
+Cost: the default decoder (PyAV, :mod:`~pipelines.decode.pyav_backend`) decodes exactly what
+the sampled frames need: from the keyframe before each to it, skipping groups of pictures that
+hold none, and converts only those frames, straight to the output size. ``fast`` and ``keyframe``
+sampling pick, per chunk, frames that are cheaper to reach and let the decoder skip frames on the
+way. Rows of a batch that share a ``uri`` are decoded in one pass over the file. Each row reports
+what it cost: ``decode_cpu_s`` and ``frames_decoded``. decord (``decoder="decord"``) remains
+selectable.
 """
 
 from pipelines.decode.child import DECODER_DECORD, DECODER_PYAV, DECODERS, _child_main
