@@ -384,9 +384,10 @@ def main() -> None:
         }
         for library in LIBRARIES
     }
+    metadata = run_metadata()
     payload = {
-        **run_metadata(),
-        "versions": {**run_metadata()["versions"], **_versions()},
+        **metadata,
+        "versions": {**metadata["versions"], **_versions()},
         "command": "python -m bench.decode" + (" --quick" if args.quick else ""),
         "frames": FRAMES,
         "image_size": SIZE,
