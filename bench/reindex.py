@@ -59,8 +59,7 @@ DIFF_MEMORY_GIB_TARGET = 2.0
 def work_seconds(summary: IndexSummary) -> dict[str, float]:
     """``total``, ``actor_startup`` and ``work`` of one run (see the module docstring)."""
     seconds = summary.seconds
-    actor_seconds = seconds.get("decode (actor-s)", 0.0) + seconds.get("encode (actor-s)", 0.0)
-    per_video = actor_seconds / max(summary.indexed + summary.failed, 1)
+    per_video = summary.costs.get("decode_s", 0.0) + summary.costs.get("encode_s", 0.0)
     startup = max(seconds.get("startup", 0.0) - summary.startup_rows * per_video, 0.0)
     return {
         "total_s": seconds["total"],

@@ -6,7 +6,12 @@ Knows nothing of Ray or LanceDB. Start with :func:`create_model`.
 from centerclip import _torchvision_compat  # noqa: F401  # must run before open_clip is imported
 from centerclip.cluster import kmedoids, spectral
 from centerclip.config import CenterCLIPConfig, Preset, get_preset, list_presets, register_preset
-from centerclip.factory import WeightsUnavailableError, create_model, save_checkpoint
+from centerclip.factory import (
+    WeightsUnavailableError,
+    create_model,
+    has_random_weights,
+    save_checkpoint,
+)
 from centerclip.model import VideoCLIP, segment_tokens
 
 __all__ = [
@@ -16,6 +21,7 @@ __all__ = [
     "WeightsUnavailableError",
     "create_model",
     "get_preset",
+    "has_random_weights",
     "kmedoids",
     "list_presets",
     "register_preset",

@@ -27,6 +27,13 @@ class WeightsUnavailableError(RuntimeError):
     """Pretrained weights named by a preset are neither cached locally nor downloadable."""
 
 
+def has_random_weights(model_id: str) -> bool:
+    """Whether ``model_id`` (``preset@weights/settings``) names a preset's random
+    initialisation (``untrained-seed0``) rather than trained weights: such a model's
+    embeddings carry no meaning until it is trained."""
+    return model_id.split("@", 1)[-1].startswith("untrained-")
+
+
 def create_model(
     name: str,
     weights: str | None = None,

@@ -327,18 +327,43 @@ def build_parser(
     return parser
 
 
-def execute(run: Run, args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def execute(run: Run, args: argparse.Namespace, job: str) -> int:
+    """Run the job with its console (``jobs/_console.py``): its story on the terminal, other
+    libraries' output in a log file unless ``--verbose``. A :class:`JobError` is one line; so
+    is an unexpected exception, whose traceback goes to the log file (or, with ``--verbose``, to
+    the terminal as usual)."""
+    from jobs import _console
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        return run(args)
-    except JobError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    verbose = getattr(args, "verbose", False)
+    outermost = _console.current_or_none() is None
+    with _console.job_console(job, verbose=verbose, log_level=args.log_level) as console:
+        if outermost and console.redirected:
+            console.preface = (
+                f"log: {console.log_path} (other libraries' output; --verbose shows it)"
+            )
+        try:
+            return run(args)
+        except JobError as err:
+            console.error(str(err))
+            return 1
+        except KeyboardInterrupt:
+            console.error("interrupted; rerun the same command to finish what is missing")
+            return 130
+        except Exception as err:
+            if verbose or console.log_path is None:
+                raise
+            logging.getLogger(job).exception("the job failed")
+            console.error(
+                f"{type(err).__name__}: {_first_line(err)} (the full traceback is in "
+                f"{console.log_path}; --verbose shows it here)"
+            )
+            return 1
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else "no message"
 
 
 def main(
@@ -353,4 +378,4 @@ def main(
         spec = getattr(sys.modules["__main__"], "__spec__", None)
         module = spec.name if spec is not None else "jobs"
     parser = build_parser(f"python -m {module}", description, add_arguments)
-    return execute(run, parser.parse_args(argv))
+    return execute(run, parser.parse_args(argv), module.rsplit(".", 1)[-1])

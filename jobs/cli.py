@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub_parser = _cli.build_parser(
             f"centerclip {argv[0]}", module.__doc__, module.add_arguments
         )
-        return _cli.execute(module.run, sub_parser.parse_args(argv[1:]))
+        return _cli.execute(module.run, sub_parser.parse_args(argv[1:]), argv[0])
     parser = build_parser()
     names = ", ".join(SUBCOMMANDS)
     if not argv:

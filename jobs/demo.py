@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from jobs import _cli
+from jobs import _cli, _console
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     for main, argv in steps:
         name = main.__module__.split(".")[-1]
-        print(f"\n$ centerclip {name} {' '.join(argv)}", flush=True)
+        _console.say(f"\n$ centerclip {name} {' '.join(argv)}")
         started = time.perf_counter()
         if status := main(argv):
             return status
@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     test = test.filter(pc.equal(test["split"], "test"))
     caption = test["caption"][0].as_py()[0]
     argv = [*table, "--model", model, "-k", "3", caption]
-    print(f'\n$ centerclip search {" ".join(argv[:-1])} "{caption}"', flush=True)
-    print(f"(the caption belongs to {test['video_id'][0].as_py()})")
+    _console.say(f'\n$ centerclip search {" ".join(argv[:-1])} "{caption}"')
+    _console.say(f"(the caption belongs to {test['video_id'][0].as_py()})")
     started = time.perf_counter()
     if status := search.main(argv):
         return status
@@ -113,12 +113,12 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     t2v = metrics["t2v"]
-    print(
+    _console.say(
         f"\ndemo: text-to-video R@1 {t2v['R@1']:.1f}% R@5 {t2v['R@5']:.1f}% "
         f"R@10 {t2v['R@10']:.1f}% over {metrics['num_queries']} captions of "
         f"{metrics['num_videos']} test videos (chance: R@1 {100 / metrics['num_videos']:.1f}%)"
     )
-    print(
+    _console.say(
         f"demo: {time.perf_counter() - began:.0f} s in all ("
         + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
         + ")"

@@ -15,8 +15,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from jobs import _cli
-from jobs.index import add_decode_arguments, add_model_arguments, model_spec
+from jobs import _cli, _console
+from jobs.index import (
+    add_decode_arguments,
+    add_model_arguments,
+    model_spec,
+    warn_if_random_weights,
+)
 
 # As pipelines.evaluate.MIN_ANN_K; not imported from there so --help stays fast (no torch).
 MIN_ANN_K = 10
@@ -101,14 +106,26 @@ def run(args: argparse.Namespace) -> int:
         actors=args.actors,
         gpus_per_actor=args.gpus_per_actor,
     )
+    progress: _console.Progress | None = None
+
+    def show_step(done: int, steps: int, running: str) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = _console.Progress("evaluating", steps, unit="steps", count_failures=False)
+        progress.update(done, note=running)
+
     try:
-        report = run_evaluation(config)
+        report = run_evaluation(config, on_step=show_step)
     except (ManifestError, ValueError, FileNotFoundError) as err:
         raise _cli.JobError(str(err)) from err
     except WeightsUnavailableError as err:
         raise _cli.JobError(f"--weights {args.weights}: {err}") from err
-    print(report.format(), flush=True)
-    print("wrote:        " + ", ".join(str(path) for path in report.files), flush=True)
+    finally:
+        if progress is not None:
+            progress.close()
+    warn_if_random_weights(report.metrics["model_id"])
+    _console.say(report.format())
+    _console.say("wrote:        " + ", ".join(str(path) for path in report.files))
     return 0
 
 

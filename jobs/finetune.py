@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from jobs import _cli
+from jobs import _cli, _console
 from jobs.index import add_decode_arguments, add_model_arguments, model_spec
 
 
@@ -127,6 +127,16 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.manifest import ManifestError
 
     _cli.check_manifest_exists(args.manifest)
+    progress: _console.Progress | None = None
+
+    def show_progress(step: int, total_steps: int, loss: float | None) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = _console.Progress(
+                "training", total_steps, unit="steps", count_failures=False
+            )
+        progress.update(step, note=f"loss {loss:.3f}" if loss is not None else "")
+
     try:
         config = FinetuneConfig(
             manifest=args.manifest,
@@ -157,12 +167,15 @@ def run(args: argparse.Namespace) -> int:
             max_failures=args.max_failures,
             address=args.address,
         )
-        summary = run_finetune(config)
+        summary = run_finetune(config, on_progress=show_progress)
     except (ManifestError, ValueError, FileNotFoundError) as err:
         raise _cli.JobError(str(err)) from err
     except WeightsUnavailableError as err:
         raise _cli.JobError(f"--weights {args.weights}: {err}") from err
-    print(summary.format(), flush=True)
+    finally:
+        if progress is not None:
+            progress.close()
+    _console.say(summary.format())
     return 0
 
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import sys
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs import _cli
+from jobs import _cli, _console
 
 if TYPE_CHECKING:
     from pipelines.encode import ModelSpec
@@ -156,6 +155,18 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     )
 
 
+def warn_if_random_weights(model_id: str) -> None:
+    """Say so whenever the model is a preset's random initialisation: its embeddings and search
+    hits look plausible but mean nothing."""
+    from centerclip import has_random_weights
+
+    if has_random_weights(model_id):
+        _console.warn(
+            f"{model_id} has random weights (no --weights given): its embeddings mean nothing "
+            "yet; pass --weights pretrained or a weights file, or a fine-tuned model.pt as --model"
+        )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--manifest",
@@ -227,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
     from centerclip import WeightsUnavailableError
     from pipelines.index import ErrorRateExceeded, IndexConfig, run_index
     from pipelines.manifest import ManifestError
+    from pipelines.plan import IndexPlan
     from pipelines.resources import ResourceRequest
 
     _cli.check_manifest_exists(args.manifest)
@@ -255,19 +267,32 @@ def run(args: argparse.Namespace) -> int:
             timedelta(days=args.keep_versions_days) if args.keep_versions_days is not None else None
         ),
     )
+    progress: _console.Progress | None = None
+
+    def show_plan(plan: IndexPlan, model_id: str) -> None:
+        _console.say(f"plan: {plan.describe()}")
+        warn_if_random_weights(model_id)
+
+    def show_progress(done: int, failed: int, planned: int) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = _console.Progress("indexing", planned)
+        progress.update(done, failed)
+
     try:
-        summary = run_index(
-            config, on_plan=lambda plan: print(f"plan: {plan.describe()}", flush=True)
-        )
+        summary = run_index(config, on_plan=show_plan, on_progress=show_progress)
     except (ManifestError, ValueError, FileNotFoundError) as err:
         raise _cli.JobError(str(err)) from err
     except WeightsUnavailableError as err:
         raise _cli.JobError(f"--weights {args.weights}: {err}") from err
     except ErrorRateExceeded as err:
-        print(f"error: {err}", file=sys.stderr)
+        _console.current().error(str(err))
         return 3
+    finally:
+        if progress is not None:
+            progress.close()
     if not args.dry_run:
-        print(summary.format(), flush=True)
+        _console.say(summary.format())
     return 0
 
 

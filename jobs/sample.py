@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import pyarrow.compute as pc
 
-from jobs import _cli
+from jobs import _cli, _console
 from pipelines import manifest, schema, synthetic
 
 
@@ -36,25 +36,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
-    try:
-        folder = synthetic.write_sample_corpus(
-            args.out,
-            videos=args.videos,
-            seed=args.seed,
-            test_fraction=args.test_fraction,
-            shards=args.shards,
-            workers=args.workers,
-        )
-    except (ValueError, OSError) as err:
-        raise _cli.JobError(str(err)) from err
+    with _console.Progress("writing", args.videos, count_failures=False) as progress:
+        try:
+            folder = synthetic.write_sample_corpus(
+                args.out,
+                videos=args.videos,
+                seed=args.seed,
+                test_fraction=args.test_fraction,
+                shards=args.shards,
+                workers=args.workers,
+                on_progress=lambda done, _total: progress.update(done),
+            )
+        except (ValueError, OSError) as err:
+            raise _cli.JobError(str(err)) from err
     seconds = time.perf_counter() - began
     table = manifest.read_manifest(folder)
     counts = pc.value_counts(table[schema.SPLIT]).to_pylist()
     shards = len(list(folder.glob("part-*.parquet")))
-    print(f"wrote {table.num_rows} videos to {folder.parent / 'videos'} in {seconds:.1f}s")
-    print(f"manifest: {folder} ({shards} shards)")
+    _console.say(f"wrote {table.num_rows} videos to {folder.parent / 'videos'} in {seconds:.1f}s")
+    _console.say(f"manifest: {folder} ({shards} shards)")
     for entry in sorted(counts, key=lambda e: e["values"]):
-        print(f"  {entry['values']}: {entry['counts']} videos")
+        _console.say(f"  {entry['values']}: {entry['counts']} videos")
     return 0
 
 

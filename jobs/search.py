@@ -8,8 +8,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from jobs import _cli
-from jobs.index import add_decode_arguments, add_model_arguments, model_spec
+from jobs import _cli, _console
+from jobs.index import (
+    add_decode_arguments,
+    add_model_arguments,
+    model_spec,
+    warn_if_random_weights,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     spec = model_spec(args)
     try:
         model = spec.build()
+        warn_if_random_weights(model.model_id)
         results = search(
             db_uri=args.db,
             table_name=args.table,
@@ -44,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     except WeightsUnavailableError as err:
         raise _cli.JobError(f"--weights {args.weights}: {err}") from err
     for query, hits in zip(args.query, results, strict=True):
-        print(f'query: "{query}"')
+        _console.say(f'query: "{query}"')
         for rank, hit in enumerate(hits, start=1):
-            print(
+            _console.say(
                 f"  {rank:>2}. {hit.score:.3f}  {hit.video_id}  "
                 f"[{hit.segment_start_s:.1f}s-{hit.segment_end_s:.1f}s]  {hit.uri}"
             )

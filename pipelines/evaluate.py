@@ -28,7 +28,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -545,7 +545,14 @@ def load_gallery(
     )
 
 
-def run_evaluation(config: EvaluateConfig) -> EvaluationReport:
+EVALUATION_STEPS = ("encoding captions", "exact ranks", "ANN search", "writing results")
+StepCallback = Callable[[int, int, str], None]
+"""``(steps done, steps in all, the step now running)``: the stages of :data:`EVALUATION_STEPS`."""
+
+
+def run_evaluation(
+    config: EvaluateConfig, *, on_step: StepCallback | None = None
+) -> EvaluationReport:
     """Evaluate ``config.table`` on the captions of ``config.split``; see the module docstring.
 
     Raises:
@@ -568,16 +575,23 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationReport:
     caption_video = gallery.caption_video  # [Q]
     kept = queries.filter(gallery.evaluated)
 
+    def step(done: int) -> None:
+        if on_step is not None:
+            name = EVALUATION_STEPS[done] if done < len(EVALUATION_STEPS) else "done"
+            on_step(done, len(EVALUATION_STEPS), name)
+
     built = False
     if config.build_index:
         build_ann_index(table, rows=table.count_rows(), dim=model.embed_dim)
         built = True
     info = index_info(table)
 
+    step(0)
     t0 = time.perf_counter()
     text = encode_captions(model, kept[schema.CAPTION].to_pylist(), config)  # [Q, D]
     seconds["encode text"] = time.perf_counter() - t0
 
+    step(1)
     t0 = time.perf_counter()
     sim = torch.from_numpy(text) @ torch.from_numpy(video).T  # [Q, V]
     exact = retrieval_ranks(sim, caption_video)
@@ -586,6 +600,7 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationReport:
     exact_top_v2t = sim.T[v2t_video].topk(min(MIN_ANN_K, sim.shape[0]), dim=1).indices
     seconds["exact"] = time.perf_counter() - t0
 
+    step(2)
     t0 = time.perf_counter()
     where = model_filter(model_id)
     if model_rows > len(video):  # the table holds more than this split: search the split
@@ -639,6 +654,7 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationReport:
         "seconds": seconds,
     }
 
+    step(3)
     ranks = _ranks_table(queries, gallery, exact.t2v.numpy(), ann_t2v, sim)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -652,6 +668,7 @@ def run_evaluation(config: EvaluateConfig) -> EvaluationReport:
         captions_per_video=gallery_captions,
         title=model_id,
     )
+    step(len(EVALUATION_STEPS))
     return EvaluationReport(
         metrics=metrics, ranks=ranks, files=[out / f for f in (METRICS_FILE, RANKS_FILE, PLOT_FILE)]
     )

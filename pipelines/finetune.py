@@ -37,9 +37,10 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -290,6 +291,9 @@ class _WorkerSetup:
     checkpoint_every_steps: int | None
     torch_threads: int
     validate: bool
+    progress: Any | None = None
+    """A ``ray.util.queue.Queue`` to which worker 0 puts ``(step, loss)`` after every step, for
+    the driver's progress report; None for no report."""
 
 
 def _train_worker(loop_config: dict) -> None:
@@ -359,6 +363,8 @@ def _train_worker(loop_config: dict) -> None:
         )
         step = progress["step"] = step + 1
         progress["losses"].append(result.loss)
+        if rank == 0 and setup.progress is not None:
+            setup.progress.put_nowait((step, result.loss))
         progress["failures"] += config.batch_size - result.pairs
         if rank == 0 and step % LOG_EVERY_STEPS == 0:
             log.info(
@@ -567,12 +573,6 @@ def _progress_callback(out: Path) -> Any:
 # The run
 
 
-def _randomly_initialised(model_id: str) -> bool:
-    """Whether ``model_id`` (``preset@weights/settings``) names the preset's random
-    initialisation (``untrained-seed0``) rather than trained weights."""
-    return model_id.split("@", 1)[1].startswith("untrained-")
-
-
 def _validation_rows(manifest: pa.Table, config: FinetuneConfig) -> pa.Table | None:
     if config.val_split is None:
         return None
@@ -651,6 +651,39 @@ def _data_config() -> Any:
     return DataConfig(datasets_to_split=["train"], execution_options={"train": ordered})
 
 
+class _StepReports:
+    """Relays worker 0's ``(step, loss)`` from a Ray queue to ``on_progress`` in a thread."""
+
+    def __init__(self, on_progress: StepCallback, total_steps: int) -> None:
+        from ray.util.queue import Queue
+
+        self.queue = Queue(actor_options={"num_cpus": 0})
+        self._on_progress = on_progress
+        self._total_steps = total_steps
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._relay, daemon=True)
+
+    def __enter__(self) -> _StepReports:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._drain()
+        self.queue.shutdown()
+
+    def _relay(self) -> None:
+        while not self._stop.wait(0.5):
+            self._drain()
+
+    def _drain(self) -> None:
+        reports = self.queue.get_nowait_batch(self.queue.qsize())
+        if reports:
+            step, loss = reports[-1]
+            self._on_progress(step, self._total_steps, loss)
+
+
 def _fit(
     setup: _WorkerSetup, datasets: dict, plan: TrainingPlan, config: FinetuneConfig, out: Path
 ) -> Any:
@@ -680,8 +713,18 @@ def _fit(
     return trainer.fit()
 
 
-def run_finetune(config: FinetuneConfig) -> FinetuneSummary:
-    """Fine-tune ``config.model`` on the manifest's training split; see the module docstring."""
+StepCallback = Callable[[int, int, float | None], None]
+"""``(steps done, steps of the run, the last step's loss or None)``."""
+
+
+def run_finetune(
+    config: FinetuneConfig, *, on_progress: StepCallback | None = None
+) -> FinetuneSummary:
+    """Fine-tune ``config.model`` on the manifest's training split; see the module docstring.
+
+    ``on_progress`` is called from a thread of this process once before training (with the step
+    a resumed run starts from) and after every step.
+    """
     import ray
 
     started = time.perf_counter()
@@ -736,7 +779,7 @@ def run_finetune(config: FinetuneConfig) -> FinetuneSummary:
             model=config.model,
             train=train_config,
             identity=identity,
-            pretrained=not _randomly_initialised(base.model_id),
+            pretrained=not centerclip.has_random_weights(base.model_id),
             steps_per_epoch=steps_per_epoch,
             total_steps=total_steps,
             stop_step=stop_step,
@@ -748,7 +791,12 @@ def run_finetune(config: FinetuneConfig) -> FinetuneSummary:
         datasets = {"train": _train_dataset(schedule, setup, base, plan, config)}
         if val_rows is not None:
             datasets["val"] = _val_dataset(val_rows, base, plan, config)
-        result = _fit(setup, datasets, plan, config, out)
+        if on_progress is None:
+            result = _fit(setup, datasets, plan, config, out)
+        else:
+            on_progress(start_step, total_steps, None)
+            with _StepReports(on_progress, total_steps) as reports:
+                result = _fit(replace(setup, progress=reports.queue), datasets, plan, config, out)
     else:
         log.info("%s already trained %d of %d steps", run_dir, start_step, total_steps)
 

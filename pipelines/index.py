@@ -76,6 +76,7 @@ class IndexSummary:
 
     model_id: str
     plan: dict[str, int]
+    table: str = ""
     deleted: int = 0
     metadata_updated: int = 0
     indexed: int = 0
@@ -85,33 +86,104 @@ class IndexSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     resources: str = ""
     ann_index: str = ""
+    table_rows: int = 0
+    """Rows of the embeddings table after the run (every model's)."""
+    error_rows: int = 0
+    """Rows of the errors table after the run."""
+    db: str = ""
     startup_rows: int = 0
     """Rows of the first result, which ends start-up."""
     results: list[tuple[float, int]] = field(default_factory=list)
     """Per result block: (wall-clock ``time.time()``, rows received so far)."""
+    costs: dict[str, float] = field(default_factory=dict)
+    """Per video, summed over the rows the stages reported: ``decode_s`` (wall seconds in the
+    decoder), ``encode_s`` (an encode actor's seconds), and where the decode stage reports them
+    ``decode_cpu_s`` (core-seconds) and ``frames_decoded``."""
 
     @property
-    def videos_per_second(self) -> float:
-        elapsed = self.seconds.get("pipeline", 0.0)
-        return (self.indexed + self.failed) / elapsed if elapsed > 0 else 0.0
+    def steady_videos_per_second(self) -> float | None:
+        """Videos/s from the first result to the last: the start-up (Ray, actors loading the
+        model) left out. ``None`` when the rows arrived in one block."""
+        if len(self.results) < 2:
+            return None
+        (first_time, first_rows), (last_time, last_rows) = self.results[0], self.results[-1]
+        if last_time <= first_time:
+            return None
+        return (last_rows - first_rows) / (last_time - first_time)
+
+    @property
+    def errors_table(self) -> str:
+        return schema.errors_table_name(self.table)
 
     def format(self) -> str:
+        """The summary a user reads after the plan and the progress bar."""
+        work = self.indexed + self.failed
         lines = [
-            f"model:        {self.model_id}",
-            "plan:         " + ", ".join(f"{k}={v}" for k, v in sorted(self.plan.items())),
-            f"indexed:      {self.indexed}",
-            f"failed:       {self.failed}",
+            f"indexed     {self.indexed} videos with {self.model_id}",
+            f"failed      {self.failed}"
+            + (
+                " ("
+                + ", ".join(f"{r}: {n}" for r, n in sorted(self.failures_by_reason.items()))
+                + ")"
+                if self.failures_by_reason
+                else ""
+            ),
+            f"deleted     {self.deleted}; manifest columns updated in place: "
+            f"{self.metadata_updated}",
+            f"tables      {self.table}: {self.table_rows} rows; {self.errors_table}: "
+            f"{self.error_rows} rows",
         ]
-        lines += [f"  {reason}: {n}" for reason, n in sorted(self.failures_by_reason.items())]
-        lines.append(f"deleted:      {self.deleted}")
-        lines.append(f"updated:      {self.metadata_updated} (manifest columns only)")
-        lines.append(f"throughput:   {self.videos_per_second:.2f} videos/s")
-        lines.append("time (s):     " + ", ".join(f"{k}={v:.1f}" for k, v in self.seconds.items()))
+        steady = self.steady_videos_per_second
+        startup = self.seconds.get("startup")
+        if steady is not None:
+            lines.append(
+                f"throughput  {steady:.2f} videos/s in the steady state, after "
+                f"{startup:.1f} s of start-up (Ray, actors loading the model)"
+            )
+        elif work and startup is not None:
+            lines.append(
+                f"throughput  {work} videos in one block after {startup:.1f} s (start-up "
+                "included): too few to measure a steady state"
+            )
+        if self.costs:
+            lines.append("per video   " + self._format_costs())
+        lines.append("time        " + self._format_seconds())
         if self.resources:
-            lines.append(f"resources:    {self.resources}")
+            lines.append(f"resources   {self.resources}")
         lines += [f"  worker {w}: {n} videos" for w, n in sorted(self.videos_by_worker.items())]
-        lines.append(f"ANN index:    {self.ann_index}")
+        lines.append(f"ANN index   {self.ann_index}")
+        if self.error_rows:
+            lines.append(
+                f"errors      one row per failed video, with its reason, in {self.errors_table}:"
+            )
+            lines.append(
+                f"  python -c \"import lancedb; print(lancedb.connect('{self.db}')"
+                f".open_table('{self.errors_table}').to_pandas()[['video_id', 'error']])\""
+            )
         return "\n".join(lines)
+
+    def _format_seconds(self) -> str:
+        seconds = dict(self.seconds)
+        if "pipeline" in seconds and "startup" in seconds:
+            seconds["work"] = seconds.pop("pipeline") - seconds["startup"]
+        else:
+            seconds.pop("pipeline", None)
+        order = ("plan", "startup", "work", "write+optimize", "total")
+        names = {"startup": "start-up"}
+        return ", ".join(f"{names.get(k, k)} {seconds[k]:.1f} s" for k in order if k in seconds)
+
+    def _format_costs(self) -> str:
+        costs = self.costs
+        parts = []
+        if "decode_cpu_s" in costs:
+            parts.append(f"decode {costs['decode_cpu_s']:.3f} core-s")
+        elif "decode_s" in costs:
+            parts.append(f"decode {costs['decode_s']:.3f} s")
+        if "frames_decoded" in costs:
+            parts.append(f"{costs['frames_decoded']:.0f} frames decoded")
+        if "encode_s" in costs:
+            parts.append(f"encode {costs['encode_s']:.3f} actor-s")
+        return ", ".join(parts)
 
 
 def read_table_state(
@@ -156,18 +228,33 @@ def load_plan(config: IndexConfig, model_id: str) -> tuple[pa.Table, IndexPlan]:
     return manifest, plan
 
 
+ProgressCallback = Callable[[int, int, int], None]
+"""``(rows done, of which failed, rows planned)``, called as encoded rows reach the driver."""
+
+
 def run_index(
-    config: IndexConfig, *, on_plan: Callable[[IndexPlan], None] | None = None
+    config: IndexConfig,
+    *,
+    on_plan: Callable[[IndexPlan, str], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> IndexSummary:
-    """Bring ``config.table`` in line with the manifest; see the module docstring."""
+    """Bring ``config.table`` in line with the manifest; see the module docstring.
+
+    ``on_plan`` gets the plan and the ``model_id`` it was made for, before any work;
+    ``on_progress`` follows the encoded rows (a first call with 0 rows done once the
+    pipeline starts).
+    """
     started = time.perf_counter()
     model = config.model.build("cpu")
     _, plan = load_plan(config, model.model_id)
-    summary = IndexSummary(model_id=model.model_id, plan=dict(plan.counts))
+    summary = IndexSummary(
+        model_id=model.model_id, plan=dict(plan.counts), table=config.table, db=config.db
+    )
     summary.seconds["plan"] = time.perf_counter() - started
-    log.info("plan: %s", plan.describe())
     if on_plan is not None:
-        on_plan(plan)
+        on_plan(plan, model.model_id)
+    else:
+        log.info("plan: %s", plan.describe())
     if config.dry_run:
         return summary
 
@@ -191,27 +278,35 @@ def run_index(
     writer.update_metadata(plan.metadata_updates.drop_columns([REASON]))
 
     pipeline_started = time.perf_counter()
-    stage_seconds: Counter[str] = Counter()
-    if plan.todo.num_rows:
-        resources = _plan_cluster_resources(config, plan.todo.num_rows)
+    costs: Counter[str] = Counter()
+    planned = plan.todo.num_rows
+    if planned:
+        resources = _plan_cluster_resources(config, planned)
         summary.resources = resources.describe()
         log.info("resources: %s", summary.resources)
         dataset = build_dataset(plan.todo, config, model.image_size, model.config.frames, resources)
+        received = failed = 0
+        if on_progress is not None:
+            on_progress(0, 0, planned)
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             # Start-up (actors loading models) ends with the first result; the rest is the
-            # steady state, which is what throughput benchmarks compare.
+            # steady state, which is what throughput figures measure.
             if "startup" not in summary.seconds:
                 summary.seconds["startup"] = time.perf_counter() - pipeline_started
                 summary.startup_rows = batch.num_rows
-            received = batch.num_rows + (summary.results[-1][1] if summary.results else 0)
+            received += batch.num_rows
+            failed += pc.sum(pc.not_equal(batch[schema.ERROR], "")).as_py() or 0
             summary.results.append((time.time(), received))
-            for stage, column in (("decode", schema.DECODE_S), ("encode", schema.ENCODE_S)):
-                stage_seconds[stage] += pc.sum(batch[column]).as_py() or 0.0
+            for column in _COST_COLUMNS:
+                if column in batch.column_names:
+                    costs[column] += pc.sum(batch[column]).as_py() or 0.0
             writer.add(batch)
-            _check_error_rate(writer, plan.todo.num_rows, config.max_error_rate)
+            if on_progress is not None:
+                on_progress(received, failed, planned)
+            _check_error_rate(writer, planned, config.max_error_rate)
+        summary.costs = {column: total / max(received, 1) for column, total in costs.items()}
     writer.flush()
     summary.seconds["pipeline"] = time.perf_counter() - pipeline_started
-    summary.seconds.update({f"{k} (actor-s)": v for k, v in stage_seconds.items()})
 
     finish_started = time.perf_counter()
     summary.ann_index = writer.finish(
@@ -226,8 +321,14 @@ def run_index(
     summary.metadata_updated = stats.metadata_updated
     summary.failures_by_reason = dict(stats.failures_by_reason)
     summary.videos_by_worker = dict(stats.videos_by_worker)
+    summary.table_rows = writer.table.count_rows()
+    summary.error_rows = writer.errors.count_rows()
     _check_error_rate(writer, 0, config.max_error_rate, final=True)
     return summary
+
+
+# Per-row costs the stages report, averaged per video in the summary.
+_COST_COLUMNS = (schema.DECODE_S, schema.ENCODE_S, "decode_cpu_s", "frames_decoded")
 
 
 def _plan_cluster_resources(config: IndexConfig, videos: int) -> ResourcePlan:
@@ -259,7 +360,11 @@ def build_dataset(
 
     # Start streaming only once every encode actor holds its model, so work spreads over all of
     # them; an autoscaling cluster gets this long to provide the GPUs, then the job says why.
-    ray.data.DataContext.get_current().wait_for_min_actors_s = config.actor_start_timeout_s
+    context = ray.data.DataContext.get_current()
+    context.wait_for_min_actors_s = config.actor_start_timeout_s
+    # The driver reports progress itself (``on_progress``); Ray Data's own bars, drawn from
+    # its executor, print a stale "0/?" line and interleave with the job's output.
+    context.enable_progress_bars = False
     # Only what decoding needs travels through Ray; the writer joins the rest back by video_id.
     carried = [schema.VIDEO_ID, schema.URI, schema.START_S, schema.END_S]
     rows = todo.select([name for name in carried if name in todo.column_names])

@@ -28,7 +28,7 @@ import itertools
 import math
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -256,6 +256,7 @@ def write_sample_corpus(
     fps: int = 10,
     seconds: tuple[float, float] = (2.0, 3.0),
     workers: int | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write ``videos`` synthetic captioned videos and their sharded manifest under ``out``.
 
@@ -273,6 +274,7 @@ def write_sample_corpus(
         width, height: frame size in pixels.
         fps: frame rate; each video lasts a random ``seconds[0]..seconds[1]``.
         workers: encoding processes (default: one per CPU core).
+        on_progress: called with ``(videos written, videos)`` after each video.
 
     Returns:
         The manifest folder ``out/manifest``.
@@ -307,7 +309,11 @@ def write_sample_corpus(
         _Job(i, grammar[order[i]], video_dir / f"{ids[i]}.mp4", seed, width, height, fps, seconds)
         for i in range(videos)
     ]
-    captions = list(_run_jobs(jobs, workers or os.cpu_count() or 1))
+    captions: list[list[str]] = []
+    for video_captions in _run_jobs(jobs, workers or os.cpu_count() or 1):
+        captions.append(video_captions)
+        if on_progress is not None:
+            on_progress(len(captions), videos)
 
     table = pa.table(
         {

@@ -32,7 +32,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class _NoRay(types.ModuleType):
-    """Stands in for ``ray``: a job that uses it has started work before reporting a misuse."""
+    """Stands in for ``ray``: a job that uses it has started work before reporting a misuse.
+    Asking whether Ray runs is not using it (the console asks, to stop a Ray the job started)."""
+
+    @staticmethod
+    def is_initialized() -> bool:
+        return False
 
     def __getattr__(self, name: str) -> object:
         if name.startswith("__"):

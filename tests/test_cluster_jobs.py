@@ -94,5 +94,5 @@ def test_ray_job_submit_runs_the_index_job(sample_corpus: Path, tmp_path: Path) 
         head.wait(timeout=120)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "succeeded" in submitted.stdout
-    assert "indexed:      16" in submitted.stdout
+    assert "indexed     16 videos" in submitted.stdout
     assert lancedb.connect(str(tmp_path / "db")).open_table("videos").count_rows() == 16

@@ -459,4 +459,4 @@ def test_max_error_rate_exceeded_fails_with_exit_status_3_after_committing(
     assert "error: 2 of 7 videos failed (28.6%), above --max-error-rate 20.0%" in err
     # What succeeded was committed: a rerun (default threshold: never fail) encodes nothing.
     assert index_job.main(args) == 0
-    assert "indexed:      0" in capsys.readouterr().out
+    assert "indexed     0 videos" in capsys.readouterr().out

@@ -185,7 +185,7 @@ def test_index_and_reindex_cycle_on_s3(
     assert index_job.main([*args, "--table", "videos"]) == 0
     out = capsys.readouterr().out
     assert "plan: new=1, changed=1, unchanged=4, deleted=2" in out
-    assert "indexed:      2" in out and "deleted:      2" in out
+    assert "indexed     2 videos" in out and "deleted     2;" in out
 
     second = read(db, "videos")
     assert second["video_id"].to_pylist() == sorted([*ids[:2], *ids[3:7]])
