@@ -175,14 +175,14 @@ class IndexSummary:
     def _format_costs(self) -> str:
         costs = self.costs
         parts = []
-        if "decode_cpu_s" in costs:
-            parts.append(f"decode {costs['decode_cpu_s']:.3f} core-s")
-        elif "decode_s" in costs:
-            parts.append(f"decode {costs['decode_s']:.3f} s")
-        if "frames_decoded" in costs:
-            parts.append(f"{costs['frames_decoded']:.0f} frames decoded")
-        if "encode_s" in costs:
-            parts.append(f"encode {costs['encode_s']:.3f} actor-s")
+        if schema.DECODE_CPU_S in costs:
+            parts.append(f"decode {costs[schema.DECODE_CPU_S]:.3f} core-s")
+        elif schema.DECODE_S in costs:
+            parts.append(f"decode {costs[schema.DECODE_S]:.3f} s")
+        if schema.FRAMES_DECODED in costs:
+            parts.append(f"{costs[schema.FRAMES_DECODED]:.0f} frames decoded")
+        if schema.ENCODE_S in costs:
+            parts.append(f"encode {costs[schema.ENCODE_S]:.3f} actor-s")
         return ", ".join(parts)
 
 
@@ -328,7 +328,7 @@ def run_index(
 
 
 # Per-row costs the stages report, averaged per video in the summary.
-_COST_COLUMNS = (schema.DECODE_S, schema.ENCODE_S, "decode_cpu_s", "frames_decoded")
+_COST_COLUMNS = (schema.DECODE_S, schema.ENCODE_S, schema.DECODE_CPU_S, schema.FRAMES_DECODED)
 
 
 def _plan_cluster_resources(config: IndexConfig, videos: int) -> ResourcePlan:
