@@ -226,7 +226,8 @@ def test_killed_job_rerun_equals_a_clean_run(
     killed_db = tmp_path / "killed"
     driver = subprocess.Popen(
         [sys.executable, "-m", "jobs.index", *common, "--db", str(killed_db), "--table", "videos",
-         "--commit-rows", "1", "--address", ray_session["address"], "--log-level", "INFO"],
+         "--commit-rows", "1", "--address", ray_session["address"], "--log-level", "INFO",
+         "--verbose"],  # the writer's log lines on stderr, not in the log file
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip

@@ -227,7 +227,7 @@ def start_driver(*args: str, address: str) -> subprocess.Popen[str]:
     """The index job as its own driver process on the session's Ray (killable alone)."""
     return subprocess.Popen(
         [sys.executable, "-m", "jobs.index", *args, "--table", TABLE, *CPU_ONLY,
-         "--address", address, "--log-level", "INFO"],
+         "--address", address, "--log-level", "INFO", "--verbose"],  # the writer's log lines
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
