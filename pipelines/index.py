@@ -5,7 +5,7 @@
     read_manifest + attach_fingerprints      (driver; fails fast on a bad manifest)
     plan_index against the tables            (driver; Arrow joins)
     ray.data.from_arrow(todo)
-      .map_batches(DecodeStage)              (CPU actor pool; decord in a child process)
+      .map_batches(DecodeStage)              (CPU actor pool; PyAV or decord in a child process)
       .map_batches(EncodeStage)              (one actor per GPU, or CPU actors)
       or, with one single-thread actor per CPU and no GPU:
       .map_batches(DecodeEncodeStage)        (each CPU actor decodes, then encodes)
