@@ -222,15 +222,36 @@ def test_a_stalled_read_times_out_and_the_stage_recovers(fifo: str, videos: list
         assert elapsed < 30
 
 
+def _segfault_once_reading(fifo: str, pid: int, writers: list[int]) -> None:
+    """Send the decoder a "segfault" once it is reading the pipe, however loaded the machine:
+    opening the write end without blocking succeeds only once a reader has it open. The write
+    end stays open (in ``writers``) until the test is done, so the reader sees no end of file
+    before the signal lands."""
+    deadline = time.monotonic() + 50
+    while time.monotonic() < deadline:
+        try:
+            writers.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # ENXIO: no reader yet
+            time.sleep(0.01)
+            continue
+        os.kill(pid, signal.SIGSEGV)
+        return
+
+
 @pytest.mark.timeout(60)
 def test_a_crashed_decoder_is_an_error_row(fifo: str, videos: list[str]) -> None:
     with DecodeStage(frames=FRAMES, image_size=SIZE, timeout_s=30.0) as decode:
         assert decode(batch([videos[0]]))[schema.ERROR][0] == ""
         pid = decode.decoder_pid
-        # The child is stuck opening the pipe when the "segfault" arrives.
-        threading.Timer(0.5, os.kill, (pid, signal.SIGSEGV)).start()
-
-        out = decode(batch([fifo, videos[1]]))
+        writers: list[int] = []
+        killer = threading.Thread(target=_segfault_once_reading, args=(fifo, pid, writers))
+        killer.start()
+        try:
+            out = decode(batch([fifo, videos[1]]))
+        finally:
+            killer.join()
+            for writer in writers:
+                os.close(writer)
 
         assert error_category(out[schema.ERROR][0]) == DECODER_CRASHED
         assert "SIGSEGV" in out[schema.ERROR][0]
