@@ -62,6 +62,8 @@ TIME_LIMIT_S = 8 * 60
 class Sizes:
     """How big each section runs: the GPU run's, or the CPU dry run's tiny ones."""
 
+    # None: the issue's ViT-B/32 presets; else this preset as meanP, k-medoids++ and spectral.
+    encoder_preset: str | None
     batches: tuple[int, ...]
     warmup: int
     repeats: int
@@ -75,6 +77,7 @@ class Sizes:
 
 
 GPU_SIZES = Sizes(
+    encoder_preset=None,
     batches=(32, 64, 128),
     warmup=3,
     repeats=10,
@@ -87,6 +90,7 @@ GPU_SIZES = Sizes(
     finetune_batch=16,
 )
 DRY_RUN_SIZES = Sizes(
+    encoder_preset="tiny",
     batches=(2,),
     warmup=1,
     repeats=1,
@@ -196,9 +200,24 @@ def gpu_tests(out: Path) -> dict[str, Any]:
 # 2. Encoder throughput
 
 
+def variant_models(
+    keys: tuple[str, ...], sizes: Sizes, device: torch.device
+) -> dict[str, centerclip.VideoCLIP]:
+    """The variants ``keys`` (``baseline``, ``kmedoids``, ``spectral``) with random weights."""
+    if sizes.encoder_preset is None:
+        presets = {v.key: v.preset for v in VARIANTS}
+        return {key: centerclip.create_model(presets[key], device=device) for key in keys}
+    methods = {"baseline": "none", "kmedoids": "kmedoids", "spectral": "spectral"}
+    return {
+        key: centerclip.create_model(sizes.encoder_preset, device=device, method=methods[key])
+        for key in keys
+    }
+
+
 def encoder(device: torch.device, dtype: torch.dtype, sizes: Sizes) -> dict[str, Any]:
     """Videos/s of the three variants at each batch size, interleaved; clustering's share."""
-    models = {v.key: centerclip.create_model(v.preset, device=device).eval() for v in VARIANTS}
+    models = variant_models(tuple(v.key for v in VARIANTS), sizes, device)
+    models = {key: model.eval() for key, model in models.items()}
     reference = models["baseline"]
     by_batch: dict[str, Any] = {}
     for batch in sizes.batches:
@@ -229,6 +248,7 @@ def encoder(device: torch.device, dtype: torch.dtype, sizes: Sizes) -> dict[str,
         del frames
     return {
         "dtype": str(dtype).removeprefix("torch."),
+        "model_ids": {key: model.model_id for key, model in models.items()},
         "frames": reference.config.frames,
         "by_batch": by_batch,
         "top_level_batch": max(sizes.batches),
@@ -243,8 +263,8 @@ def train_memory(device: torch.device, dtype: torch.dtype | None, sizes: Sizes) 
     """One training step of meanP and of B6-4,49: CUDA's peak allocated bytes on a GPU (on a CPU
     the saved activations plus the training state, ``bench.train_memory``'s count)."""
     results: dict[str, Any] = {"batch": sizes.train_batch}
-    for key, preset in TRAIN_VARIANTS.items():
-        model = centerclip.create_model(preset, device=device).train()
+    for key in TRAIN_VARIANTS:
+        model = variant_models((key,), sizes, device)[key].train()
         raw = synthetic_videos(sizes.train_batch, model.config.frames, model.image_size)
         frames = model.preprocess(raw).to(device)
         tokens = model.tokenize(captions(sizes.train_batch)).to(device)

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import schema
-from pipelines.decode import DecodeStage
+from pipelines.decode import DECODER_NVDEC, DecodeStage
 from pipelines.encode import DecodeEncodeStage, EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints, read_manifest
 from pipelines.plan import REASON, IndexPlan, plan_index
@@ -359,6 +359,7 @@ def _plan_cluster_resources(config: IndexConfig, videos: int) -> ResourcePlan:
         cluster_gpus=available.get("GPU", 0.0),
         videos=videos,
         nodes=nodes,
+        gpu_decoding=config.model.decoder == DECODER_NVDEC,
     )
 
 

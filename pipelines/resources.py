@@ -145,6 +145,7 @@ def plan_resources(
     videos: int | None = None,
     nodes: Sequence[NodeShape] = (),
     costs: StageCosts | None = None,
+    gpu_decoding: bool = False,
 ) -> ResourcePlan:
     """Decide actor counts, reservations and batch sizes; with ``videos``, the number of videos
     to encode, no pool gets more actors than there are blocks of them to work on (a re-index of a
@@ -155,8 +156,11 @@ def plan_resources(
     ``costs`` (measured, else ``DEFAULT_GPU_COSTS``, which asks for every CPU), within the CPUs
     the cluster has left. Given the cluster's ``nodes``, each decode actor is placed on a node:
     CPU-only nodes first (most free CPUs first), then the CPUs the GPU nodes' encode actors leave.
-    Without GPUs: CPU encode and decode actors share the CPUs; encoding gets
-    the larger share because one video's encode costs more CPU than its decode, and computes with
+    With ``gpu_decoding`` (NVDEC) and no ``decode_workers`` named, there is no decode pool: each
+    GPU actor decodes its own videos on its GPU.
+
+    Without GPUs: CPU encode and decode actors share the CPUs; encoding gets the larger share
+    because one video's encode costs more CPU than its decode, and computes with
     every CPU the decode actors do not reserve, headroom included (measured on 2 cores: 1 torch
     thread, its reservation rounded, left a core idle and halved a ViT-B/32 job's throughput).
     Those CPUs go to single-thread actors, one per CPU up to ``MAX_CPU_ENCODE_ACTORS``: a
@@ -174,7 +178,7 @@ def plan_resources(
     Raises:
         ValueError: when the request cannot fit the cluster (more GPUs than it has, ...).
     """
-    plan = _plan_for_cluster(request, cluster_cpus, cluster_gpus, nodes, costs)
+    plan = _plan_for_cluster(request, cluster_cpus, cluster_gpus, nodes, costs, gpu_decoding)
     if videos is None:
         return plan
     blocks = max(1, math.ceil(videos / rows_per_block(plan, videos)))
@@ -186,7 +190,7 @@ def plan_resources(
         encode_actors=request.encode_actors or min(plan.encode_actors, blocks),
         decode_workers=decode_workers,
     )
-    return _plan_for_cluster(fitted, cluster_cpus, cluster_gpus, nodes, costs)
+    return _plan_for_cluster(fitted, cluster_cpus, cluster_gpus, nodes, costs, gpu_decoding)
 
 
 def rows_per_block(plan: ResourcePlan, videos: int) -> int:
@@ -210,6 +214,7 @@ def _plan_for_cluster(
     cluster_gpus: float,
     nodes: Sequence[NodeShape] = (),
     costs: StageCosts | None = None,
+    gpu_decoding: bool = False,
 ) -> ResourcePlan:
     if cluster_cpus < 1:
         raise ValueError(f"the Ray cluster offers {cluster_cpus:g} CPUs; at least 1 is needed")
@@ -230,6 +235,20 @@ def _plan_for_cluster(
             raise ValueError(
                 f"--actors {actors} x --gpus-per-actor {gpus:g} exceeds the cluster's "
                 f"{cluster_gpus:g} GPUs"
+            )
+        if gpu_decoding and request.decode_workers is None:
+            # NVDEC in each GPU actor's decoder process: the frames never leave the node.
+            return ResourcePlan(
+                use_gpus=True,
+                encode_actors=actors,
+                encode_gpus=gpus,
+                encode_cpus=min(1.0, budget / actors),
+                encode_batch_size=request.batch_size or GPU_BATCH_SIZE,
+                torch_threads=1,
+                decode_workers=0,
+                decode_cpus=0.0,
+                decode_batch_size=request.batch_size or GPU_BATCH_SIZE,
+                decode_in_encode_actors=True,
             )
         # A GPU actor only feeds its GPU: it gets at most half the CPU budget; the rest decodes.
         encode_cpus = min(1.0, budget / 2 / actors)

@@ -247,3 +247,21 @@ def test_decode_actor_options_name_the_planned_nodes_in_turn() -> None:
     chosen = [options()["scheduling_strategy"] for _ in range(3)]
     assert all(isinstance(s, NodeAffinitySchedulingStrategy) and s.soft for s in chosen)
     assert [s.node_id for s in chosen] == [cpu, gpu, cpu]
+
+
+def test_gpu_decoding_decodes_inside_the_gpu_actors() -> None:
+    nodes = [NodeShape("ab" * 28, cpus=8, gpus=2), NodeShape("cd" * 28, cpus=16)]
+    plan = plan_resources(
+        ResourceRequest(), cluster_cpus=24, cluster_gpus=2, nodes=nodes, gpu_decoding=True
+    )
+    assert plan.use_gpus and plan.encode_actors == 2 and plan.decode_in_encode_actors
+    assert plan.decode_workers == 0 and plan.decode_nodes == ()
+    assert plan.decode_batch_size == plan.encode_batch_size
+    assert "each decoding its own videos" in plan.describe()
+    # A named decode pool is kept (CPU decoding beside GPU actors that would decode with NVDEC
+    # is the user's call), and without GPUs the flag changes nothing.
+    named = ResourceRequest(decode_workers=4)
+    pooled = plan_resources(named, cluster_cpus=24, cluster_gpus=2, gpu_decoding=True)
+    assert not pooled.decode_in_encode_actors and pooled.decode_workers == 4
+    cpu = plan_resources(ResourceRequest(), cluster_cpus=24, cluster_gpus=0, gpu_decoding=True)
+    assert cpu == plan_resources(ResourceRequest(), cluster_cpus=24, cluster_gpus=0)
