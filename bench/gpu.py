@@ -17,8 +17,9 @@ the top-level figures ``kmedoids_speedup``, ``clustering_share``, ``videos_per_s
 3. ``train_memory``: peak CUDA memory of one training step, meanP against B6-4,49
    (``bench.train_memory.measure_memory``); ``train_memory_cut`` compares the peaks;
 4. ``index``: the index job end to end on a synthetic corpus (real pinning, real bf16), with CPU
-   decoding and, where the index job offers the choice, GPU decoding; the decode stage alone
-   with each decoder on the same corpus; the bottleneck line of each run;
+   decoding (PyAV) and with GPU decoding (NVDEC; PyAV where it cannot run, which the decode
+   stage's ``decoded_by`` says); the decode stage alone with each decoder on the same corpus;
+   the bottleneck line of each run;
 5. ``finetune``: a few fine-tuning steps on one GPU worker (NCCL, a world of one).
 
 ``--device cpu`` (or ``--dry-run``) runs the same script end to end on a CPU with tiny sizes and
@@ -293,7 +294,7 @@ def index_runs(device: torch.device, sizes: Sizes, work: Path) -> dict[str, Any]
 
     from pipelines import schema
     from pipelines.bottleneck import find_bottleneck
-    from pipelines.decode import DecodeStage
+    from pipelines.decode import DECODER_NVDEC, DECODER_PYAV, DECODERS, DecodeStage
     from pipelines.encode import ModelSpec
     from pipelines.index import IndexConfig, run_index
     from pipelines.resources import ResourceRequest
@@ -327,38 +328,31 @@ def index_runs(device: torch.device, sizes: Sizes, work: Path) -> dict[str, Any]
     batch = {
         name: rows[name].to_numpy(zero_copy_only=False) for name in (schema.VIDEO_ID, schema.URI)
     }
-    decoders = _decoder_choices()
     results["decode_stage"] = {}
-    for decoder in decoders:
-        options = {"decoder": decoder} if decoder else {}
+    for decoder in DECODERS:
         with DecodeStage(
-            frames=built.config.frames, image_size=built.image_size, **options
+            frames=built.config.frames, image_size=built.image_size, decoder=decoder
         ) as stage:
             began = time.perf_counter()
             decoded = stage(batch)
             seconds = time.perf_counter() - began
         errors = [e for e in decoded[schema.ERROR] if e]
-        results["decode_stage"][decoder or "default"] = {
+        results["decode_stage"][decoder] = {
             "videos_per_s": rows.num_rows / seconds,
+            "decode_cpu_s_per_video": float(decoded[schema.DECODE_CPU_S].mean()),
             "errors": len(errors),
-            "decoder_used": getattr(stage, "decoder", decoder or "default"),
-            "fallback_reason": getattr(stage, "fallback_reason", None),
+            "decoded_by": sorted(set(decoded[schema.DECODER])),
         }
 
     gpus = 1 if device.type == "cuda" else 0
-    for label, decoder in (("cpu_decoding", None), ("gpu_decoding", "nvdec")):
+    for label, decoder in (("cpu_decoding", DECODER_PYAV), ("gpu_decoding", DECODER_NVDEC)):
         config = IndexConfig(
             manifest=str(corpus / "manifest"),
             db=str(work / f"db-{label}"),
             table="videos",
-            model=model,
+            model=dataclasses.replace(model, decoder=decoder),
             resources=ResourceRequest(gpus_per_actor=gpus, batch_size=None if gpus else 2),
         )
-        if decoder is not None:
-            if "decoder" not in {f.name for f in dataclasses.fields(IndexConfig)}:
-                results[label] = {"skipped": "this checkout's index job has no decoder choice"}
-                continue
-            config = dataclasses.replace(config, decoder=decoder)
         summary = run_index(config)
         videos = summary.indexed + summary.failed
         run = {
@@ -372,6 +366,7 @@ def index_runs(device: torch.device, sizes: Sizes, work: Path) -> dict[str, Any]
         }
         decode_key = "decode (actor-s)"
         if videos and summary.seconds.get(decode_key) and summary.seconds.get("encode (actor-s)"):
+            # Wall seconds in the decoders: CPU-seconds for CPU decoding (one thread each).
             run["bottleneck"] = find_bottleneck(
                 summary.seconds[decode_key] / videos,
                 summary.seconds["encode (actor-s)"] / videos,
@@ -381,13 +376,6 @@ def index_runs(device: torch.device, sizes: Sizes, work: Path) -> dict[str, Any]
         results[label] = run
     ray.shutdown()
     return results
-
-
-def _decoder_choices() -> list[str | None]:
-    """The decode stage's decoders where it offers a choice (``None``: its only one)."""
-    import pipelines.decode
-
-    return list(getattr(pipelines.decode, "DECODERS", [None]))
 
 
 def _decode_cpus(config: Any, videos: int) -> float:
