@@ -355,21 +355,23 @@ def index_runs(device: torch.device, sizes: Sizes, work: Path) -> dict[str, Any]
         )
         summary = run_index(config)
         videos = summary.indexed + summary.failed
+        pipeline_s = summary.seconds.get("pipeline", 0.0)
         run = {
             "indexed": summary.indexed,
             "failed": summary.failed,
             "resources": summary.resources,
             "seconds": summary.seconds,
-            "videos_per_s": summary.videos_per_second,
-            "steady_videos_per_s": _steady_rate(summary.results),
+            "videos_per_s": videos / pipeline_s if pipeline_s else None,
+            "steady_videos_per_s": summary.steady_videos_per_second,
+            "costs_per_video": summary.costs,
             "videos_by_worker": summary.videos_by_worker,
         }
-        decode_key = "decode (actor-s)"
-        if videos and summary.seconds.get(decode_key) and summary.seconds.get("encode (actor-s)"):
-            # Wall seconds in the decoders: CPU-seconds for CPU decoding (one thread each).
+        decode_cost = summary.costs.get(schema.DECODE_CPU_S)
+        encode_cost = summary.costs.get(schema.ENCODE_S)
+        if decode_cost and encode_cost:
             run["bottleneck"] = find_bottleneck(
-                summary.seconds[decode_key] / videos,
-                summary.seconds["encode (actor-s)"] / videos,
+                decode_cost,
+                encode_cost,
                 decode_cpus=_decode_cpus(config, videos),
                 encode_actors=max(1, len(summary.videos_by_worker)),
             ).describe()
@@ -395,14 +397,6 @@ def _decode_cpus(config: Any, videos: int) -> float:
     if plan.decode_in_encode_actors:
         return plan.encode_actors * plan.encode_cpus
     return plan.decode_workers * plan.decode_cpus
-
-
-def _steady_rate(results: list[tuple[float, int]]) -> float | None:
-    """Videos/s between the first and the last result block."""
-    if len(results) < 3:
-        return None
-    (t0, n0), (t1, n1) = results[0], results[-1]
-    return (n1 - n0) / (t1 - t0) if t1 > t0 else None
 
 
 def _start_ray(device: torch.device) -> None:
@@ -484,7 +478,8 @@ def print_report(report: dict[str, Any]) -> None:
     for label in ("cpu_decoding", "gpu_decoding"):
         run = report.get("index", {}).get(label, {})
         if "bottleneck" in run:
-            print(f"index job, {label}: {run['videos_per_s']:.1f} videos/s; {run['bottleneck']}")
+            rate = run["steady_videos_per_s"] or run["videos_per_s"] or 0.0
+            print(f"index job, {label}: {rate:.1f} videos/s; {run['bottleneck']}")
 
 
 SECTIONS = ("gpu_tests", "encoder", "train_memory", "index", "finetune")
