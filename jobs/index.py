@@ -79,7 +79,8 @@ def add_decode_arguments(parser: argparse.ArgumentParser, *, decoder: bool = Tru
             "--decoder",
             choices=DECODERS,
             default=DEFAULT_DECODER,
-            help="decoding library (same frames either way; default: %(default)s)",
+            help="decoding library (the same frames, scalers aside; nvdec decodes on the GPU "
+            "and falls back to pyav where it cannot; default: %(default)s)",
         )
 
 

@@ -28,11 +28,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import schema
-from pipelines.decode import DecodeStage
+from pipelines.decode import DECODER_NVDEC, DecodeStage
 from pipelines.encode import DecodeEncodeStage, EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints, read_manifest
 from pipelines.plan import REASON, IndexPlan, plan_index
-from pipelines.resources import ResourcePlan, ResourceRequest, plan_resources, rows_per_block
+from pipelines.resources import (
+    NodeShape,
+    ResourcePlan,
+    ResourceRequest,
+    plan_resources,
+    rows_per_block,
+)
 from pipelines.storage import StorageOptions
 from pipelines.write import DEFAULT_INDEX_MIN_ROWS, TableWriter, connect, delete_ids, open_table
 
@@ -340,11 +346,20 @@ def _plan_cluster_resources(config: IndexConfig, videos: int) -> ResourcePlan:
         address = config.address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, log_to_driver=True)
     available = ray.cluster_resources()
+    nodes = [
+        NodeShape(
+            node["NodeID"], node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0)
+        )
+        for node in ray.nodes()
+        if node["Alive"]
+    ]
     return plan_resources(
         config.resources,
         cluster_cpus=available.get("CPU", 0.0),
         cluster_gpus=available.get("GPU", 0.0),
         videos=videos,
+        nodes=nodes,
+        gpu_decoding=config.model.decoder == DECODER_NVDEC,
     )
 
 
@@ -402,6 +417,8 @@ def build_dataset(
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=resources.decode_workers),
         num_cpus=resources.decode_cpus,
+        # The plan's nodes: CPU-only nodes first, so decoding need not crowd the GPU nodes.
+        ray_remote_args_fn=resources.decode_actor_options(),
     )
     return dataset.map_batches(
         EncodeStage,

@@ -1,16 +1,26 @@
 """Every resource decision of the index and fine-tuning jobs, in one place.
 
 Given what the Ray cluster offers and what the user asked for, :func:`plan_resources` decides how
-many decode and encode actors run, what each one reserves, and the batch sizes. Two measured
-pitfalls shape it: an actor pool that reserves every CPU starves Ray Data's own tasks and the job
-hangs, so CPU reservations always leave headroom; and a GPU stage needs an explicit batch size.
-:func:`plan_training` does the same for fine-tuning's Ray Train workers and decode actors.
+many decode and encode actors run, what each one reserves, on which nodes the decode actors go,
+and the batch sizes. Two measured pitfalls shape it: an actor pool that reserves every CPU starves
+Ray Data's own tasks and the job hangs, so CPU reservations always leave headroom; and a GPU stage
+needs an explicit batch size. :func:`plan_training` does the same for fine-tuning's Ray Train
+workers and decode actors.
+
+On a GPU cluster the decode pool is sized from the stages' costs (:class:`StageCosts`: decode
+CPU-seconds per video against encode seconds per video) and placed on the cluster's CPU-only nodes
+first, then on the CPUs the GPU nodes' encode actors leave: a GPU node's own CPUs cannot decode
+real footage as fast as its GPU encodes it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
+
+from pipelines.bottleneck import decode_cpus_per_encoder
 
 
 @dataclass(frozen=True)
@@ -21,6 +31,33 @@ class ResourceRequest:
     gpus_per_actor: float | None = None
     decode_workers: int | None = None
     batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    """One alive node of the Ray cluster and what it offers."""
+
+    node_id: str
+    cpus: float
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class StageCosts:
+    """What one video costs each stage: decode CPU-seconds (wherever it runs) and the seconds one
+    encode actor spends on it."""
+
+    decode_cpu_s_per_video: float
+    encode_s_per_video: float
+
+
+# Before anything is measured: real footage costs about 0.5 core-seconds per video to decode
+# (today's decode stage on 480p-720p clips, see the README), and a GPU should encode ViT-B/32 at
+# 12 frames in 0.5 ms per video (the 2,000 videos/s target). That is ~1,000 decode CPUs per GPU,
+# so by default a GPU job decodes on every CPU the cluster offers.
+DEFAULT_GPU_COSTS = StageCosts(decode_cpu_s_per_video=0.5, encode_s_per_video=1 / 2000)
+# The decode pool gets this much more than the balance point: costs vary from video to video.
+DECODE_MARGIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -38,6 +75,10 @@ class ResourcePlan:
     decode_batch_size: int
     # Each encode actor decodes its own batches; there is no decode pool (decode_workers == 0).
     decode_in_encode_actors: bool = False
+    # The node of each decode actor (empty: Ray chooses), and how many of them are on nodes
+    # without GPUs.
+    decode_nodes: tuple[str, ...] = ()
+    decode_on_cpu_nodes: int = 0
 
     def describe(self) -> str:
         where = f"{self.encode_gpus:g} GPU" if self.use_gpus else f"{self.encode_cpus:g} CPU"
@@ -47,10 +88,38 @@ class ResourcePlan:
                 f"{encoders} ({self.torch_threads} torch thread(s)), each decoding its own "
                 f"videos, batch {self.encode_batch_size}"
             )
+        placed = ""
+        if self.decode_nodes:
+            beside = sum(1 for node in self.decode_nodes if node) - self.decode_on_cpu_nodes
+            placed = f" ({self.decode_on_cpu_nodes} on CPU-only nodes, {beside} beside the GPUs)"
         return (
-            f"{self.decode_workers} decode actor(s) x {self.decode_cpus:g} CPU, "
+            f"{self.decode_workers} decode actor(s) x {self.decode_cpus:g} CPU{placed}, "
             f"{encoders}, encode batch {self.encode_batch_size}"
         )
+
+    def decode_actor_options(self) -> Callable[[], dict[str, Any]] | None:
+        """For Ray Data's ``ray_remote_args_fn``: each decode actor the pool starts goes to the
+        next node of :attr:`decode_nodes` (soft affinity: elsewhere if that node is gone).
+        ``None`` where the plan leaves placement to Ray."""
+        return _NodeCycle(self.decode_nodes) if self.decode_nodes else None
+
+
+class _NodeCycle:
+    """Remote options naming the planned nodes in turn (``""``: none); called in the driver
+    before each decode actor starts."""
+
+    def __init__(self, nodes: tuple[str, ...]) -> None:
+        self.nodes = nodes
+        self.started = 0
+
+    def __call__(self) -> dict[str, Any]:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = self.nodes[self.started % len(self.nodes)]
+        self.started += 1
+        if not node:
+            return {}
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
 
 
 GPU_BATCH_SIZE = 32
@@ -74,14 +143,24 @@ def plan_resources(
     cluster_cpus: float,
     cluster_gpus: float,
     videos: int | None = None,
+    nodes: Sequence[NodeShape] = (),
+    costs: StageCosts | None = None,
+    gpu_decoding: bool = False,
 ) -> ResourcePlan:
     """Decide actor counts, reservations and batch sizes; with ``videos``, the number of videos
     to encode, no pool gets more actors than there are blocks of them to work on (a re-index of a
     few videos starts one actor, not one per CPU), unless the request names the count.
 
-    With GPUs: one encode actor per GPU (``gpus_per_actor`` GPUs each, 1 by default) and every
-    remaining CPU decodes. Without GPUs: CPU encode and decode actors share the CPUs; encoding gets
-    the larger share because one video's encode costs more CPU than its decode, and computes with
+    With GPUs: one encode actor per GPU (``gpus_per_actor`` GPUs each, 1 by default). Decode
+    actors get the CPUs that keep the encoders busy, ``DECODE_MARGIN`` x the balance point of
+    ``costs`` (measured, else ``DEFAULT_GPU_COSTS``, which asks for every CPU), within the CPUs
+    the cluster has left. Given the cluster's ``nodes``, each decode actor is placed on a node:
+    CPU-only nodes first (most free CPUs first), then the CPUs the GPU nodes' encode actors leave.
+    With ``gpu_decoding`` (NVDEC) and no ``decode_workers`` named, there is no decode pool: each
+    GPU actor decodes its own videos on its GPU.
+
+    Without GPUs: CPU encode and decode actors share the CPUs; encoding gets the larger share
+    because one video's encode costs more CPU than its decode, and computes with
     every CPU the decode actors do not reserve, headroom included (measured on 2 cores: 1 torch
     thread, its reservation rounded, left a core idle and halved a ViT-B/32 job's throughput).
     Those CPUs go to single-thread actors, one per CPU up to ``MAX_CPU_ENCODE_ACTORS``: a
@@ -99,7 +178,7 @@ def plan_resources(
     Raises:
         ValueError: when the request cannot fit the cluster (more GPUs than it has, ...).
     """
-    plan = _plan_for_cluster(request, cluster_cpus, cluster_gpus)
+    plan = _plan_for_cluster(request, cluster_cpus, cluster_gpus, nodes, costs, gpu_decoding)
     if videos is None:
         return plan
     blocks = max(1, math.ceil(videos / rows_per_block(plan, videos)))
@@ -111,7 +190,7 @@ def plan_resources(
         encode_actors=request.encode_actors or min(plan.encode_actors, blocks),
         decode_workers=decode_workers,
     )
-    return _plan_for_cluster(fitted, cluster_cpus, cluster_gpus)
+    return _plan_for_cluster(fitted, cluster_cpus, cluster_gpus, nodes, costs, gpu_decoding)
 
 
 def rows_per_block(plan: ResourcePlan, videos: int) -> int:
@@ -130,7 +209,12 @@ def rows_per_block(plan: ResourcePlan, videos: int) -> int:
 
 
 def _plan_for_cluster(
-    request: ResourceRequest, cluster_cpus: float, cluster_gpus: float
+    request: ResourceRequest,
+    cluster_cpus: float,
+    cluster_gpus: float,
+    nodes: Sequence[NodeShape] = (),
+    costs: StageCosts | None = None,
+    gpu_decoding: bool = False,
 ) -> ResourcePlan:
     if cluster_cpus < 1:
         raise ValueError(f"the Ray cluster offers {cluster_cpus:g} CPUs; at least 1 is needed")
@@ -152,11 +236,36 @@ def _plan_for_cluster(
                 f"--actors {actors} x --gpus-per-actor {gpus:g} exceeds the cluster's "
                 f"{cluster_gpus:g} GPUs"
             )
+        if gpu_decoding and request.decode_workers is None:
+            # NVDEC in each GPU actor's decoder process: the frames never leave the node.
+            return ResourcePlan(
+                use_gpus=True,
+                encode_actors=actors,
+                encode_gpus=gpus,
+                encode_cpus=min(1.0, budget / actors),
+                encode_batch_size=request.batch_size or GPU_BATCH_SIZE,
+                torch_threads=1,
+                decode_workers=0,
+                decode_cpus=0.0,
+                decode_batch_size=request.batch_size or GPU_BATCH_SIZE,
+                decode_in_encode_actors=True,
+            )
         # A GPU actor only feeds its GPU: it gets at most half the CPU budget; the rest decodes.
         encode_cpus = min(1.0, budget / 2 / actors)
         decode_budget = budget - actors * encode_cpus
-        decode_workers = request.decode_workers or max(1, int(decode_budget))
+        costs = costs or DEFAULT_GPU_COSTS
+        wanted = (
+            actors
+            * DECODE_MARGIN
+            * decode_cpus_per_encoder(costs.decode_cpu_s_per_video, costs.encode_s_per_video)
+        )
+        decode_workers = request.decode_workers or max(
+            1, min(int(decode_budget), math.ceil(wanted))
+        )
         decode_cpus = min(1.0, decode_budget / decode_workers)
+        decode_nodes = _place_decoders(
+            nodes, decode_workers, decode_cpus, encoders=actors, gpus=gpus, cpus=encode_cpus
+        )
         return ResourcePlan(
             use_gpus=True,
             encode_actors=actors,
@@ -167,6 +276,8 @@ def _plan_for_cluster(
             decode_workers=decode_workers,
             decode_cpus=decode_cpus,
             decode_batch_size=DECODE_BATCH_SIZE,
+            decode_nodes=tuple(node for node, _ in decode_nodes),
+            decode_on_cpu_nodes=sum(on_cpu_node for _, on_cpu_node in decode_nodes),
         )
 
     # One single-thread actor per CPU decodes its own videos; otherwise a decode pool feeds them.
@@ -197,6 +308,33 @@ def _plan_for_cluster(
         decode_batch_size=batch_size if decode_in_encode_actors else DECODE_BATCH_SIZE,
         decode_in_encode_actors=decode_in_encode_actors,
     )
+
+
+def _place_decoders(
+    nodes: Sequence[NodeShape],
+    decoders: int,
+    cpus_each: float,
+    *,
+    encoders: int,
+    gpus: float,
+    cpus: float,
+) -> list[tuple[str, bool]]:
+    """``(node id, whether it has no GPU)`` for each decode actor: CPU-only nodes first, most
+    free CPUs first, then the CPUs that the GPU nodes' ``encoders`` encode actors (``gpus`` GPUs
+    and ``cpus`` CPUs each) leave. Empty without ``nodes``; an actor that fits no node whole gets
+    ``""`` (left to Ray)."""
+    if not nodes:
+        return []
+    free: list[tuple[bool, float, str]] = []
+    for node in sorted(nodes, key=lambda n: n.node_id):
+        here = min(int(node.gpus // gpus), encoders) if node.gpus > 0 else 0
+        encoders -= here
+        free.append((node.gpus <= 0, node.cpus - here * cpus, node.node_id))
+    placed: list[tuple[str, bool]] = []
+    for cpu_only, left, node_id in sorted(free, key=lambda f: (not f[0], -f[1], f[2])):
+        fits = int(left / cpus_each + 1e-9)
+        placed += [(node_id, cpu_only)] * min(fits, decoders - len(placed))
+    return placed + [("", False)] * (decoders - len(placed))
 
 
 @dataclass(frozen=True)

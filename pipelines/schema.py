@@ -32,6 +32,8 @@ DECODE_S = "decode_s"
 # it produced (clips decoded in one pass share the pass's figures). Not stored in the table.
 DECODE_CPU_S = "decode_cpu_s"
 FRAMES_DECODED = "frames_decoded"
+# What decoded a row, with the reason where it is not the decoder asked for (GPU fallback).
+DECODER = "decoder"
 # Optional decode input: the seed of one row's random frame sampling, so the frames a training
 # row gets do not depend on which decode actor happens to decode it (``pipelines.finetune``).
 SAMPLE_SEED = "sample_seed"

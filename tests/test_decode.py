@@ -123,7 +123,9 @@ def test_shapes_dtypes_and_passthrough(stage: DecodeStage, videos: list[str]) ->
         schema.DECODE_S,
         schema.DECODE_CPU_S,
         schema.FRAMES_DECODED,
+        schema.DECODER,
     }
+    assert out[schema.DECODER].tolist() == [DECODER_PYAV] * 2
     assert (out[schema.DECODE_CPU_S] > 0).all() and (out[schema.FRAMES_DECODED] > 0).all()
     assert out[schema.FRAMES].shape == (2, FRAMES, SIZE, SIZE, 3)
     assert out[schema.FRAMES].dtype == np.uint8

@@ -4,7 +4,13 @@ import pyarrow as pa
 import pytest
 
 from pipelines.plan import metadata_digests, plan_index
-from pipelines.resources import ResourceRequest, plan_resources, rows_per_block
+from pipelines.resources import (
+    NodeShape,
+    ResourceRequest,
+    StageCosts,
+    plan_resources,
+    rows_per_block,
+)
 
 MODEL = "tiny@untrained-seed0/x"
 
@@ -198,3 +204,64 @@ def test_impossible_requests_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         plan_resources(request_, cluster_cpus=2, cluster_gpus=gpus)
+
+
+def test_gpu_plan_places_decoders_on_cpu_nodes_first_and_sizes_them_from_costs() -> None:
+    nodes = [NodeShape("gpu-a", cpus=8, gpus=2), NodeShape("cpu-b", cpus=16),
+             NodeShape("cpu-a", cpus=32)]  # fmt: skip
+    # Default costs (real footage on a GPU): every CPU the cluster has left decodes.
+    plan = plan_resources(ResourceRequest(), cluster_cpus=56, cluster_gpus=2, nodes=nodes)
+    assert plan.encode_actors == 2 and plan.encode_cpus == 1
+    assert plan.decode_workers == 48 and plan.decode_cpus == 1  # 56 x 0.9 budget, less 2
+    # The biggest CPU-only node first, then the other, then the GPU node's 6 spare CPUs.
+    assert plan.decode_nodes == ("cpu-a",) * 32 + ("cpu-b",) * 16
+    assert plan.decode_on_cpu_nodes == 48
+    assert "(48 on CPU-only nodes, 0 beside the GPUs)" in plan.describe()
+    # Cheap decoding (5 ms per video) against a 1 ms encode: 5 CPUs per GPU, with margin.
+    cheap = StageCosts(decode_cpu_s_per_video=0.005, encode_s_per_video=0.001)
+    sized = plan_resources(
+        ResourceRequest(), cluster_cpus=56, cluster_gpus=2, nodes=nodes, costs=cheap
+    )
+    assert sized.decode_workers == 13 and sized.decode_nodes == ("cpu-a",) * 13
+    # No CPU-only node: the GPU node's CPUs beside its encode actors decode.
+    alone = plan_resources(ResourceRequest(), cluster_cpus=8, cluster_gpus=2, nodes=nodes[:1])
+    assert alone.decode_nodes == ("gpu-a",) * alone.decode_workers
+    assert alone.decode_on_cpu_nodes == 0 and "beside the GPUs" in alone.describe()
+    # Without node shapes (or on CPUs only) Ray places the actors.
+    assert plan_resources(ResourceRequest(), cluster_cpus=56, cluster_gpus=2).decode_nodes == ()
+    cpu = plan_resources(ResourceRequest(gpus_per_actor=0), cluster_cpus=56, cluster_gpus=2,
+                         nodes=nodes)  # fmt: skip
+    assert cpu.decode_nodes == () and cpu.decode_actor_options() is None
+
+
+def test_decode_actor_options_name_the_planned_nodes_in_turn() -> None:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    gpu, cpu = "ab" * 28, "cd" * 28  # Ray node ids: 28 bytes in hex
+    nodes = [NodeShape(gpu, cpus=3, gpus=1), NodeShape(cpu, cpus=1)]
+    plan = plan_resources(ResourceRequest(), cluster_cpus=4, cluster_gpus=1, nodes=nodes)
+    # 2 CPUs decode: the CPU node holds one decoder, the GPU node's CPUs beside its encoder one.
+    assert plan.decode_nodes == (cpu, gpu) and plan.decode_on_cpu_nodes == 1
+    options = plan.decode_actor_options()
+    assert options is not None
+    chosen = [options()["scheduling_strategy"] for _ in range(3)]
+    assert all(isinstance(s, NodeAffinitySchedulingStrategy) and s.soft for s in chosen)
+    assert [s.node_id for s in chosen] == [cpu, gpu, cpu]
+
+
+def test_gpu_decoding_decodes_inside_the_gpu_actors() -> None:
+    nodes = [NodeShape("ab" * 28, cpus=8, gpus=2), NodeShape("cd" * 28, cpus=16)]
+    plan = plan_resources(
+        ResourceRequest(), cluster_cpus=24, cluster_gpus=2, nodes=nodes, gpu_decoding=True
+    )
+    assert plan.use_gpus and plan.encode_actors == 2 and plan.decode_in_encode_actors
+    assert plan.decode_workers == 0 and plan.decode_nodes == ()
+    assert plan.decode_batch_size == plan.encode_batch_size
+    assert "each decoding its own videos" in plan.describe()
+    # A named decode pool is kept (CPU decoding beside GPU actors that would decode with NVDEC
+    # is the user's call), and without GPUs the flag changes nothing.
+    named = ResourceRequest(decode_workers=4)
+    pooled = plan_resources(named, cluster_cpus=24, cluster_gpus=2, gpu_decoding=True)
+    assert not pooled.decode_in_encode_actors and pooled.decode_workers == 4
+    cpu = plan_resources(ResourceRequest(), cluster_cpus=24, cluster_gpus=0, gpu_decoding=True)
+    assert cpu == plan_resources(ResourceRequest(), cluster_cpus=24, cluster_gpus=0)

@@ -35,6 +35,7 @@ from pipelines.decode.errors import (
     TRUNCATED,
     error_category,
 )
+from pipelines.decode.nvdec_backend import DECODER_NVDEC
 from pipelines.decode.sampling import (
     INDEX_SAMPLINGS,
     SAMPLING_FAST,
@@ -51,6 +52,7 @@ __all__ = [
     "DECODERS",
     "DECODER_CRASHED",
     "DECODER_DECORD",
+    "DECODER_NVDEC",
     "DECODER_PYAV",
     "DECODE_FAILED",
     "DEFAULT_DECODER",

@@ -21,7 +21,7 @@ from typing import IO
 
 import numpy as np
 
-from pipelines.decode import decord_backend, pyav_backend
+from pipelines.decode import decord_backend, nvdec_backend, pyav_backend
 from pipelines.decode.errors import DECODE_FAILED, _Failure, _short
 from pipelines.decode.protocol import _ClipResult, _Request, _Result
 from pipelines.decode.source import _local_file
@@ -33,7 +33,11 @@ _STARTUP_TIMEOUT_S = 120.0
 
 DECODER_PYAV = "pyav"
 DECODER_DECORD = "decord"
-_BACKENDS = {DECODER_PYAV: pyav_backend.decode_file, DECODER_DECORD: decord_backend.decode_file}
+_BACKENDS = {
+    DECODER_PYAV: pyav_backend.decode_file,
+    DECODER_DECORD: decord_backend.decode_file,
+    nvdec_backend.DECODER_NVDEC: nvdec_backend.decode_file,
+}
 DECODERS = tuple(_BACKENDS)
 
 
@@ -44,7 +48,11 @@ def _decode_request(req: _Request, out: np.ndarray) -> _Result:
     result = _Result()
     try:
         with _local_file(req.uri, req.storage) as path:
-            result.clips, result.frames_decoded = _BACKENDS[req.decoder](path, req, out)
+            try:
+                result.clips, result.frames_decoded = _BACKENDS[req.decoder](path, req, out)
+            except nvdec_backend.CpuFallback as fallback:
+                result.clips, result.frames_decoded = pyav_backend.decode_file(path, req, out)
+                result.decoder = f"{DECODER_PYAV} ({fallback})"
     except _Failure as failure:
         result.clips = [_ClipResult(error=str(failure))] * len(req.clips)
     except Exception as err:

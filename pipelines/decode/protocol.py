@@ -50,3 +50,4 @@ class _Result:
     clips: list[_ClipResult] = field(default_factory=list)
     cpu_s: float = 0.0
     frames_decoded: int = 0
+    decoder: str = ""  # set when another decoder than the requested one decoded the file

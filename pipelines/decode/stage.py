@@ -12,6 +12,7 @@ import numpy as np
 from pipelines import schema
 from pipelines.decode.child import DECODER_PYAV, DECODERS, _DecoderProcess, _frame_view
 from pipelines.decode.errors import DECODER_CRASHED, TIMEOUT
+from pipelines.decode.nvdec_backend import resolve_decoder
 from pipelines.decode.protocol import _Clip, _ClipResult, _Request, _Result
 from pipelines.decode.sampling import SAMPLING_RANDOM, SAMPLING_UNIFORM, SAMPLINGS
 from pipelines.storage import StorageOptions
@@ -78,7 +79,8 @@ class DecodeStage:
         storage: how to reach ``s3://`` videos. Pass the driver's
             (:meth:`StorageOptions.from_env` there): a Ray actor's own environment is the
             cluster's, which is what the default reads.
-        decoder: the library decoding in the child, ``"pyav"`` (default) or ``"decord"``.
+        decoder: the library decoding in the child, ``"pyav"`` (default), ``"decord"`` or
+            ``"nvdec"`` (the GPU; PyAV where it cannot run, see ``nvdec_backend``).
 
     Input batch: at least ``video_id`` and ``uri`` (``[B]``), optionally ``start_s`` / ``end_s``
     (``[B]`` float, NaN or None for the whole video) and ``sample_seed`` (``[B]`` int: seeds that
@@ -95,6 +97,8 @@ class DecodeStage:
         ``decode_s``: ``[B]`` float32, wall seconds spent on each video.
         ``decode_cpu_s``: ``[B]`` float32, CPU seconds the decoder process spent on it.
         ``frames_decoded``: ``[B]`` int32, frames the decoder produced for it.
+        ``decoder``: ``[B]`` str, what decoded it, with the reason where that is not the
+        decoder asked for (``"pyav (nvdec unavailable: ...)"``).
         Clips decoded in one pass share its cost equally.
     """
 
@@ -123,7 +127,8 @@ class DecodeStage:
         self.sampling = sampling
         self.timeout_s = timeout_s
         self.threads = threads
-        self.decoder = decoder
+        # NVDEC falls back to CPU decoding where it cannot run; the label says why.
+        self.decoder, self.decoder_label = resolve_decoder(decoder, DECODER_PYAV)
         self.storage = storage if storage is not None else StorageOptions.from_env()
         self._rng = np.random.default_rng(seed)
         # Passes over files so far: one per distinct uri of a batch (tests count them).
@@ -154,6 +159,7 @@ class DecodeStage:
         seconds = np.zeros(size, dtype=np.float32)
         cpu_seconds = np.zeros(size, dtype=np.float32)
         decoded = np.zeros(size, dtype=np.int32)
+        decoders = np.full(size, self.decoder_label, dtype=object)
         starts, ends = batch.get(schema.START_S), batch.get(schema.END_S)
         row_seeds = batch.get(schema.SAMPLE_SEED)
         for rows in _passes(uris):
@@ -190,6 +196,8 @@ class DecodeStage:
             # Whole frames per clip, the remainder to the first clips, so they sum to the pass.
             decoded[rows] = result.frames_decoded // share
             decoded[rows[: result.frames_decoded % share]] += 1
+            if result.decoder:
+                decoders[rows] = result.decoder
         out = {name: _list_cells(column) for name, column in batch.items()}
         out[schema.FRAMES] = frames
         out[schema.ERROR] = errors
@@ -197,6 +205,7 @@ class DecodeStage:
         out[schema.FRAME_TIMES_S] = times
         out[schema.DECODE_S] = seconds
         out[schema.DECODE_CPU_S] = cpu_seconds
+        out[schema.DECODER] = decoders
         out[schema.FRAMES_DECODED] = decoded
         return out
 

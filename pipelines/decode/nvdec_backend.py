@@ -1,0 +1,149 @@
+"""The NVDEC backend: frames decoded by the GPU's video decoder, through torchcodec's CUDA decoder.
+
+Chosen over PyNvVideoCodec (both install from the registry) because torchcodec hands decoded
+frames over as CUDA tensors, so scaling and cropping stay on the GPU, and it seeks by frame index
+exactly as the CPU backends do. Neither was measured against the other: no GPU was available.
+
+A file is first demuxed with PyAV (cheap: no decoding) for its frames' timestamps and keyframes,
+exactly as :mod:`pipelines.decode.pyav_backend` does, so the same rows fail with the same errors
+and the same targets are chosen (each target's ``want`` frame is fetched). torchcodec then
+decodes the targets on the GPU, which scales each to the output size (bilinear, antialiased)
+and cuts the centre; only the ``[T, S, S, 3]`` uint8 crops are copied back to the host.
+
+Fallback to CPU decoding, with the reason recorded in the row's ``decoder`` column:
+
+- for the whole stage, when torchcodec (or the FFmpeg shared libraries it loads) is missing or
+  no CUDA device is visible (:func:`unavailable_reason`, checked when the stage starts);
+- for one file, when the GPU decoder fails on a file PyAV could index (a codec or profile NVDEC
+  does not support): :class:`CpuFallback` makes the decoder process decode it with PyAV.
+
+The decoding runs in the stage's decoder process like every backend, so timeouts and crash
+isolation are the CPU decoders'.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from pipelines.decode.errors import _Failure, _short
+from pipelines.decode.protocol import _ClipResult, _Request
+from pipelines.decode.pyav_backend import _index_frames
+from pipelines.decode.sampling import choose_targets, clip_range
+from pipelines.decode.source import _damaged, _open_video, output_size
+
+DECODER_NVDEC = "nvdec"
+
+
+class CpuFallback(Exception):
+    """The GPU decoder cannot decode this file; the message says why. The decoder process then
+    decodes it on the CPU."""
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """Why GPU decoding cannot run in this process (``None`` when it can): torchcodec missing or
+    unable to load FFmpeg's shared libraries, or no CUDA device visible."""
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except ImportError:
+        return "torchcodec is not installed"
+    except Exception as err:  # torchcodec raises RuntimeError when FFmpeg's libraries are missing
+        return f"torchcodec cannot load FFmpeg: {_short(err)}"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device visible to this process"
+    return None
+
+
+def resolve_decoder(requested: str, cpu_decoder: str) -> tuple[str, str]:
+    """``(decoder to run, label for the rows)``: ``requested`` unless it is NVDEC and NVDEC
+    cannot run here, in which case ``cpu_decoder``, labelled with the reason."""
+    if requested != DECODER_NVDEC:
+        return requested, requested
+    reason = unavailable_reason()
+    if reason is None:
+        return requested, requested
+    return cpu_decoder, f"{cpu_decoder} ({DECODER_NVDEC} unavailable: {reason})"
+
+
+def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipResult], int]:
+    """Decode the clips of ``req`` from ``path`` into ``out`` ``[C, T, S, S, 3]`` on the GPU.
+
+    Returns each clip's result and the frames the GPU decoded (the distinct targets).
+
+    Raises:
+        _Failure: the file is damaged (as the PyAV backend says it).
+        CpuFallback: PyAV reads the file but the GPU decoder cannot decode it.
+    """
+    container, stream = _open_video(path)
+    with container:
+        claimed = stream.frames
+        try:
+            index = _index_frames(container, stream)
+        except _Failure:
+            raise
+        except Exception as err:
+            raise _damaged(path, claimed, err) from None
+        width, height = stream.codec_context.width, stream.codec_context.height
+    starts, duration = index.starts_s, index.duration_s
+    results: list[_ClipResult] = []
+    wanted: list[np.ndarray] = []
+    for clip in req.clips:
+        try:
+            first, stop = clip_range(starts, duration, clip.start_s, clip.end_s)
+        except _Failure as failure:
+            results.append(_ClipResult(error=str(failure)))
+            wanted.append(np.zeros(0, np.int64))
+            continue
+        rng = np.random.default_rng(clip.seed) if clip.seed is not None else None
+        targets = choose_targets(
+            first, stop, req.frames, sampling=req.sampling, keyframes=index.keyframes, rng=rng
+        )
+        indices = np.array([t.want for t in targets], np.int64)
+        wanted.append(indices)
+        results.append(_ClipResult("", starts[indices].astype(np.float32), duration))
+    every = np.concatenate(wanted)
+    if not len(every):
+        return results, 0
+    unique, inverse = np.unique(every, return_inverse=True)
+    size = out.shape[2]
+    try:
+        crops = _decode_on_gpu(path, unique, output_size(width, height, size), size)
+    except Exception as err:
+        raise CpuFallback(f"{DECODER_NVDEC} failed on this file: {_short(err)}") from None
+    at = 0
+    for k, indices in enumerate(wanted):
+        if len(indices):
+            np.take(crops, inverse[at : at + len(indices)], axis=0, out=out[k])
+        at += len(indices)
+    return results, len(unique)
+
+
+def _decode_on_gpu(
+    path: str, indices: np.ndarray, scaled: tuple[int, int], size: int
+) -> np.ndarray:
+    """Frames ``indices`` of ``path``, decoded by NVDEC, scaled to ``scaled`` (width, height) and
+    centre-cropped: ``[N, size, size, 3]`` uint8 on the host."""
+    from torchcodec.decoders import VideoDecoder
+
+    decoder = VideoDecoder(path, device="cuda", seek_mode="exact")
+    frames = decoder.get_frames_at(indices.tolist()).data  # [N, 3, H, W] uint8 on the GPU
+    return scale_and_crop(frames, scaled, size).cpu().numpy()
+
+
+def scale_and_crop(frames: Any, scaled: tuple[int, int], size: int) -> Any:
+    """``[N, 3, H, W]`` uint8 frames (any device) scaled to ``scaled`` (width, height), bilinear
+    and antialiased, then centre-cropped: ``[N, size, size, 3]`` uint8 on the same device."""
+    import torch
+
+    width, height = scaled
+    resized = torch.nn.functional.interpolate(
+        frames.float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False
+    )
+    top, left = (height - size) // 2, (width - size) // 2
+    crop = resized[:, :, top : top + size, left : left + size]
+    return crop.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()

@@ -1,0 +1,127 @@
+"""The GPU decoder (NVDEC through torchcodec) and its fallback to CPU decoding.
+
+Without torchcodec or CUDA (this machine) the stage decodes with PyAV and every row says why; a
+file the GPU decoder fails on is decoded by PyAV in the decoder process, and its rows say so.
+Either way the rows, frames and errors are PyAV's. ``tests/test_gpu.py`` holds the GPU side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from pipelines import schema, synthetic
+from pipelines.decode import DECODER_NVDEC, DECODER_PYAV, DecodeStage, error_category
+from pipelines.decode.child import _decode_request
+from pipelines.decode.nvdec_backend import scale_and_crop, unavailable_reason
+from pipelines.decode.protocol import _Clip, _Request
+from pipelines.manifest import read_manifest
+from pipelines.storage import StorageOptions
+
+FRAMES, SIZE = 6, 48
+NVDEC_RUNS_HERE = unavailable_reason() is None
+
+
+def batch(uris: list[str]) -> dict[str, np.ndarray]:
+    return {
+        schema.VIDEO_ID: np.array([f"v{i}" for i in range(len(uris))], dtype=object),
+        schema.URI: np.array(uris, dtype=object),
+    }
+
+
+@pytest.fixture(scope="module")
+def uris(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Four good videos, then every kind of damaged input."""
+    good = read_manifest(sample_corpus / "manifest")[schema.URI].to_pylist()[:4]
+    damaged = synthetic.write_damaged_videos(
+        tmp_path_factory.mktemp("damaged"), good_video=Path(good[0])
+    )
+    return good + list(damaged.values())
+
+
+@pytest.mark.skipif(NVDEC_RUNS_HERE, reason="NVDEC runs here: the stage does not fall back")
+def test_without_torchcodec_or_cuda_the_stage_decodes_on_the_cpu_and_says_why(
+    uris: list[str],
+) -> None:
+    reason = unavailable_reason()
+    assert reason in ("torchcodec is not installed", "no CUDA device visible to this process") or (
+        reason.startswith("torchcodec cannot load FFmpeg")
+    )
+    with DecodeStage(frames=FRAMES, image_size=SIZE, decoder=DECODER_NVDEC) as gpu:
+        assert gpu.decoder == DECODER_PYAV
+        fell_back = gpu(batch(uris))
+    with DecodeStage(frames=FRAMES, image_size=SIZE, decoder=DECODER_PYAV) as cpu:
+        expected = cpu(batch(uris))
+    label = f"{DECODER_PYAV} ({DECODER_NVDEC} unavailable: {reason})"
+    assert list(fell_back[schema.DECODER]) == [label] * len(uris)
+    assert list(expected[schema.DECODER]) == [DECODER_PYAV] * len(uris)
+    # The same rows as CPU decoding: errors (damaged inputs included) and frames.
+    assert list(fell_back[schema.ERROR]) == list(expected[schema.ERROR])
+    assert {error_category(e) for e in expected[schema.ERROR][4:]} - {""}
+    np.testing.assert_array_equal(fell_back[schema.FRAMES], expected[schema.FRAMES])
+    np.testing.assert_array_equal(fell_back[schema.FRAME_TIMES_S], expected[schema.FRAME_TIMES_S])
+
+
+def test_a_file_the_gpu_decoder_fails_on_is_decoded_on_the_cpu(uris: list[str]) -> None:
+    """The decoder process's own fallback, per file. Here the GPU decoder fails because
+    torchcodec or CUDA is missing; on a GPU a codec NVDEC lacks takes the same path."""
+    if NVDEC_RUNS_HERE:
+        pytest.skip("NVDEC runs here: no file to fail on")
+    requests = {
+        decoder: _Request(
+            uri=uris[0], clips=(_Clip(), _Clip(start_s=0.5, end_s=1.5)), frames=FRAMES,
+            image_size=SIZE, sampling="uniform", threads=1, storage=StorageOptions(),
+            decoder=decoder,
+        )
+        for decoder in (DECODER_NVDEC, DECODER_PYAV)
+    }  # fmt: skip
+    outs = {d: np.zeros((2, FRAMES, SIZE, SIZE, 3), np.uint8) for d in requests}
+    results = {d: _decode_request(requests[d], outs[d]) for d in requests}
+    fallback, cpu = results[DECODER_NVDEC], results[DECODER_PYAV]
+    assert fallback.decoder.startswith(f"{DECODER_PYAV} ({DECODER_NVDEC} failed on this file: ")
+    assert cpu.decoder == ""
+    assert [c.error for c in fallback.clips] == [c.error for c in cpu.clips] == ["", ""]
+    np.testing.assert_array_equal(outs[DECODER_NVDEC], outs[DECODER_PYAV])
+    assert fallback.frames_decoded == cpu.frames_decoded
+
+
+def test_a_damaged_file_fails_as_on_the_cpu_before_the_gpu_is_asked(uris: list[str]) -> None:
+    """A damaged file is found while its frames are indexed (PyAV, on the CPU): the GPU decoder
+    never sees it and the row's error is the CPU decoders'."""
+    for uri in uris[4:]:
+        outs = []
+        for decoder in (DECODER_NVDEC, DECODER_PYAV):
+            req = _Request(uri=uri, clips=(_Clip(),), frames=FRAMES, image_size=SIZE,
+                           sampling="uniform", threads=1, storage=StorageOptions(),
+                           decoder=decoder)  # fmt: skip
+            outs.append(_decode_request(req, np.zeros((1, FRAMES, SIZE, SIZE, 3), np.uint8)))
+        assert outs[0].clips[0].error == outs[1].clips[0].error, uri
+        if outs[1].clips[0].error:
+            assert outs[0].decoder == ""  # failed as damaged, not handed to the CPU fallback
+
+
+def test_gpu_scaling_and_crop_match_the_cpu_decoders_frames(tmp_path: Path) -> None:
+    """The GPU path's pixel arithmetic (run here on CPU tensors): scaled so the shorter side is
+    the output size, the centre cut. PyAV's scaler works on the YUV planes (chroma at half
+    resolution), the GPU path on RGB, so they differ by a few levels: 4.2 on this colourful
+    texture, against 10 to 12 for a crop one pixel off."""
+    generator = np.random.default_rng(0)
+    coarse = generator.integers(0, 255, (1, 3, 6, 10)).astype(np.float32)
+    smooth = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(96, 160),
+                                             mode="bicubic").clamp(0, 255)  # fmt: skip
+    frame = smooth[0].permute(1, 2, 0).round().to(torch.uint8).numpy()  # [96, 160, 3]
+    path = tmp_path / "wide.mp4"
+    synthetic.write_mp4(path, np.stack([frame] * 5), crf=0)
+    with av.open(str(path)) as container:
+        decoded = next(container.decode(video=0)).to_ndarray(format="rgb24")  # [96, 160, 3]
+    with DecodeStage(frames=1, image_size=SIZE) as cpu:
+        expected = cpu(batch([str(path)]))[schema.FRAMES][0, 0]
+    frames = torch.from_numpy(decoded).permute(2, 0, 1)[None]  # [1, 3, 96, 160]
+    got = scale_and_crop(frames, (80, SIZE), SIZE)[0].numpy()
+    assert got.shape == expected.shape == (SIZE, SIZE, 3) and got.dtype == np.uint8
+    difference = np.abs(got.astype(int) - expected.astype(int))
+    assert difference.mean() < 6.0, difference.mean()
