@@ -271,6 +271,15 @@ class Progress:
             elif now - self._drawn >= self.every_s:
                 self._draw(now)
 
+    def say_above(self, text: str) -> None:
+        """A line of the story while the bar runs: printed above the bar, which is redrawn."""
+        with self._lock:
+            if self.console.is_terminal:
+                self.console.out.write("\r" + " " * (self._width() - 1) + "\r")
+            self.console.say(text)
+            if self.console.is_terminal:
+                self._draw(time.perf_counter())
+
     def rate(self, now: float | None = None) -> float | None:
         """Items per second since the first arrival, or None before two points exist."""
         if self._first is None:
@@ -328,12 +337,7 @@ class Progress:
             self.console.say(text)
             return
         self.console.print_preface()
-        try:
-            width = os.get_terminal_size(self.console.out.fileno()).columns
-        except (AttributeError, OSError, ValueError):
-            width = 0
-        if width < 20:  # a pseudo-terminal that never got a size
-            width = int(os.environ.get("COLUMNS", "100"))
+        width = self._width()
         bar_width = min(30, width - len(text) - 4)
         line = text
         if bar_width >= 10:  # the bar goes first when the terminal is narrow
@@ -341,3 +345,12 @@ class Progress:
             line = f"[{'#' * filled}{'.' * (bar_width - filled)}] {text}"
         self.console.out.write("\r" + line[: width - 1].ljust(width - 1))
         self.console.out.flush()
+
+    def _width(self) -> int:
+        try:
+            width = os.get_terminal_size(self.console.out.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            width = 0
+        if width < 20:  # a pseudo-terminal that never got a size
+            width = int(os.environ.get("COLUMNS", "100"))
+        return width

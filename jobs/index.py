@@ -237,6 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from centerclip import WeightsUnavailableError
+    from pipelines.bottleneck import Bottleneck
     from pipelines.index import ErrorRateExceeded, IndexConfig, run_index
     from pipelines.manifest import ManifestError
     from pipelines.plan import IndexPlan
@@ -280,8 +281,17 @@ def run(args: argparse.Namespace) -> int:
             progress = _console.Progress("indexing", planned)
         progress.update(done, failed)
 
+    def show_bottleneck(found: Bottleneck) -> None:
+        line = f"so far: {found.describe()}"
+        if progress is not None:
+            progress.say_above(line)
+        else:
+            _console.say(line)
+
     try:
-        summary = run_index(config, on_plan=show_plan, on_progress=show_progress)
+        summary = run_index(
+            config, on_plan=show_plan, on_progress=show_progress, on_bottleneck=show_bottleneck
+        )
     except (ManifestError, ValueError, FileNotFoundError) as err:
         raise _cli.JobError(str(err)) from err
     except WeightsUnavailableError as err:

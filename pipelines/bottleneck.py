@@ -58,7 +58,7 @@ class Bottleneck:
             f"{self.encode_videos_per_s:.1f} videos/s ({self.encode_actors} actor(s) x "
             f"{self.encode_s_per_video * 1e3:.2f} ms/video)"
         )
-        per = f"{self.balanced_decode_cpus_per_encoder:.1f} decode CPUs per encode actor balance it"
+        per = f"{self.balanced_decode_cpus_per_encoder:.2g} decode CPUs per encode actor balance it"
         if self.stage == DECODE:
             verdict = (
                 f"bound by decode: add CPUs ({self.decode_cpus_for_balance:.0f} would keep up)"

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import schema
+from pipelines.bottleneck import Bottleneck, find_bottleneck
 from pipelines.decode import DECODER_NVDEC, DecodeStage
 from pipelines.encode import DecodeEncodeStage, EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints, read_manifest
@@ -101,6 +102,10 @@ class IndexSummary:
     """Rows of the first result, which ends start-up."""
     results: list[tuple[float, int]] = field(default_factory=list)
     """Per result block: (wall-clock ``time.time()``, rows received so far)."""
+    decoders: dict[str, int] = field(default_factory=dict)
+    """Videos per decoder that decoded them (with the reason where a fallback happened)."""
+    bottleneck: str = ""
+    """Which stage bounds the throughput, from the measured costs (:mod:`pipelines.bottleneck`)."""
     costs: dict[str, float] = field(default_factory=dict)
     """Per video, summed over the rows the stages reported: ``decode_s`` (wall seconds in the
     decoder), ``encode_s`` (an encode actor's seconds), and where the decode stage reports them
@@ -153,6 +158,12 @@ class IndexSummary:
             )
         if self.costs:
             lines.append("per video   " + self._format_costs())
+        if self.bottleneck:
+            lines.append(f"bottleneck  {self.bottleneck}")
+        if self.decoders:
+            lines.append(
+                "decoded by  " + ", ".join(f"{d}: {n}" for d, n in sorted(self.decoders.items()))
+            )
         lines.append("time        " + self._format_seconds())
         if self.resources:
             lines.append(f"resources   {self.resources}")
@@ -236,6 +247,9 @@ def load_plan(config: IndexConfig, model_id: str) -> tuple[pa.Table, IndexPlan]:
 
 ProgressCallback = Callable[[int, int, int], None]
 """``(rows done, of which failed, rows planned)``, called as encoded rows reach the driver."""
+# The bottleneck is judged once this many result blocks have arrived (the first carries the
+# start-up, so a few more make the costs representative), and again at the end.
+BOTTLENECK_AFTER_BLOCKS = 4
 
 
 def run_index(
@@ -243,12 +257,14 @@ def run_index(
     *,
     on_plan: Callable[[IndexPlan, str], None] | None = None,
     on_progress: ProgressCallback | None = None,
+    on_bottleneck: Callable[[Bottleneck], None] | None = None,
 ) -> IndexSummary:
     """Bring ``config.table`` in line with the manifest; see the module docstring.
 
     ``on_plan`` gets the plan and the ``model_id`` it was made for, before any work;
     ``on_progress`` follows the encoded rows (a first call with 0 rows done once the
-    pipeline starts).
+    pipeline starts); ``on_bottleneck`` gets, once ``BOTTLENECK_AFTER_BLOCKS`` blocks have
+    arrived, which stage bounds the job by the costs measured so far.
     """
     started = time.perf_counter()
     model = config.model.build("cpu")
@@ -285,6 +301,7 @@ def run_index(
 
     pipeline_started = time.perf_counter()
     costs: Counter[str] = Counter()
+    decoders: Counter[str] = Counter()
     planned = plan.todo.num_rows
     if planned:
         resources = _plan_cluster_resources(config, planned)
@@ -306,11 +323,20 @@ def run_index(
             for column in _COST_COLUMNS:
                 if column in batch.column_names:
                     costs[column] += pc.sum(batch[column]).as_py() or 0.0
+            if schema.DECODER in batch.column_names:
+                decoders.update(batch[schema.DECODER].to_pylist())
             writer.add(batch)
             if on_progress is not None:
                 on_progress(received, failed, planned)
+            if len(summary.results) == BOTTLENECK_AFTER_BLOCKS and on_bottleneck is not None:
+                found = _bottleneck(costs, received, resources)
+                if found is not None:
+                    on_bottleneck(found)
             _check_error_rate(writer, planned, config.max_error_rate)
         summary.costs = {column: total / max(received, 1) for column, total in costs.items()}
+        summary.decoders = dict(decoders)
+        found = _bottleneck(costs, received, resources)
+        summary.bottleneck = found.describe() if found is not None else ""
     writer.flush()
     summary.seconds["pipeline"] = time.perf_counter() - pipeline_started
 
@@ -331,6 +357,21 @@ def run_index(
     summary.error_rows = writer.errors.count_rows()
     _check_error_rate(writer, 0, config.max_error_rate, final=True)
     return summary
+
+
+def _bottleneck(costs: Counter[str], rows: int, resources: ResourcePlan) -> Bottleneck | None:
+    """The bounding stage by the mean costs of ``rows`` rows so far; None without both costs."""
+    decode, encode = costs.get(schema.DECODE_CPU_S, 0.0), costs.get(schema.ENCODE_S, 0.0)
+    if rows == 0 or decode <= 0 or encode <= 0:
+        return None
+    decode_cpus = (
+        resources.encode_actors * resources.encode_cpus
+        if resources.decode_in_encode_actors
+        else resources.decode_workers * resources.decode_cpus
+    )
+    return find_bottleneck(
+        decode / rows, encode / rows, decode_cpus=decode_cpus, encode_actors=resources.encode_actors
+    )
 
 
 # Per-row costs the stages report, averaged per video in the summary.

@@ -118,6 +118,10 @@ def test_index_records_every_good_video_once_and_every_bad_one_with_its_reason(
     assert (indexed, failed) == (table.num_rows, errors.num_rows)
     assert f"videos: {table.num_rows} rows; videos_errors: {errors.num_rows} rows" in out
     assert "open_table('videos_errors')" in out
+    # Where the time went: costs per video, the bounding stage, the decoder.
+    assert re.search(r"^per video   decode [\d.]+ core-s, \d+ frames decoded, encode", out, re.M)
+    assert re.search(r"^bottleneck  (bound by (decode|encode)|balanced)", out, re.MULTILINE)
+    assert re.search(r"^decoded by  pyav: \d+", out, re.MULTILINE)
 
     reasons = dict(zip(errors["video_id"].to_pylist(), errors["error"].to_pylist(), strict=True))
     assert sorted(reasons) == sorted(EXPECTED_FAILURES)
