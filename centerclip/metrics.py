@@ -20,7 +20,7 @@ beyond ``sim`` itself stays at a few megabytes whatever ``Q`` and ``V`` are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,6 +173,99 @@ def retrieval_ranks(
     return RetrievalRanks(
         t2v=t2v, v2t=v2t_all[v2t_video], v2t_video=v2t_video, num_videos=num_videos
     )
+
+
+SimilarityRows = Callable[[int, int], Tensor]
+"""``rows(start, stop)`` gives the ``[stop - start, V]`` similarity rows of captions
+``start..stop``; called twice per chunk, it must return the same values both times."""
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkedRanks:
+    """:class:`RetrievalRanks` plus each query's top ``k``, from :func:`chunked_retrieval_ranks`.
+
+    Attributes:
+        ranks: the ranks in both directions, as :func:`retrieval_ranks` gives them.
+        t2v_top: ``[Q, k]`` video columns of each caption's ``k`` best videos, best first.
+        v2t_top: ``[Vc, k]`` caption rows of each captioned video's ``k`` best captions, best
+            first, in the order of ``ranks.v2t_video``.
+    """
+
+    ranks: RetrievalRanks
+    t2v_top: Tensor
+    v2t_top: Tensor
+
+
+def chunked_retrieval_ranks(
+    similarity_rows: SimilarityRows,
+    caption_video: ArrayLike,
+    *,
+    num_videos: int,
+    chunk_rows: int,
+    top_k: int,
+) -> ChunkedRanks:
+    """:func:`retrieval_ranks` without the ``[Q, V]`` matrix: it is produced ``chunk_rows``
+    captions at a time by ``similarity_rows`` and never held whole.
+
+    Two passes over the chunks. The first gives each caption its own video's score (taken from
+    the chunk itself, so a score is always compared with the very value it was counted from),
+    its text-to-video rank and its top ``k`` videos; the best own score of each video follows.
+    The second counts, per video column, the captions scoring at least that best own score
+    (video-to-text) and merges each video's top ``k`` captions chunk by chunk. Ranks equal
+    :func:`retrieval_ranks`'s on the same scores exactly, ties included.
+
+    Args:
+        similarity_rows: see :data:`SimilarityRows`; caption rows ``[Q]`` run ``0..Q``.
+        caption_video: ``[Q]`` integer video column of each caption.
+        num_videos: ``V``.
+        chunk_rows: captions per chunk; memory is ``O(chunk_rows * V + (Q + V) * top_k)``.
+        top_k: results kept per query in each direction (at most ``V`` / ``Q``).
+
+    Returns:
+        :class:`ChunkedRanks`, on the device ``similarity_rows`` returns.
+    """
+    if chunk_rows < 1 or top_k < 1 or num_videos < 1:
+        raise ValueError("chunk_rows, top_k and num_videos must be at least 1")
+    caption_video = _as_tensor(caption_video)
+    num_queries = int(caption_video.shape[0]) if caption_video.ndim == 1 else 0
+    if num_queries == 0:
+        raise ValueError("caption_video must be a non-empty 1-D sequence")
+    caption_video = _as_columns(caption_video, num_queries, num_videos, "caption_video")
+    bounds = [(s, min(s + chunk_rows, num_queries)) for s in range(0, num_queries, chunk_rows)]
+
+    own_parts, t2v_parts, top_parts = [], [], []
+    for start, stop in bounds:
+        block = _as_similarity(similarity_rows(start, stop))  # [C, V]
+        if block.shape != (stop - start, num_videos):
+            raise ValueError(f"similarity_rows({start}, {stop}) gave shape {tuple(block.shape)}")
+        own = block.gather(1, caption_video[start:stop].to(block.device).unsqueeze(1)).squeeze(1)
+        own_parts.append(own)
+        t2v_parts.append(_count_at_least(block, own, None))
+        top_parts.append(block.topk(min(top_k, num_videos), dim=1).indices)
+    own = torch.cat(own_parts)  # [Q]
+    device = own.device
+    caption_video = caption_video.to(device)
+    best_own = torch.full((num_videos,), float("-inf"), dtype=own.dtype, device=device)
+    best_own = best_own.scatter_reduce(0, caption_video, own, reduce="amax")
+
+    v2t_all = torch.zeros(num_videos, dtype=torch.long, device=device)
+    keep = min(top_k, num_queries)
+    top_score = torch.full((num_videos, 0), float("-inf"), dtype=own.dtype, device=device)
+    top_row = torch.zeros((num_videos, 0), dtype=torch.long, device=device)
+    for start, stop in bounds:
+        block = _as_similarity(similarity_rows(start, stop)).T  # [V, C]
+        v2t_all += (block >= best_own.unsqueeze(1)).sum(dim=1)
+        scores = torch.cat([top_score, block], dim=1)
+        rows = torch.arange(start, stop, device=device).expand(num_videos, -1)
+        best = scores.topk(min(keep, scores.shape[1]), dim=1)
+        top_score = best.values
+        top_row = torch.cat([top_row, rows], dim=1).gather(1, best.indices)
+    captioned = torch.bincount(caption_video, minlength=num_videos) > 0
+    v2t_video = torch.nonzero(captioned).squeeze(1)
+    ranks = RetrievalRanks(
+        t2v=torch.cat(t2v_parts), v2t=v2t_all[v2t_video], v2t_video=v2t_video, num_videos=num_videos
+    )
+    return ChunkedRanks(ranks=ranks, t2v_top=torch.cat(top_parts), v2t_top=top_row[v2t_video])
 
 
 def retrieval_metrics(

@@ -9,7 +9,8 @@ through the ANN index, so users see both how good the model is and what the inde
     encode the captions with the text tower                     [Q, D]   (in-process, or a Ray
                                                                           Data actor pool when
                                                                           the split is large)
-    exact:  sim = text @ video.T [Q, V] -> t2v and v2t ranks (MSR-VTT protocol, centerclip.metrics)
+    exact:  sim = text @ video.T, exact_chunk_rows captions at a time [C, V], never [Q, V]
+            -> t2v and v2t ranks and top 10 (MSR-VTT protocol, centerclip.metrics)
     ANN:    t2v: LanceDB top-k per caption on the table itself (its IVF_PQ index, if any)
             v2t: LanceDB top-k per video on a temporary table of the caption embeddings, indexed
                  the same way when the table is (the table indexes videos only)
@@ -43,12 +44,13 @@ from lancedb.table import Table
 
 import centerclip
 from centerclip.metrics import (
+    ChunkedRanks,
     ann_recall_at_k,
     chance_recall_at_k_curve,
     chance_retrieval_metrics,
+    chunked_retrieval_ranks,
     recall_at_k_curve,
     recall_metrics,
-    retrieval_ranks,
 )
 from pipelines import schema
 from pipelines.encode import ModelSpec
@@ -76,6 +78,8 @@ PLOT_FILE = "recall_at_k.png"
 MIN_ANN_K = 10
 # Video ids per SQL ``IN`` filter when reading the table: one scan per chunk.
 _IDS_PER_FILTER = 2000
+# Captions per exact-rank chunk: 1024 x 100k videos is 400 MB of float32 scores at most.
+DEFAULT_EXACT_CHUNK_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,7 @@ class EvaluateConfig:
         nprobes, refine_factor: ANN search settings, as the search job uses them.
         text_batch_size: captions per text-tower batch.
         ray_min_captions: encode on a Ray Data actor pool when the split has more captions.
+        exact_chunk_rows: captions scored against every video at once for the exact ranks.
         address, actors, gpus_per_actor: the Ray cluster and its text-encode actors.
     """
 
@@ -109,6 +114,7 @@ class EvaluateConfig:
     refine_factor: int | None = DEFAULT_REFINE_FACTOR
     text_batch_size: int = 256
     ray_min_captions: int = 5000
+    exact_chunk_rows: int = DEFAULT_EXACT_CHUNK_ROWS
     address: str | None = None
     actors: int | None = None
     gpus_per_actor: float | None = None
@@ -545,6 +551,26 @@ def load_gallery(
     )
 
 
+def exact_ranks(
+    text: np.ndarray, video: np.ndarray, caption_video: np.ndarray, *, chunk_rows: int
+) -> ChunkedRanks:
+    """Exact ranks and top :data:`MIN_ANN_K` of ``text [Q, D]`` against ``video [V, D]`` (cosine:
+    both unit norm), ``chunk_rows`` captions at a time, so memory is ``O(chunk_rows * V)`` and
+    not ``O(Q * V)``; ``caption_video [Q]`` is each caption's video row."""
+    texts, videos = torch.from_numpy(text), torch.from_numpy(video)
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        return texts[start:stop] @ videos.T  # [C, V]
+
+    return chunked_retrieval_ranks(
+        rows,
+        caption_video,
+        num_videos=len(video),
+        chunk_rows=chunk_rows,
+        top_k=MIN_ANN_K,
+    )
+
+
 EVALUATION_STEPS = ("encoding captions", "exact ranks", "ANN search", "writing results")
 StepCallback = Callable[[int, int, str], None]
 """``(steps done, steps in all, the step now running)``: the stages of :data:`EVALUATION_STEPS`."""
@@ -593,11 +619,10 @@ def run_evaluation(
 
     step(1)
     t0 = time.perf_counter()
-    sim = torch.from_numpy(text) @ torch.from_numpy(video).T  # [Q, V]
-    exact = retrieval_ranks(sim, caption_video)
+    chunked = exact_ranks(text, video, caption_video, chunk_rows=config.exact_chunk_rows)
+    exact = chunked.ranks
     v2t_video = exact.v2t_video.numpy()
-    exact_top_t2v = sim.topk(min(MIN_ANN_K, sim.shape[1]), dim=1).indices  # [Q, 10]
-    exact_top_v2t = sim.T[v2t_video].topk(min(MIN_ANN_K, sim.shape[0]), dim=1).indices
+    exact_top_t2v, exact_top_v2t = chunked.t2v_top, chunked.v2t_top  # [Q, 10], [Vc, 10]
     seconds["exact"] = time.perf_counter() - t0
 
     step(2)
@@ -655,7 +680,7 @@ def run_evaluation(
     }
 
     step(3)
-    ranks = _ranks_table(queries, gallery, exact.t2v.numpy(), ann_t2v, sim)
+    ranks = _ranks_table(queries, gallery, exact.t2v.numpy(), ann_t2v, exact_top_t2v[:, 0])
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     seconds["total"] = time.perf_counter() - started
@@ -752,7 +777,7 @@ def _ann_video_to_text(
 
 
 def _ranks_table(
-    queries: pa.Table, gallery: Gallery, t2v: np.ndarray, ann: AnnRanks, sim: torch.Tensor
+    queries: pa.Table, gallery: Gallery, t2v: np.ndarray, ann: AnnRanks, top1: torch.Tensor
 ) -> pa.Table:
     """One row per caption of the split: its exact and ANN text-to-video rank (null when its
     video is missing, or for ANN beyond ``k``), the exact top video, and why it is missing."""
@@ -766,9 +791,9 @@ def _ranks_table(
         present[rows] = valid
         return pa.array(full, dtype, mask=~present)
 
-    top1 = np.full(len(mask), None, dtype=object)
-    top1[rows] = np.asarray(gallery.rows[schema.VIDEO_ID].to_pylist(), dtype=object)[
-        sim.argmax(dim=1).numpy()
+    top1_ids = np.full(len(mask), None, dtype=object)
+    top1_ids[rows] = np.asarray(gallery.rows[schema.VIDEO_ID].to_pylist(), dtype=object)[
+        top1.numpy()
     ]
     return pa.table(
         {
@@ -778,7 +803,7 @@ def _ranks_table(
             schema.CAPTION: queries[schema.CAPTION],
             schema.T2V_RANK: spread(t2v, np.ones(len(rows), bool), pa.int32()),
             schema.ANN_T2V_RANK: spread(ann.ranks, ann.found, pa.int32()),
-            schema.TOP1_VIDEO_ID: pa.array(top1, pa.string()),
+            schema.TOP1_VIDEO_ID: pa.array(top1_ids, pa.string()),
             schema.MISSING: pa.array(
                 [gallery.missing.get(v) for v in queries[schema.VIDEO_ID].to_pylist()],
                 pa.string(),

@@ -55,15 +55,18 @@ def open_index(db_uri: str, table: str) -> Table:
 
 def check_model(table: Table, model_id: str) -> int:
     """Number of rows embedded by ``model_id``; raises :class:`ModelMismatchError` when none are
-    and the table holds another model's vectors (queries must never mix models)."""
-    ids = table.search().select([schema.MODEL_ID]).limit(None).to_arrow()[schema.MODEL_ID]
-    counts = {row["values"]: row["counts"] for row in pc.value_counts(ids).to_pylist()}
-    if counts and model_id not in counts:
+    and the table holds another model's vectors (queries must never mix models).
+
+    A count through the table's ``model_id`` index, so it costs the same on any table size;
+    only a mismatch reads the column, to name the models the table holds."""
+    mine = table.count_rows(model_filter(model_id))
+    if mine == 0 and table.count_rows() > 0:
+        ids = table.search().select([schema.MODEL_ID]).limit(None).to_arrow()[schema.MODEL_ID]
         raise ModelMismatchError(
-            f"the table was indexed with {', '.join(sorted(counts))}, not {model_id}; "
-            "pass the same --model/--weights/settings as the index job, or re-index"
+            f"the table was indexed with {', '.join(sorted(pc.unique(ids).to_pylist()))}, not "
+            f"{model_id}; pass the same --model/--weights/settings as the index job, or re-index"
         )
-    return counts.get(model_id, 0)
+    return mine
 
 
 def encode_queries(

@@ -5,6 +5,13 @@ Encoded batches stream into :class:`TableWriter` in the driver. It buffers them 
 ``commit_seconds`` seconds, so a killed job keeps what it committed and a rerun that writes the
 same videos again replaces rows instead of duplicating them. Only this process writes, because
 two LanceDB writers upserting the same keys at once can both insert.
+
+Both tables carry a BTREE index on ``video_id``, which ``merge_insert`` joins through and every
+``video_id IN (...)`` lookup and delete uses, and the embeddings table a BITMAP index on
+``model_id``, which the search prefilter uses, so a commit or a query costs what it touches, not
+what the table holds. Rows added since an index was last refreshed are scanned, so the writer
+runs ``optimize`` (compaction plus index refresh) every ``maintain_every`` commits, and once more
+in :meth:`TableWriter.finish`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,11 @@ from pipelines.storage import StorageOptions
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_MIN_ROWS = 5000
+# Commits between two compactions (which also fold new rows into every index) during a run.
+# bench/scale.py at 100k rows: each commit since the last compaction made the next one about
+# 7 ms slower (41 ms fresh, 105 ms ten commits later) and a compaction cost 11 s, so N commits
+# cost about 7 N^2 / 2 ms extra plus 11 s: least per commit near N = sqrt(2 x 11 s / 7 ms) = 56.
+DEFAULT_MAINTAIN_EVERY = 50
 REBUILD_INDEX_FRACTION = 0.1
 _DELETE_CHUNK = 500
 
@@ -50,9 +62,43 @@ def sql_in(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({quoted})"
 
 
-def delete_ids(table: lancedb.table.Table, video_ids: list[str]) -> None:
+def delete_ids(table: lancedb.table.Table, video_ids: list[str]) -> int:
+    """Delete the rows of ``video_ids``, touching only rows that exist: each chunk of ids is
+    looked up first (through the ``video_id`` index), and a chunk none of whose ids is in the
+    table commits nothing. Returns the rows deleted."""
+    deleted = 0
     for start in range(0, len(video_ids), _DELETE_CHUNK):
-        table.delete(sql_in(schema.VIDEO_ID, video_ids[start : start + _DELETE_CHUNK]))
+        present = (
+            table.search()
+            .where(sql_in(schema.VIDEO_ID, video_ids[start : start + _DELETE_CHUNK]))
+            .select([schema.VIDEO_ID])
+            .limit(None)
+            .to_arrow()[schema.VIDEO_ID]
+            .to_pylist()
+        )
+        if present:
+            table.delete(sql_in(schema.VIDEO_ID, present))
+            deleted += len(present)
+    return deleted
+
+
+# The scalar indexes each table keeps: (column, LanceDB index type).
+EMBEDDINGS_SCALAR_INDEXES = ((schema.VIDEO_ID, "BTREE"), (schema.MODEL_ID, "BITMAP"))
+ERRORS_SCALAR_INDEXES = ((schema.VIDEO_ID, "BTREE"),)
+
+
+def ensure_scalar_indexes(
+    table: lancedb.table.Table, indexes: Iterable[tuple[str, str]]
+) -> list[str]:
+    """Create each ``(column, index type)`` scalar index ``table`` lacks; returns the columns
+    indexed now. An existing index is kept: ``optimize`` folds new rows into it."""
+    indexed = {tuple(index.columns) for index in table.list_indices()}
+    created = []
+    for column, index_type in indexes:
+        if (column,) not in indexed:
+            table.create_scalar_index(column, index_type=index_type, replace=True)
+            created.append(column)
+    return created
 
 
 @dataclass
@@ -61,6 +107,8 @@ class WriteStats:
     failed: int = 0
     metadata_updated: int = 0
     commits: int = 0
+    maintenance_runs: int = 0
+    maintenance_s: float = 0.0
     failures_by_reason: Counter[str] = field(default_factory=Counter)
     videos_by_worker: Counter[str] = field(default_factory=Counter)
 
@@ -70,7 +118,8 @@ class TableWriter:
 
     ``manifest`` holds the manifest rows of the videos this run writes; its columns (captions,
     split, fingerprint, extra columns) join the results by ``video_id``, and extra columns become
-    columns of the table. ``storage`` says how to reach an ``s3://`` ``db_uri``.
+    columns of the table. ``storage`` says how to reach an ``s3://`` ``db_uri``. Every
+    ``maintain_every`` commits both tables are compacted and their indexes refreshed.
     """
 
     def __init__(
@@ -84,6 +133,7 @@ class TableWriter:
         manifest: pa.Table | None = None,
         commit_rows: int = 256,
         commit_seconds: float = 30.0,
+        maintain_every: int = DEFAULT_MAINTAIN_EVERY,
         storage: StorageOptions | None = None,
     ) -> None:
         self.db = connect(db_uri, storage)
@@ -115,8 +165,12 @@ class TableWriter:
         self.errors = self.db.create_table(
             schema.errors_table_name(table), schema=schema.ERRORS_SCHEMA, exist_ok=True
         )
+        ensure_scalar_indexes(self.table, EMBEDDINGS_SCALAR_INDEXES)
+        ensure_scalar_indexes(self.errors, ERRORS_SCALAR_INDEXES)
         self.commit_rows = commit_rows
         self.commit_seconds = commit_seconds
+        self.maintain_every = maintain_every
+        self._commits_since_maintenance = 0
         self.stats = WriteStats()
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -181,6 +235,9 @@ class TableWriter:
         self.stats.failed += bad.num_rows
         self.stats.commits += 1
         self._last_commit = time.monotonic()
+        self._commits_since_maintenance += 1
+        if self._commits_since_maintenance >= self.maintain_every:
+            self.maintain()
         log.info(
             "committed %d indexed, %d failed (total %d / %d)",
             good.num_rows,
@@ -188,6 +245,18 @@ class TableWriter:
             self.stats.indexed,
             self.stats.failed,
         )
+
+    def maintain(self, cleanup_older_than: timedelta | None = None) -> None:
+        """Compact both tables and fold the rows added since into every index (the ANN index
+        included), so that commits and searches during a long run stay as fast as on a freshly
+        compacted table."""
+        started = time.perf_counter()
+        for table in (self.table, self.errors):
+            table.optimize(cleanup_older_than=cleanup_older_than)
+        self._commits_since_maintenance = 0
+        self.stats.maintenance_s += time.perf_counter() - started
+        self.stats.maintenance_runs += 1
+        log.info("compacted: %d fragments", fragment_count(self.table))
 
     @staticmethod
     def _upsert(table: lancedb.table.Table, rows: pa.Table) -> None:
@@ -247,8 +316,7 @@ class TableWriter:
         changed = self.stats.indexed + self.stats.failed + deleted
         if changed + self.stats.metadata_updated == 0 and cleanup_older_than is None:
             return "unchanged"
-        self.table.optimize(cleanup_older_than=cleanup_older_than)
-        self.errors.optimize(cleanup_older_than=cleanup_older_than)
+        self.maintain(cleanup_older_than)
         rows = self.table.count_rows()
         if rows < index_min_rows:
             return f"none (table below {index_min_rows} rows)"
@@ -257,6 +325,11 @@ class TableWriter:
             return "updated"
         build_ann_index(self.table, rows=rows, dim=self.schema.field(schema.VECTOR).type.list_size)
         return "built"
+
+
+def fragment_count(table: lancedb.table.Table) -> int:
+    """Data fragments of ``table``: each small commit adds one until compaction merges them."""
+    return int(table.stats()["fragment_stats"]["num_fragments"])
 
 
 def _vector_types(table_schema: pa.Schema) -> list[pa.DataType | None]:

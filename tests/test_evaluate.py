@@ -36,6 +36,7 @@ from pipelines.evaluate import (
     encode_captions,
     gallery_filter,
     missing_reasons,
+    run_evaluation,
     split_queries,
 )
 from pipelines.search import encode_queries, nearest
@@ -447,3 +448,26 @@ def test_the_printed_table_has_a_chance_row_per_direction() -> None:
     assert rows["t2v chance"] == ["12.5", "62.5", "100.0", "4.5", "4.5"]
     assert rows["v2t chance"][0] == "12.5"
     assert "random ranking of 8 videos (t2v) / 16 captions (v2t" in lines[-3]
+
+
+def test_chunked_exact_ranks_give_the_dense_figures(indexed: dict, tmp_path: Path) -> None:
+    """Scored 7 captions at a time, the split gives exactly the figures and ranks of one chunk
+    holding every caption (the whole ``[Q, V]`` matrix at once, as evaluation used to)."""
+    reports = {
+        chunk_rows: run_evaluation(
+            EvaluateConfig(
+                manifest=indexed["manifest"],
+                db=str(indexed["db"]),
+                table="videos",
+                model=ModelSpec("tiny"),
+                out=tmp_path / str(chunk_rows),
+                exact_chunk_rows=chunk_rows,
+            )
+        )
+        for chunk_rows in (7, 1_000_000)
+    }
+    chunked, dense = reports[7], reports[1_000_000]
+    assert chunked.metrics["num_queries"] > 7
+    for key in ("t2v", "v2t", "num_queries", "num_videos", "ann_recall@10"):
+        assert chunked.metrics[key] == dense.metrics[key]
+    assert chunked.ranks.equals(dense.ranks)

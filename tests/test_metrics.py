@@ -6,6 +6,7 @@ import torch
 
 from centerclip.metrics import (
     ann_recall_at_k,
+    chunked_retrieval_ranks,
     ranks_from_similarity,
     recall_at_k_curve,
     recall_metrics,
@@ -179,3 +180,63 @@ def test_ann_recall_at_k():
     short = torch.tensor([[1, -1, -1], [-1, -1, -1]])
     assert ann_recall_at_k(exact, short) == pytest.approx(1 / 6)
     assert ann_recall_at_k(np.array([[7, 8]]), np.array([[8, 7, 0, 1]])) == 1.0
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, 7, 40])
+def test_chunked_ranks_equal_the_dense_ranks_with_ties_and_multi_caption_videos(
+    chunk_rows: int,
+) -> None:
+    generator = torch.Generator().manual_seed(chunk_rows)
+    num_queries, num_videos, k = 23, 9, 4
+    # Scores drawn from 5 values: ties everywhere, between own and other columns alike.
+    sim = torch.randint(0, 5, (num_queries, num_videos), generator=generator).float() / 4
+    # Videos 0..6 own 1 to 5 captions each; videos 7 and 8 own none.
+    caption_video = torch.tensor([i % 7 for i in range(num_queries)])
+    caption_video = caption_video[torch.randperm(num_queries, generator=generator)]
+
+    chunked = chunked_retrieval_ranks(
+        lambda start, stop: sim[start:stop],
+        caption_video,
+        num_videos=num_videos,
+        chunk_rows=chunk_rows,
+        top_k=k,
+    )
+    dense = retrieval_ranks(sim, caption_video)
+    assert torch.equal(chunked.ranks.t2v, dense.t2v)
+    assert torch.equal(chunked.ranks.v2t, dense.v2t)
+    assert torch.equal(chunked.ranks.v2t_video, dense.v2t_video)
+    assert chunked.ranks.metrics() == dense.metrics()
+    assert chunked.ranks.num_videos_without_captions == 2
+    # Top k: the same scores as a dense top k (which ids win a tie is either's choice).
+    t2v_scores = sim.gather(1, chunked.t2v_top)
+    assert torch.equal(t2v_scores, sim.topk(k, dim=1).values)
+    assert all(len(set(row)) == k for row in chunked.t2v_top.tolist())
+    by_video = sim.T[dense.v2t_video]  # [Vc, Q]
+    assert torch.equal(by_video.gather(1, chunked.v2t_top), by_video.topk(k, dim=1).values)
+    assert all(len(set(row)) == k for row in chunked.v2t_top.tolist())
+
+
+def test_chunked_ranks_on_real_scores_equal_the_dense_ranks() -> None:
+    generator = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(50, 16, generator=generator), dim=1)
+    video = torch.nn.functional.normalize(torch.randn(12, 16, generator=generator), dim=1)
+    caption_video = torch.arange(50) % 12
+    sim = text @ video.T
+    chunked = chunked_retrieval_ranks(
+        lambda start, stop: sim[start:stop], caption_video, num_videos=12, chunk_rows=8, top_k=10
+    )
+    dense = retrieval_ranks(sim, caption_video)
+    assert torch.equal(chunked.ranks.t2v, dense.t2v)
+    assert torch.equal(chunked.ranks.v2t, dense.v2t)
+    assert torch.equal(chunked.t2v_top, sim.topk(10, dim=1).indices)
+
+
+def test_chunked_ranks_reject_a_chunk_of_the_wrong_shape() -> None:
+    with pytest.raises(ValueError, match="gave shape"):
+        chunked_retrieval_ranks(
+            lambda start, stop: torch.zeros(stop - start, 3),
+            torch.tensor([0, 1]),
+            num_videos=4,
+            chunk_rows=1,
+            top_k=2,
+        )

@@ -1,0 +1,150 @@
+"""The writer's scalar indexes and maintenance on real LanceDB tables: every commit, delete and
+query on ``video_id`` or ``model_id`` goes through an index that stays valid as the tables
+change, and a long run's fragments stay bounded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipelines import schema
+from pipelines.search import check_model, model_filter
+from pipelines.write import TableWriter, delete_ids, fragment_count, sql_in
+
+DIM, SEGMENTS = 8, 2
+
+
+def encoded(ids: list[str], *, seed: int, error: str = "", dim: int = DIM) -> pa.Table:
+    """What the encode stage hands the writer for ``ids``: unit vectors, or an ``error``."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((len(ids), dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    n = len(ids)
+    return pa.table(
+        {
+            schema.VIDEO_ID: pa.array(ids),
+            schema.URI: pa.array([f"/videos/{i}.mp4" for i in ids]),
+            schema.FINGERPRINT: pa.array(["10:20"] * n),
+            schema.ERROR: pa.array([error] * n),
+            schema.STAGE: pa.array([schema.STAGE_DECODE if error else ""] * n),
+            schema.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+            schema.SEGMENT_VECTORS: pa.FixedSizeListArray.from_arrays(
+                pa.array(np.tile(vectors, (1, SEGMENTS)).reshape(-1)), SEGMENTS * dim
+            ),
+            schema.SEGMENT_START_S: pa.FixedSizeListArray.from_arrays(
+                pa.array(np.zeros(n * SEGMENTS, np.float32)), SEGMENTS
+            ),
+            schema.SEGMENT_END_S: pa.FixedSizeListArray.from_arrays(
+                pa.array(np.ones(n * SEGMENTS, np.float32)), SEGMENTS
+            ),
+        }
+    )
+
+
+def writer(db: Path, model_id: str = "model-a", dim: int = DIM, **options: int) -> TableWriter:
+    return TableWriter(
+        db_uri=str(db), table="videos", dim=dim, segments=SEGMENTS, model_id=model_id, **options
+    )
+
+
+def assert_indexes_valid(table, expected: dict[str, str], where: str, rows: int) -> None:
+    """``expected`` column -> index type exist, cover every row, and answer ``where`` (which
+    selects ``rows`` rows) through the index."""
+    indexes = {tuple(index.columns): index for index in table.list_indices()}
+    for column, index_type in expected.items():
+        index = indexes[(column,)]
+        assert index.index_type == index_type
+        stats = table.index_stats(index.name)
+        assert stats.num_unindexed_rows == 0
+        assert stats.num_indexed_rows == table.count_rows()
+    assert table.count_rows(where) == rows
+    assert "ScalarIndexQuery" in table.search().where(where).explain_plan()
+
+
+def ids(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}{i:03d}" for i in range(count)]
+
+
+def test_scalar_indexes_exist_after_a_run_and_stay_valid_through_every_change(
+    tmp_path: Path,
+) -> None:
+    first = writer(tmp_path, commit_rows=16)
+    first.add(encoded(ids("v", 40), seed=0))
+    first.add(encoded(ids("bad", 5), seed=1, error="truncated: at frame 3"))
+    assert first.finish(index_min_rows=10**9).startswith("none")
+    embeddings = {schema.VIDEO_ID: "BTree", schema.MODEL_ID: "Bitmap"}
+    assert_indexes_valid(first.table, embeddings, sql_in(schema.VIDEO_ID, ["v007", "v039"]), 2)
+    assert_indexes_valid(
+        first.errors, {schema.VIDEO_ID: "BTree"}, sql_in("video_id", ["bad001"]), 1
+    )
+
+    # Upserts (10 replaced, 10 new), a video that now fails, a failed one that now encodes.
+    second = writer(tmp_path, commit_rows=8)
+    second.add(encoded([*ids("v", 10), *ids("w", 10), "bad000"], seed=2))
+    second.add(encoded(["v020"], seed=3, error="decode: corrupt"))
+    assert delete_ids(second.table, ["v030", "v031", "never-there"]) == 2
+    second.finish(deleted=2, index_min_rows=10**9)
+    table = second.table
+    assert table.count_rows() == 40 + 10 + 1 - 1 - 2
+    assert_indexes_valid(table, embeddings, sql_in(schema.VIDEO_ID, ["w009", "bad000", "v020"]), 2)
+    assert_indexes_valid(second.errors, {schema.VIDEO_ID: "BTree"}, "video_id = 'v020'", 1)
+    assert second.errors.count_rows() == 5 - 1 + 1
+    # One row per key: upserts through the index never duplicate.
+    keys = table.to_arrow()[schema.VIDEO_ID].to_pylist()
+    assert len(keys) == len(set(keys))
+
+    # Model switch, same shape: rows move from one model to the other through the index.
+    switched = writer(tmp_path, model_id="model-b", commit_rows=100)
+    switched.add(encoded(ids("v", 5), seed=4))
+    switched.finish(index_min_rows=10**9)
+    assert check_model(switched.table, "model-b") == 5
+    assert_indexes_valid(switched.table, embeddings, model_filter("model-a"), 48 - 5)
+
+    # Model switch to another width: the table is replaced, and its indexes come back.
+    wider = writer(tmp_path, model_id="model-c", dim=2 * DIM, commit_rows=100)
+    wider.add(encoded(ids("x", 12), seed=5, dim=2 * DIM))
+    wider.finish(index_min_rows=10**9)
+    assert wider.table.count_rows() == 12
+    assert_indexes_valid(wider.table, embeddings, model_filter("model-c"), 12)
+
+
+def test_deleting_ids_that_are_not_there_commits_nothing(tmp_path: Path) -> None:
+    table = writer(tmp_path).errors
+    version = table.version
+    assert delete_ids(table, ids("absent", 1200)) == 0
+    assert table.version == version
+
+
+def test_maintenance_every_n_commits_bounds_the_fragments(tmp_path: Path) -> None:
+    """30 one-row commits: without maintenance each adds a fragment; with maintenance every 5
+    commits, the table never holds more than the compacted fragment plus 5 commits' worth."""
+    unbounded = writer(tmp_path / "unbounded", commit_rows=1, maintain_every=10**9)
+    bounded = writer(tmp_path / "bounded", commit_rows=1, maintain_every=5)
+    most = 0
+    for i in range(30):
+        for target in (unbounded, bounded):
+            target.add(encoded([f"v{i:03d}"], seed=i))
+        most = max(most, fragment_count(bounded.table))
+    assert fragment_count(unbounded.table) == 30
+    assert bounded.stats.maintenance_runs == 6
+    assert most <= 1 + 5
+    assert_indexes_valid(
+        bounded.table, {schema.VIDEO_ID: "BTree"}, sql_in(schema.VIDEO_ID, ["v000", "v024"]), 2
+    )
+
+
+@pytest.mark.parametrize("bad_model", ["model-z"])
+def test_check_model_counts_through_the_index_and_names_the_other_models(
+    tmp_path: Path, bad_model: str
+) -> None:
+    from pipelines.search import ModelMismatchError
+
+    only = writer(tmp_path, commit_rows=100)
+    only.add(encoded(ids("v", 6), seed=0))
+    only.finish()
+    assert check_model(only.table, "model-a") == 6
+    with pytest.raises(ModelMismatchError, match="indexed with model-a, not model-z"):
+        check_model(only.table, bad_model)
