@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,10 +27,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from pipelines import schema
 from pipelines.bottleneck import Bottleneck, find_bottleneck
-from pipelines.decode import DECODER_NVDEC, DecodeStage
+from pipelines.decode import DECODER_NVDEC, MISSING_FILE, DecodeStage, unreadable_file_error
 from pipelines.encode import DecodeEncodeStage, EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints, read_manifest
 from pipelines.plan import REASON, IndexPlan, plan_index
@@ -469,15 +471,30 @@ def build_dataset(
 
 
 def _missing_file_errors(missing: pa.Table) -> pa.Table:
+    """Error rows of the videos the plan found no file for, each with what is there instead
+    (nothing, a directory or pipe, a symlink loop, a file the job may not read)."""
     return pa.table(
         {
             schema.VIDEO_ID: missing[schema.VIDEO_ID],
             schema.ERROR: pa.array(
-                [f"missing file: {uri}" for uri in missing[schema.URI].to_pylist()]
+                [_missing_file_error(uri) for uri in missing[schema.URI].to_pylist()], pa.string()
             ),
-            schema.STAGE: pa.array([schema.STAGE_READ] * missing.num_rows),
+            schema.STAGE: pa.array([schema.STAGE_READ] * missing.num_rows, pa.string()),
         }
     )
+
+
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _missing_file_error(uri: str) -> str:
+    if uri.startswith("file:"):
+        path = pafs.FileSystem.from_uri(uri)[1]
+    elif _URI_SCHEME.match(uri):
+        return f"{MISSING_FILE}: {uri}"
+    else:
+        path = uri
+    return unreadable_file_error(path) or f"{MISSING_FILE}: {uri}"
 
 
 def _check_error_rate(
