@@ -299,7 +299,12 @@ def run_index(
         summary.deleted = len(plan.delete_ids)
     if plan.missing.num_rows:
         writer.add(_missing_file_errors(plan.missing))
-    writer.update_metadata(plan.metadata_updates.drop_columns([REASON]))
+    # Clip bounds are part of the fingerprint, so they stand for these rows; the stored end_s
+    # is the encoder's, clamped to the video, and stays.
+    clip_bounds = [
+        c for c in (schema.START_S, schema.END_S) if c in plan.metadata_updates.column_names
+    ]
+    writer.update_metadata(plan.metadata_updates.drop_columns([REASON, *clip_bounds]))
 
     pipeline_started = time.perf_counter()
     costs: Counter[str] = Counter()
