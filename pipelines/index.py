@@ -209,13 +209,13 @@ def read_table_state(
     db_uri: str, table: str, storage: StorageOptions | None = None
 ) -> tuple[pa.Table | None, pa.Table | None]:
     """``(video_id, fingerprint, model_id, metadata_digest)`` of the embeddings table (no
-    digest in a table written before digests existed) and ``(video_id, fingerprint)`` of its
-    errors table, or ``None`` for a table that does not exist yet."""
+    digest in a table written before digests existed) and ``(video_id, fingerprint, error)`` of
+    its errors table, or ``None`` for a table that does not exist yet."""
     db = connect(db_uri, storage)
     state = []
     for name, columns in (
         (table, [schema.VIDEO_ID, schema.FINGERPRINT, schema.MODEL_ID, schema.METADATA_DIGEST]),
-        (schema.errors_table_name(table), [schema.VIDEO_ID, schema.FINGERPRINT]),
+        (schema.errors_table_name(table), [schema.VIDEO_ID, schema.FINGERPRINT, schema.ERROR]),
     ):
         opened = open_table(db, name)
         if opened is None:
@@ -297,8 +297,9 @@ def run_index(
         delete_ids(writer.table, plan.delete_ids)
         delete_ids(writer.errors, plan.delete_ids)
         summary.deleted = len(plan.delete_ids)
-    if plan.missing.num_rows:
-        writer.add(_missing_file_errors(plan.missing))
+    missing_errors = _changed(_missing_file_errors(plan.missing), plan.missing_recorded)
+    if missing_errors.num_rows:
+        writer.add(missing_errors)
     # Clip bounds are part of the fingerprint, so they stand for these rows; the stored end_s
     # is the encoder's, clamped to the video, and stays.
     clip_bounds = [
@@ -487,6 +488,17 @@ def _missing_file_errors(missing: pa.Table) -> pa.Table:
             schema.STAGE: pa.array([schema.STAGE_READ] * missing.num_rows, pa.string()),
         }
     )
+
+
+def _changed(errors: pa.Table, recorded: pa.Table) -> pa.Table:
+    """The rows of ``errors`` (``video_id, error, stage``) whose error the errors table does
+    not hold already: a file still missing for the same reason is recorded once, not
+    rewritten (a new row version, a new ``at``) on every run."""
+    if recorded.num_rows == 0:
+        return errors
+    previous = pc.index_in(errors[schema.VIDEO_ID], value_set=recorded[schema.VIDEO_ID])
+    same = pc.equal(errors[schema.ERROR], recorded[schema.ERROR].combine_chunks().take(previous))
+    return errors.filter(pc.invert(pc.fill_null(same, False)))
 
 
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
