@@ -119,7 +119,9 @@ def test_a_file_the_job_may_not_read_is_permission_denied(unreadable_file: Path)
 
 
 def test_decode_stage_refuses_odd_files_without_reading_them(odd_files: dict[str, str]) -> None:
-    names = list(odd_files)
+    # Pipes and devices given to the stage directly go to the decoder and its timeout (the
+    # stalled-read test in test_decode.py); the index job refuses them before decoding.
+    names = [n for n in odd_files if n not in ("fifo", "device")]
     with DecodeStage(frames=4, image_size=32, timeout_s=30) as stage:
         out = stage(
             {

@@ -39,10 +39,11 @@ def _local_file(uri: str, storage: StorageOptions) -> Iterator[str]:
     import pyarrow.fs as pafs
 
     path = pafs.FileSystem.from_uri(uri)[1] if uri.startswith("file:") else uri
-    failure = _unreadable(path)
+    failure = _unreadable(path, streams_allowed=True)
     if failure is not None:
         raise failure
-    if os.stat(path).st_size == 0:
+    # Only regular files have a meaningful size.
+    if os.path.isfile(path) and os.stat(path).st_size == 0:
         raise _Failure(EMPTY_FILE, f"{path} has 0 bytes")
     yield path
 
@@ -56,12 +57,13 @@ _FILE_KINDS = (
 )
 
 
-def _unreadable(path: str) -> _Failure | None:
+def _unreadable(path: str, *, streams_allowed: bool = False) -> _Failure | None:
     """Why the local ``path`` cannot be read as a video file; None for a readable regular file.
 
-    A pipe or a device is refused here rather than handed to the decoder: it has no size to
-    fingerprint, a pipe blocks its reader and ``/dev/zero`` never ends, so either would only
-    surface as a timeout.
+    The index job refuses a pipe or a device before decoding: it has no size to fingerprint, a
+    pipe blocks its reader and ``/dev/zero`` never ends. The decode stage, given one directly
+    (``streams_allowed``), hands it to the decoder, whose timeout bounds a stream that never
+    delivers; a directory is refused either way.
     """
     try:
         st = os.stat(path)
@@ -75,6 +77,8 @@ def _unreadable(path: str) -> _Failure | None:
         if err.errno == errno.ENOTDIR:  # a parent folder is a file
             return _Failure(MISSING_FILE, path)
         return _Failure(READ_FAILED, f"{path}: {_short(err)}")
+    if streams_allowed and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        return None  # opening a pipe here would block: the decoder opens it, under its timeout
     if not stat.S_ISREG(st.st_mode):
         kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "special file")
         return _Failure(NOT_A_REGULAR_FILE, f"{path} is a {kind}")
