@@ -148,17 +148,24 @@ class EncodeStage:
         )
         times = np.asarray(batch[schema.FRAME_TIMES_S], np.float32).reshape(count, -1)
         durations = np.asarray(batch[schema.DURATION_S], np.float32)
+        # An end_s past the video's end (the manifest cannot know the duration) means its end:
+        # the stored clip and segment times are the ones the frames came from.
+        clip_end_s = np.fmin(_column_or(batch, schema.END_S, durations), durations)
         starts, ends = segment_spans(
             times,
             segments,
             clip_start_s=_column_or(batch, schema.START_S, np.zeros(count, np.float32)),
-            clip_end_s=_column_or(batch, schema.END_S, durations),
+            clip_end_s=clip_end_s,
         )
         columns: dict[str, Any] = {
             name: _to_arrow(values)
             for name, values in batch.items()
             if name not in (schema.FRAMES, schema.FRAME_TIMES_S, schema.ERROR)
         }
+        if schema.END_S in batch:
+            given = np.asarray(batch[schema.END_S], np.float64)
+            clamped = np.where(np.isnan(given), given, np.fmin(given, durations))
+            columns[schema.END_S] = pa.array(clamped, pa.float64(), mask=np.isnan(given))
         columns.update(
             {
                 schema.VECTOR: pc.if_else(failed, pa.scalar(None, vector.type), vector),

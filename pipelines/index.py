@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,10 +27,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from pipelines import schema
 from pipelines.bottleneck import Bottleneck, find_bottleneck
-from pipelines.decode import DECODER_NVDEC, DecodeStage
+from pipelines.decode import DECODER_NVDEC, MISSING_FILE, DecodeStage, unreadable_file_error
 from pipelines.encode import DecodeEncodeStage, EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints, read_manifest
 from pipelines.plan import REASON, IndexPlan, plan_index
@@ -207,13 +209,13 @@ def read_table_state(
     db_uri: str, table: str, storage: StorageOptions | None = None
 ) -> tuple[pa.Table | None, pa.Table | None]:
     """``(video_id, fingerprint, model_id, metadata_digest)`` of the embeddings table (no
-    digest in a table written before digests existed) and ``(video_id, fingerprint)`` of its
-    errors table, or ``None`` for a table that does not exist yet."""
+    digest in a table written before digests existed) and ``(video_id, fingerprint, error)`` of
+    its errors table, or ``None`` for a table that does not exist yet."""
     db = connect(db_uri, storage)
     state = []
     for name, columns in (
         (table, [schema.VIDEO_ID, schema.FINGERPRINT, schema.MODEL_ID, schema.METADATA_DIGEST]),
-        (schema.errors_table_name(table), [schema.VIDEO_ID, schema.FINGERPRINT]),
+        (schema.errors_table_name(table), [schema.VIDEO_ID, schema.FINGERPRINT, schema.ERROR]),
     ):
         opened = open_table(db, name)
         if opened is None:
@@ -295,9 +297,15 @@ def run_index(
         delete_ids(writer.table, plan.delete_ids)
         delete_ids(writer.errors, plan.delete_ids)
         summary.deleted = len(plan.delete_ids)
-    if plan.missing.num_rows:
-        writer.add(_missing_file_errors(plan.missing))
-    writer.update_metadata(plan.metadata_updates.drop_columns([REASON]))
+    missing_errors = _changed(_missing_file_errors(plan.missing), plan.missing_recorded)
+    if missing_errors.num_rows:
+        writer.add(missing_errors)
+    # Clip bounds are part of the fingerprint, so they stand for these rows; the stored end_s
+    # is the encoder's, clamped to the video, and stays.
+    clip_bounds = [
+        c for c in (schema.START_S, schema.END_S) if c in plan.metadata_updates.column_names
+    ]
+    writer.update_metadata(plan.metadata_updates.drop_columns([REASON, *clip_bounds]))
 
     pipeline_started = time.perf_counter()
     costs: Counter[str] = Counter()
@@ -469,15 +477,41 @@ def build_dataset(
 
 
 def _missing_file_errors(missing: pa.Table) -> pa.Table:
+    """Error rows of the videos the plan found no file for, each with what is there instead
+    (nothing, a directory or pipe, a symlink loop, a file the job may not read)."""
     return pa.table(
         {
             schema.VIDEO_ID: missing[schema.VIDEO_ID],
             schema.ERROR: pa.array(
-                [f"missing file: {uri}" for uri in missing[schema.URI].to_pylist()]
+                [_missing_file_error(uri) for uri in missing[schema.URI].to_pylist()], pa.string()
             ),
-            schema.STAGE: pa.array([schema.STAGE_READ] * missing.num_rows),
+            schema.STAGE: pa.array([schema.STAGE_READ] * missing.num_rows, pa.string()),
         }
     )
+
+
+def _changed(errors: pa.Table, recorded: pa.Table) -> pa.Table:
+    """The rows of ``errors`` (``video_id, error, stage``) whose error the errors table does
+    not hold already: a file still missing for the same reason is recorded once, not
+    rewritten (a new row version, a new ``at``) on every run."""
+    if recorded.num_rows == 0:
+        return errors
+    previous = pc.index_in(errors[schema.VIDEO_ID], value_set=recorded[schema.VIDEO_ID])
+    same = pc.equal(errors[schema.ERROR], recorded[schema.ERROR].combine_chunks().take(previous))
+    return errors.filter(pc.invert(pc.fill_null(same, False)))
+
+
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _missing_file_error(uri: str) -> str:
+    if uri.startswith("file:"):
+        path = pafs.FileSystem.from_uri(uri)[1]
+    elif _URI_SCHEME.match(uri):
+        return f"{MISSING_FILE}: {uri}"
+    else:
+        path = uri
+    return unreadable_file_error(path) or f"{MISSING_FILE}: {uri}"
 
 
 def _check_error_rate(

@@ -217,20 +217,45 @@ def _validate_shard(table: pa.Table, shard: _Location) -> pa.Table:
     for column in (schema.START_S, schema.END_S):
         if column in table.column_names:
             columns[column] = _as_seconds(table[column], column, name)
-    if schema.START_S in columns:
-        hit = _first(pc.less(columns[schema.START_S], 0))
-        if hit:
-            raise ManifestError(f"{name} row {hit[0]}: negative {schema.START_S}")
-    if schema.START_S in columns and schema.END_S in columns:
-        hit = _first(pc.greater_equal(columns[schema.START_S], columns[schema.END_S]))
-        if hit:
-            raise ManifestError(
-                f"{name} row {hit[0]}: {schema.START_S} must be below {schema.END_S}"
-                f"{_more(hit[1], 'rows')}"
-            )
+    _check_clip_ranges(columns, name)
     for column, values in columns.items():
         table = table.set_column(table.schema.get_field_index(column), column, values)
     return table
+
+
+def _check_clip_ranges(columns: dict[str, pa.Array], shard: str) -> None:
+    """Refuse every ``start_s``/``end_s`` that names no clip: not finite, negative, or an end at
+    or before the start (0 where ``start_s`` is null or absent). An ``end_s`` past the video's end
+    is no error: the decoder knows the duration and clamps the clip to it."""
+    start, end = columns.get(schema.START_S), columns.get(schema.END_S)
+    for column, values in ((schema.START_S, start), (schema.END_S, end)):
+        if values is None:
+            continue
+        hit = _first(pc.invert(pc.is_finite(values)))
+        if hit:
+            value = values[hit[0]].as_py()
+            raise ManifestError(
+                f"{shard} row {hit[0]}: {column} is {value}, not a number of seconds"
+                f"{_more(hit[1], 'rows')}"
+            )
+        hit = _first(pc.less(values, 0))
+        if hit:
+            raise ManifestError(
+                f"{shard} row {hit[0]}: negative {column} ({values[hit[0]].as_py():g})"
+                f"{_more(hit[1], 'rows')}"
+            )
+    if end is None:
+        return
+    from_start = pc.fill_null(start, 0.0) if start is not None else pa.scalar(0.0)
+    hit = _first(pc.less_equal(end, from_start))
+    if hit:
+        row = hit[0]
+        begin = start[row].as_py() if start is not None else None
+        where = f"start_s {begin:g}" if begin is not None else "the video's start (start_s is null)"
+        raise ManifestError(
+            f"{shard} row {row}: {schema.END_S} {end[row].as_py():g} is not after {where}"
+            f"{_more(hit[1], 'rows')}"
+        )
 
 
 def read_manifest(
@@ -246,7 +271,8 @@ def read_manifest(
     Checked, each failure naming the shard and 0-based row within it: the required columns
     ``video_id`` and ``uri`` exist; neither is null or empty; ``video_id`` is unique across all
     shards (the error names both occurrences); ``caption``, ``split``, ``start_s``, ``end_s``
-    have usable types; ``0 <= start_s < end_s`` where set.
+    have usable types; clip bounds are finite, ``start_s >= 0`` and ``end_s`` after ``start_s``
+    (after 0 where ``start_s`` is null or absent).
 
     Normalised: ``video_id`` (strings or integers), ``uri``, ``split`` and ``fingerprint`` become
     ``string``; ``caption`` becomes ``list<string>`` (a single string becomes a one-element list);

@@ -43,6 +43,9 @@ class IndexPlan:
     """Manifest rows to decode and encode, with a ``reason`` column."""
     missing: pa.Table
     """Manifest rows whose file does not exist: recorded as errors without decoding."""
+    missing_recorded: pa.Table
+    """``video_id, error`` of the errors table's rows for ``missing`` videos already recorded
+    as having no file (null fingerprint): rewritten only when the error changes."""
     metadata_updates: pa.Table
     """Manifest rows whose vector stands but whose descriptive columns changed."""
     delete_ids: list[str]
@@ -76,7 +79,8 @@ def plan_index(
         manifest: validated manifest with a ``fingerprint`` column (null: file missing).
         indexed: ``video_id, fingerprint, model_id`` and, where the table has it,
             ``metadata_digest`` of the embeddings table (``None``: no table yet).
-        failed: ``video_id, fingerprint`` of the errors table, or ``None``.
+        failed: ``video_id, fingerprint`` and, where read, ``error`` of the errors table, or
+            ``None``.
         model_id: the model this run encodes with.
         rebuild: encode every video whatever the tables hold.
         retry_errors: encode previously failed videos even when their bytes did not change.
@@ -160,13 +164,26 @@ def plan_index(
         )
         gone = pc.invert(pc.is_in(known, manifest[schema.VIDEO_ID]))
         delete_ids = sorted(set(known.filter(gone).to_pylist()))
+    missing = joined.filter(pc.equal(joined[REASON], MISSING))
     return IndexPlan(
         todo=todo,
-        missing=joined.filter(pc.equal(joined[REASON], MISSING)),
+        missing=missing,
+        missing_recorded=_recorded_missing(failed, missing[schema.VIDEO_ID]),
         metadata_updates=joined.filter(pc.equal(joined[REASON], METADATA_CHANGED)),
         delete_ids=delete_ids,
         counts=counts,
     )
+
+
+def _recorded_missing(failed: pa.Table, ids: pa.ChunkedArray) -> pa.Table:
+    if schema.ERROR not in failed.column_names:
+        return pa.table(
+            {schema.VIDEO_ID: pa.array([], pa.string()), schema.ERROR: pa.array([], pa.string())}
+        )
+    recorded = failed.filter(
+        pc.and_(pc.is_null(failed[schema.FINGERPRINT]), pc.is_in(failed[schema.VIDEO_ID], ids))
+    )
+    return recorded.select([schema.VIDEO_ID, schema.ERROR])
 
 
 def with_metadata_digests(manifest: pa.Table) -> pa.Table:

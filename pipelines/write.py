@@ -207,7 +207,11 @@ class TableWriter:
             return results
         positions = pc.index_in(results[schema.VIDEO_ID], value_set=self.manifest[schema.VIDEO_ID])
         carried = self.manifest.take(positions)
-        own = [name for name in results.column_names if name not in carried.column_names]
+        # end_s is the encoder's: clamped to the video, where the manifest's may run past it.
+        own = [
+            n for n in results.column_names if n not in carried.column_names or n == schema.END_S
+        ]
+        carried = carried.drop_columns([n for n in own if n in carried.column_names])
         return pa.Table.from_arrays(
             [*carried.columns, *results.select(own).columns],
             names=[*carried.column_names, *own],

@@ -103,16 +103,50 @@ def test_null_or_empty_key_columns_name_shard_and_row(
     assert f"{bad} {expected}" in str(err.value)
 
 
-def test_clip_bounds_are_checked_per_row(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("start_s", "end_s", "expected"),
+    [
+        ([0, 5], [2.5, 5.0], "row 1: end_s 5 is not after start_s 5"),
+        ([0, 3], [2.5, 1.0], "row 1: end_s 1 is not after start_s 3"),
+        ([None, None], [2.0, -1.0], "row 1: negative end_s (-1)"),
+        (
+            [None, None],
+            [0.0, 2.0],
+            "row 0: end_s 0 is not after the video's start (start_s is null)",
+        ),
+        (None, [2.0, 0.0], "row 1: end_s 0 is not after the video's start (start_s is null)"),
+        ([0, -0.5], [1.0, 2.0], "row 1: negative start_s (-0.5)"),
+        ([0, float("nan")], [1.0, 2.0], "row 1: start_s is nan, not a number of seconds"),
+        ([0, 1], [float("inf"), 2.0], "row 0: end_s is inf, not a number of seconds"),
+        ([0, float("-inf")], None, "row 1: start_s is -inf, not a number of seconds"),
+    ],
+)
+def test_every_clip_range_that_names_no_clip_is_refused_naming_shard_and_row(
+    tmp_path: Path, start_s: list | None, end_s: list | None, expected: str
+) -> None:
+    columns: dict[str, pa.Array] = {}
+    if start_s is not None:
+        columns["start_s"] = pa.array(start_s, pa.float64())
+    if end_s is not None:
+        columns["end_s"] = pa.array(end_s, pa.float64())
+    shard = write_shard(
+        tmp_path / "m" / "p.parquet", video_id=["a", "b"], uri=["/v/a.mp4", "/v/b.mp4"], **columns
+    )
+    with pytest.raises(ManifestError) as err:
+        read_manifest(shard)
+    assert str(err.value) == f"{shard} {expected}"
+
+
+def test_clip_ranges_that_name_a_clip_are_accepted(tmp_path: Path) -> None:
     shard = write_shard(
         tmp_path / "m" / "p.parquet",
-        video_id=["a", "b"],
-        uri=["/v/a.mp4", "/v/b.mp4"],
-        start_s=[0, 5],
-        end_s=[2.5, 5.0],
+        video_id=["whole", "from", "to", "both", "past_end"],
+        uri=[f"/v/{n}.mp4" for n in range(5)],
+        start_s=[None, 1.0, None, 0.0, 1.8],
+        end_s=[None, None, 2.0, 0.5, 1000.0],
     )
-    with pytest.raises(ManifestError, match=rf"{shard} row 1: start_s must be below end_s"):
-        read_manifest(shard)
+    table = read_manifest(shard)
+    assert table["end_s"].to_pylist() == [None, None, 2.0, 0.5, 1000.0]
 
 
 def test_caption_is_normalised_and_extra_columns_are_carried(tmp_path: Path) -> None:

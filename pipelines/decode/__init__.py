@@ -29,8 +29,11 @@ from pipelines.decode.errors import (
     ERROR_CATEGORIES,
     MISSING_FILE,
     NO_VIDEO_STREAM,
+    NOT_A_REGULAR_FILE,
     NOT_A_VIDEO,
+    PERMISSION_DENIED,
     READ_FAILED,
+    SYMLINK_LOOP,
     TIMEOUT,
     TRUNCATED,
     error_category,
@@ -45,6 +48,7 @@ from pipelines.decode.sampling import (
     SAMPLINGS,
     sample_indices,
 )
+from pipelines.decode.source import unreadable_file_error
 from pipelines.decode.stage import DEFAULT_DECODER, MAX_CLIPS_PER_PASS, DecodeStage
 
 __all__ = [
@@ -61,18 +65,22 @@ __all__ = [
     "INDEX_SAMPLINGS",
     "MAX_CLIPS_PER_PASS",
     "MISSING_FILE",
+    "NOT_A_REGULAR_FILE",
     "NOT_A_VIDEO",
     "NO_VIDEO_STREAM",
+    "PERMISSION_DENIED",
     "READ_FAILED",
     "SAMPLINGS",
     "SAMPLING_FAST",
     "SAMPLING_KEYFRAME",
     "SAMPLING_RANDOM",
     "SAMPLING_UNIFORM",
+    "SYMLINK_LOOP",
     "TIMEOUT",
     "TRUNCATED",
     "DecodeStage",
     "_child_main",
     "error_category",
     "sample_indices",
+    "unreadable_file_error",
 ]

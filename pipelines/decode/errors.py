@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 
 MISSING_FILE = "missing file"
+NOT_A_REGULAR_FILE = "not a regular file"
+PERMISSION_DENIED = "permission denied"
+SYMLINK_LOOP = "symlink loop"
 EMPTY_FILE = "empty file"
 NOT_A_VIDEO = "not a video"
 NO_VIDEO_STREAM = "no video stream"
@@ -17,6 +20,9 @@ DECODER_CRASHED = "decoder crashed"
 
 ERROR_CATEGORIES = (
     MISSING_FILE,
+    NOT_A_REGULAR_FILE,
+    PERMISSION_DENIED,
+    SYMLINK_LOOP,
     EMPTY_FILE,
     NOT_A_VIDEO,
     NO_VIDEO_STREAM,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -14,8 +16,11 @@ from pipelines.decode.errors import (
     EMPTY_FILE,
     MISSING_FILE,
     NO_VIDEO_STREAM,
+    NOT_A_REGULAR_FILE,
     NOT_A_VIDEO,
+    PERMISSION_DENIED,
     READ_FAILED,
+    SYMLINK_LOOP,
     TRUNCATED,
     _Failure,
     _short,
@@ -34,19 +39,65 @@ def _local_file(uri: str, storage: StorageOptions) -> Iterator[str]:
     import pyarrow.fs as pafs
 
     path = pafs.FileSystem.from_uri(uri)[1] if uri.startswith("file:") else uri
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise _Failure(MISSING_FILE, path) from None
-    except OSError as err:
-        raise _Failure(READ_FAILED, f"{path}: {_short(err)}") from None
-    if os.path.isdir(path):
-        raise _Failure(NOT_A_VIDEO, f"{path} is a directory")
-    # Only regular files have a meaningful size; a pipe or device is left to the decoder (and
-    # to the timeout, should it never deliver data).
-    if os.path.isfile(path) and st.st_size == 0:
+    failure = _unreadable(path, streams_allowed=True)
+    if failure is not None:
+        raise failure
+    # Only regular files have a meaningful size.
+    if os.path.isfile(path) and os.stat(path).st_size == 0:
         raise _Failure(EMPTY_FILE, f"{path} has 0 bytes")
     yield path
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISFIFO, "named pipe (FIFO)"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
+
+
+def _unreadable(path: str, *, streams_allowed: bool = False) -> _Failure | None:
+    """Why the local ``path`` cannot be read as a video file; None for a readable regular file.
+
+    The index job refuses a pipe or a device before decoding: it has no size to fingerprint, a
+    pipe blocks its reader and ``/dev/zero`` never ends. The decode stage, given one directly
+    (``streams_allowed``), hands it to the decoder, whose timeout bounds a stream that never
+    delivers; a directory is refused either way.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:  # a dangling symlink too: what it names does not exist
+        return _Failure(MISSING_FILE, path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return _Failure(SYMLINK_LOOP, path)
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return _Failure(PERMISSION_DENIED, f"{path} (a folder on the way cannot be searched)")
+        if err.errno == errno.ENOTDIR:  # a parent folder is a file
+            return _Failure(MISSING_FILE, path)
+        return _Failure(READ_FAILED, f"{path}: {_short(err)}")
+    if streams_allowed and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        return None  # opening a pipe here would block: the decoder opens it, under its timeout
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "special file")
+        return _Failure(NOT_A_REGULAR_FILE, f"{path} is a {kind}")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        return _Failure(PERMISSION_DENIED, path)
+    except OSError as err:
+        return _Failure(READ_FAILED, f"{path}: {_short(err)}")
+    return None
+
+
+def unreadable_file_error(path: str) -> str | None:
+    """The ``error`` value (``"<category>: <detail>"``) of a local ``path`` that cannot be read
+    as a video file: ``missing file``, ``symlink loop``, ``permission denied``, ``not a
+    regular file`` (a directory, pipe or device) or ``read failed``; None when it can."""
+    failure = _unreadable(path)
+    return str(failure) if failure is not None else None
 
 
 def _remote_copy(uri: str, storage: StorageOptions) -> Iterator[str]:
@@ -60,7 +111,7 @@ def _remote_copy(uri: str, storage: StorageOptions) -> Iterator[str]:
     if info.type == pafs.FileType.NotFound:
         raise _Failure(MISSING_FILE, uri)
     if info.type == pafs.FileType.Directory:
-        raise _Failure(NOT_A_VIDEO, f"{uri} is a directory")
+        raise _Failure(NOT_A_REGULAR_FILE, f"{uri} is a directory")
     if info.size == 0:
         raise _Failure(EMPTY_FILE, f"{uri} has 0 bytes")
     suffix = os.path.splitext(path)[1]
