@@ -17,6 +17,13 @@ RAY_CPUS = 4
 RAY_GPUS = 2
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start Ray clusters of their own run first, in their usual order: a
+    ``ray.cluster_utils.Cluster`` head started in this process after the session's Ray
+    (``ray_session``) never answers its node-info query and fails at start-up."""
+    items.sort(key=lambda item: item.get_closest_marker("own_ray_cluster") is None)
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[dict]:
     import ray

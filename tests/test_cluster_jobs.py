@@ -14,6 +14,10 @@ import lancedb
 import pytest
 from ray.cluster_utils import Cluster
 
+# A Cluster head started after the session's Ray (tests/conftest.py) times out at start-up:
+# this module runs first (see pytest_collection_modifyitems there).
+pytestmark = pytest.mark.own_ray_cluster
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 # The CLI and the head must agree on authentication; tests on loopback run without tokens. The

@@ -17,6 +17,10 @@ import lancedb
 import pytest
 from ray.cluster_utils import Cluster
 
+# A Cluster head started after the session's Ray (tests/conftest.py) times out at start-up:
+# this module runs first (see pytest_collection_modifyitems there).
+pytestmark = pytest.mark.own_ray_cluster
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
 
