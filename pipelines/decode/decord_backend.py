@@ -12,7 +12,7 @@ import numpy as np
 
 from pipelines.decode.errors import TRUNCATED, _Failure
 from pipelines.decode.protocol import _ClipResult, _Request
-from pipelines.decode.sampling import choose_targets, clip_range, frames_to_reach
+from pipelines.decode.sampling import frames_of_clips, frames_to_reach, spread_frames
 from pipelines.decode.source import _damaged, _probe, output_size
 
 # Containers may count a frame or two more than the decoder can return (edit lists, a final
@@ -54,26 +54,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
     if not len(keyframes) or keyframes[0] != 0:
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
 
-    results: list[_ClipResult] = []
-    wanted: list[np.ndarray] = []
-    for clip in req.clips:
-        try:
-            first, stop = clip_range(starts, duration, clip.start_s, clip.end_s)
-        except _Failure as failure:
-            results.append(_ClipResult(error=str(failure)))
-            wanted.append(np.zeros(0, np.int64))
-            continue
-        rng = np.random.default_rng(clip.seed) if clip.seed is not None else None
-        targets = choose_targets(
-            first, stop, req.frames, sampling=req.sampling, keyframes=keyframes, rng=rng
-        )
-        indices = np.array([t.want for t in targets], np.int64)
-        wanted.append(indices)
-        results.append(
-            _ClipResult(
-                error="", frame_times_s=starts[indices].astype(np.float32), duration_s=duration
-            )
-        )
+    results, wanted = frames_of_clips(req, starts, duration, keyframes)
 
     every = np.concatenate(wanted)
     if not len(every):
@@ -91,9 +72,5 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
     top = (batch.shape[1] - size) // 2
     left = (batch.shape[2] - size) // 2
     crop = batch[:, top : top + size, left : left + size]
-    at = 0
-    for k, indices in enumerate(wanted):
-        if len(indices):
-            np.take(crop, inverse[at : at + len(indices)], axis=0, out=out[k])
-        at += len(indices)
+    spread_frames(crop, inverse, wanted, out)
     return results, frames_to_reach(unique, keyframes)

@@ -31,7 +31,7 @@ import numpy as np
 from pipelines.decode.errors import _Failure, _short
 from pipelines.decode.protocol import _ClipResult, _Request
 from pipelines.decode.pyav_backend import _index_frames
-from pipelines.decode.sampling import choose_targets, clip_range
+from pipelines.decode.sampling import frames_of_clips, spread_frames
 from pipelines.decode.source import _damaged, _open_video, output_size
 
 DECODER_NVDEC = "nvdec"
@@ -90,22 +90,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
             raise _damaged(path, claimed, err) from None
         width, height = stream.codec_context.width, stream.codec_context.height
     starts, duration = index.starts_s, index.duration_s
-    results: list[_ClipResult] = []
-    wanted: list[np.ndarray] = []
-    for clip in req.clips:
-        try:
-            first, stop = clip_range(starts, duration, clip.start_s, clip.end_s)
-        except _Failure as failure:
-            results.append(_ClipResult(error=str(failure)))
-            wanted.append(np.zeros(0, np.int64))
-            continue
-        rng = np.random.default_rng(clip.seed) if clip.seed is not None else None
-        targets = choose_targets(
-            first, stop, req.frames, sampling=req.sampling, keyframes=index.keyframes, rng=rng
-        )
-        indices = np.array([t.want for t in targets], np.int64)
-        wanted.append(indices)
-        results.append(_ClipResult("", starts[indices].astype(np.float32), duration))
+    results, wanted = frames_of_clips(req, starts, duration, index.keyframes)
     every = np.concatenate(wanted)
     if not len(every):
         return results, 0
@@ -115,11 +100,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         crops = _decode_on_gpu(path, unique, output_size(width, height, size), size)
     except Exception as err:
         raise CpuFallback(f"{DECODER_NVDEC} failed on this file: {_short(err)}") from None
-    at = 0
-    for k, indices in enumerate(wanted):
-        if len(indices):
-            np.take(crops, inverse[at : at + len(indices)], axis=0, out=out[k])
-        at += len(indices)
+    spread_frames(crops, inverse, wanted, out)
     return results, len(unique)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.decode.errors import BAD_CLIP, _Failure
+from pipelines.decode.protocol import _ClipResult, _Request
 
 SAMPLING_UNIFORM = "uniform"
 SAMPLING_RANDOM = "random"
@@ -149,3 +150,51 @@ def frames_to_reach(wanted: np.ndarray, keyframes: np.ndarray) -> int:
             count += want - position
         position = want
     return count
+
+
+def frames_of_clips(
+    req: _Request, starts: np.ndarray, duration: float, keyframes: np.ndarray
+) -> tuple[list[_ClipResult], list[np.ndarray]]:
+    """For decoders that fetch frames by index: each clip's outcome (its sampled frames' times,
+    or the clip's error) and ``[T]`` the frame indices it wants (empty for a failed clip).
+
+    Args:
+        starts: ``[n]`` start time of every frame of the file, in seconds.
+        duration: the file's length in seconds.
+        keyframes: indices of the file's keyframes, ascending, the first one 0.
+    """
+    results: list[_ClipResult] = []
+    wanted: list[np.ndarray] = []
+    for clip in req.clips:
+        try:
+            first, stop = clip_range(starts, duration, clip.start_s, clip.end_s)
+        except _Failure as failure:
+            results.append(_ClipResult(error=str(failure)))
+            wanted.append(np.zeros(0, np.int64))
+            continue
+        rng = np.random.default_rng(clip.seed) if clip.seed is not None else None
+        targets = choose_targets(
+            first, stop, req.frames, sampling=req.sampling, keyframes=keyframes, rng=rng
+        )
+        indices = np.array([t.want for t in targets], np.int64)
+        wanted.append(indices)
+        results.append(_ClipResult("", starts[indices].astype(np.float32), duration))
+    return results, wanted
+
+
+def spread_frames(
+    frames: np.ndarray, inverse: np.ndarray, wanted: list[np.ndarray], out: np.ndarray
+) -> None:
+    """Copy each clip's frames into its slot of ``out`` ``[C, T, S, S, 3]``.
+
+    Args:
+        frames: ``[U, S, S, 3]`` the decoded unique frames.
+        inverse: ``[sum of T]`` for every wanted frame of every clip in order, its row in
+            ``frames`` (``np.unique(..., return_inverse=True)`` of the concatenated ``wanted``).
+        wanted: per clip, the frame indices it wants, as :func:`frames_of_clips` gives them.
+    """
+    at = 0
+    for k, indices in enumerate(wanted):
+        if len(indices):
+            np.take(frames, inverse[at : at + len(indices)], axis=0, out=out[k])
+        at += len(indices)
