@@ -354,3 +354,32 @@ class Progress:
         if width < 20:  # a pseudo-terminal that never got a size
             width = int(os.environ.get("COLUMNS", "100"))
         return width
+
+
+class ProgressOnDemand:
+    """A :class:`Progress` started by its first update, which says how much work there is
+    (a pipeline learns it only once it has planned); until then, and if it never starts,
+    lines go straight to the console and closing does nothing."""
+
+    def __init__(self, label: str, *, unit: str = "videos", count_failures: bool = True) -> None:
+        self.label = label
+        self.unit = unit
+        self.count_failures = count_failures
+        self.progress: Progress | None = None
+
+    def update(self, done: int, total: int, *, failed: int = 0, note: str = "") -> None:
+        if self.progress is None:
+            self.progress = Progress(
+                self.label, total, unit=self.unit, count_failures=self.count_failures
+            )
+        self.progress.update(done, failed, note=note)
+
+    def say_above(self, text: str) -> None:
+        if self.progress is None:
+            say(text)
+        else:
+            self.progress.say_above(text)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()

@@ -106,13 +106,10 @@ def run(args: argparse.Namespace) -> int:
         actors=args.actors,
         gpus_per_actor=args.gpus_per_actor,
     )
-    progress: _console.Progress | None = None
+    progress = _console.ProgressOnDemand("evaluating", unit="steps", count_failures=False)
 
     def show_step(done: int, steps: int, running: str) -> None:
-        nonlocal progress
-        if progress is None:
-            progress = _console.Progress("evaluating", steps, unit="steps", count_failures=False)
-        progress.update(done, note=running)
+        progress.update(done, steps, note=running)
 
     try:
         report = run_evaluation(config, on_step=show_step)
@@ -121,8 +118,7 @@ def run(args: argparse.Namespace) -> int:
     except WeightsUnavailableError as err:
         raise _cli.JobError(f"--weights {args.weights}: {err}") from err
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     warn_if_random_weights(report.metrics["model_id"])
     _console.say(report.format())
     _console.say("wrote:        " + ", ".join(str(path) for path in report.files))

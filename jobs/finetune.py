@@ -127,15 +127,10 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.manifest import ManifestError
 
     _cli.check_manifest_exists(args.manifest)
-    progress: _console.Progress | None = None
+    progress = _console.ProgressOnDemand("training", unit="steps", count_failures=False)
 
     def show_progress(step: int, total_steps: int, loss: float | None) -> None:
-        nonlocal progress
-        if progress is None:
-            progress = _console.Progress(
-                "training", total_steps, unit="steps", count_failures=False
-            )
-        progress.update(step, note=f"loss {loss:.3f}" if loss is not None else "")
+        progress.update(step, total_steps, note=f"loss {loss:.3f}" if loss is not None else "")
 
     try:
         config = FinetuneConfig(
@@ -173,8 +168,7 @@ def run(args: argparse.Namespace) -> int:
     except WeightsUnavailableError as err:
         raise _cli.JobError(f"--weights {args.weights}: {err}") from err
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     _console.say(summary.format())
     return 0
 

@@ -269,24 +269,17 @@ def run(args: argparse.Namespace) -> int:
             timedelta(days=args.keep_versions_days) if args.keep_versions_days is not None else None
         ),
     )
-    progress: _console.Progress | None = None
+    progress = _console.ProgressOnDemand("indexing")
 
     def show_plan(plan: IndexPlan, model_id: str) -> None:
         _console.say(f"plan: {plan.describe()}")
         warn_if_random_weights(model_id)
 
     def show_progress(done: int, failed: int, planned: int) -> None:
-        nonlocal progress
-        if progress is None:
-            progress = _console.Progress("indexing", planned)
-        progress.update(done, failed)
+        progress.update(done, planned, failed=failed)
 
     def show_bottleneck(found: Bottleneck) -> None:
-        line = f"so far: {found.describe()}"
-        if progress is not None:
-            progress.say_above(line)
-        else:
-            _console.say(line)
+        progress.say_above(f"so far: {found.describe()}")
 
     try:
         summary = run_index(
@@ -300,8 +293,7 @@ def run(args: argparse.Namespace) -> int:
         _console.current().error(str(err))
         return 3
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     if not args.dry_run:
         _console.say(summary.format())
     return 0
