@@ -1,12 +1,14 @@
 import math
 import os
+import subprocess
+import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -124,34 +126,72 @@ def _step(model: nn.Module, video: torch.Tensor, text: torch.Tensor, distributed
     }
 
 
-def _worker(rank: int, init_file: str, out_dir: str, state: dict, batches: dict) -> None:
+def _distributed_steps(rank: int, inputs: dict) -> dict:
+    results = {}
+    for name, (video, text, sizes) in inputs["batches"].items():
+        start = sum(sizes[:rank])
+        rows = slice(start, start + sizes[rank])
+        model = _TwoTowers()
+        model.load_state_dict(inputs["state"])
+        # DDP averages the parameter gradients over workers, as real training does.
+        ddp = nn.parallel.DistributedDataParallel(model)
+        results[name] = _step(ddp, video[rows], text[rows], distributed=True)
+    return results
+
+
+def _worker(rank: int, work_dir: Path) -> None:
+    """One rank of the distributed step, in a process of its own; results go to ``rank{N}.pt``."""
     torch.set_num_threads(1)
-    # Both ranks are on this machine: loopback, rather than the interface the host name resolves
-    # to; and a hang (a suite run once waited past the test's limit here) fails with gloo's error.
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    inputs = torch.load(work_dir / "inputs.pt")
     dist.init_process_group(
         "gloo",
-        init_method=f"file://{init_file}",
+        init_method=f"file://{work_dir / 'rendezvous'}",
         rank=rank,
         world_size=WORLD,
         timeout=timedelta(seconds=60),
     )
     try:
-        results = {}
-        for name, (video, text, sizes) in batches.items():
-            start = sum(sizes[:rank])
-            rows = slice(start, start + sizes[rank])
-            model = _TwoTowers()
-            model.load_state_dict(state)
-            # DDP averages the parameter gradients over workers, as real training does.
-            ddp = nn.parallel.DistributedDataParallel(model)
-            results[name] = _step(ddp, video[rows], text[rows], distributed=True)
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        # The DDP wrappers live in a function of their own so that they are freed before the
+        # process group is: freeing one after ``destroy_process_group`` hung about one run in 5.
+        torch.save(_distributed_steps(rank, inputs), work_dir / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.timeout(120)
+def _run_workers(work_dir: Path, limit_s: float) -> None:
+    """Runs the ranks as plain child processes that read their inputs from a file.
+
+    Not ``torch.multiprocessing.spawn``: a CI run once hung there past the test's limit, and its
+    non-daemon children then kept pytest from exiting. Here every child is killed at the limit
+    and its output is part of the failure.
+    """
+    # Loopback, rather than the interface the host name resolves to: both ranks are here.
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    logs = [work_dir / f"rank{rank}.log" for rank in range(WORLD)]
+    workers = []
+    for rank, log in enumerate(logs):
+        with log.open("wb") as out:
+            command = [sys.executable, __file__, str(rank), str(work_dir)]
+            workers.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env))
+    deadline = time.monotonic() + limit_s
+    try:
+        for worker in workers:
+            worker.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    failures = [
+        f"rank {rank} (exit {worker.returncode}):\n{log.read_text()}"
+        for rank, (worker, log) in enumerate(zip(workers, logs, strict=True))
+        if worker.returncode != 0
+    ]
+    assert not failures, f"ranks failed or ran past {limit_s} s:\n" + "\n".join(failures)
+
+
+@pytest.mark.timeout(150)
 def test_gathered_loss_and_gradients_equal_single_process(tmp_path):
     torch.manual_seed(0)
     state = _TwoTowers().state_dict()
@@ -163,13 +203,9 @@ def test_gathered_loss_and_gradients_equal_single_process(tmp_path):
         video = torch.randn(total, FEATURES, generator=generator, dtype=torch.float64)
         text = torch.randn(total, FEATURES, generator=generator, dtype=torch.float64)
         batches[name] = (video, text, sizes)
+    torch.save({"state": state, "batches": batches}, tmp_path / "inputs.pt")
 
-    mp.spawn(
-        _worker,
-        args=(str(tmp_path / "init"), str(tmp_path), state, batches),
-        nprocs=WORLD,
-        join=True,
-    )
+    _run_workers(tmp_path, limit_s=120)
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     for name, (video, text, sizes) in batches.items():
@@ -190,3 +226,7 @@ def test_gathered_loss_and_gradients_equal_single_process(tmp_path):
             for param, grad in single["params"].items():
                 averaged = worker["params"][f"module.{param}"]
                 assert torch.allclose(averaged, grad, rtol=1e-9), (name, param)
+
+
+if __name__ == "__main__":
+    _worker(int(sys.argv[1]), Path(sys.argv[2]))
