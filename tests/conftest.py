@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ``ray.cluster_utils.Cluster`` head started in this process after the session's Ray
     (``ray_session``) never answers its node-info query and fails at start-up."""
     items.sort(key=lambda item: item.get_closest_marker("own_ray_cluster") is None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Kills child processes a failed test left behind: Python joins non-daemon children at exit,
+    so one hung child would keep the run from ever ending."""
+    for child in multiprocessing.active_children():
+        child.kill()
 
 
 @pytest.fixture(scope="session")
