@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import time
@@ -27,8 +29,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import centerclip
 from pipelines import schema
-from pipelines.decode import DecodeStage
+from pipelines.decode import SAMPLING_UNIFORM, DecodeStage
 from pipelines.encode import DecodeEncodeStage, EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints, read_manifest
 from pipelines.plan import REASON, IndexPlan, plan_index
@@ -268,6 +271,7 @@ def run_index(
         commit_rows=config.commit_rows,
         commit_seconds=config.commit_seconds,
         storage=config.storage,
+        vector_metadata=describe_vectors(model),
     )
     if plan.delete_ids:
         delete_ids(writer.table, plan.delete_ids)
@@ -325,6 +329,18 @@ def run_index(
     summary.error_rows = writer.errors.count_rows()
     _check_error_rate(writer, 0, config.max_error_rate, final=True)
     return summary
+
+
+def describe_vectors(model: centerclip.VideoCLIP) -> dict[str, str]:
+    """The table's ``vector`` metadata for vectors ``model`` encodes (uniform frame sampling)."""
+    return schema.vector_metadata(
+        model_id=model.model_id,
+        preset=model.preset.name,
+        settings=json.dumps(dataclasses.asdict(model.config), sort_keys=True),
+        dim=model.embed_dim,
+        segments=model.num_segments,
+        sampling=SAMPLING_UNIFORM,
+    )
 
 
 # Per-row costs the stages report, averaged per video in the summary.
