@@ -252,7 +252,8 @@ class TableWriter:
         The IVF_PQ index is built once the table has ``index_min_rows`` rows, and rebuilt when
         this run changed at least ``REBUILD_INDEX_FRACTION`` of them (an index trained on old
         vectors partitions new ones poorly); rows whose manifest columns alone were updated
-        keep their vectors and count for compaction only. Returns what happened to the ANN index, for the summary.
+        keep their vectors and count for compaction only. Returns what happened to the ANN
+        index, for the summary.
         """
         self.flush()
         if not has_caption_index(self.table) and self.table.count_rows():
