@@ -86,11 +86,12 @@ def run(args: argparse.Namespace) -> int:
 
     from pipelines.serve.deployment import ServiceResources, start_service, stop_service
 
+    if not ray.is_initialized():
+        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local")
+    # After ray.init, which installs its own SIGTERM handler (it aborts the process).
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    if not ray.is_initialized():
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local")
     config = ServeConfig(db=args.db, table=args.table, model=spec)
     resources = ServiceResources(replicas=args.replicas, replica_cpus=args.replica_cpus)
     try:

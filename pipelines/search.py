@@ -35,6 +35,10 @@ _HIT_COLUMNS = (
 )
 # Reciprocal rank fusion's constant: a row at rank r of one list adds 1 / (r + 60).
 RRF_K = 60
+# Rows each side of a hybrid search ranks before fusion. Fusing only the top k of each would tie
+# the keyword list's first row with the vector list's first; deeper lists let a row that both
+# rankings hold (however low in one of them) win over a row only one of them holds.
+HYBRID_CANDIDATES = 100
 
 
 class ModelMismatchError(ValueError):
@@ -244,9 +248,9 @@ def hybrid_search(
     """Top ``k`` videos for the query ``text`` (embedded as ``vector [D]``) by reciprocal rank
     fusion of the vector ranking and the captions' BM25 ranking, best first.
 
-    Both rankings see only ``model_id``'s rows (and ``where``'s). Each hit carries its cosine
-    ``score`` and best segment as in :func:`search_vectors`, and the ``fused_score`` it is
-    ordered by.
+    Each ranking holds its top ``HYBRID_CANDIDATES`` (or ``k``) of ``model_id``'s rows (and
+    ``where``'s). Each hit carries its cosine ``score`` and best segment as in
+    :func:`search_vectors`, and the ``fused_score`` it is ordered by.
 
     Raises:
         HybridIndexMissingError: the table has no full-text index on its captions.
@@ -267,8 +271,9 @@ def hybrid_search(
         .where(_and(model_filter(model_id), where), prefilter=True)
         .select([*hit_columns(table), schema.VECTOR])
         .rerank(RRFReranker(K=RRF_K, return_score="relevance"))
-        .limit(k)
+        .limit(max(k, HYBRID_CANDIDATES))
         .to_arrow()
+        .slice(0, k)
     )
     vectors = np.stack(rows[schema.VECTOR].to_numpy(zero_copy_only=False)).astype(np.float32)
     rows = rows.append_column(
