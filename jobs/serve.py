@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import threading
+import warnings
 from collections.abc import Sequence
 
 from jobs import _cli
@@ -86,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
 
     from pipelines.serve.deployment import ServiceResources, start_service, stop_service
 
+    # Opening the table started LanceDB's runtime; ray.init then starts its processes with
+    # fork + exec, which LanceDB warns about although an exec'd child keeps none of its state.
+    warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
     if not ray.is_initialized():
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local")
     # After ray.init, which installs its own SIGTERM handler (it aborts the process).

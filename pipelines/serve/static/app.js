@@ -106,7 +106,7 @@ async function init() {
   try {
     const health = await getJSON("/health");
     $("status").textContent = health.error
-      ? health.error : `${health.table} · ${health.rows} videos · ${health.model_id}`;
+      ? health.error : `table ${health.table} · ${health.rows} videos · ${health.model_id}`;
   } catch (err) {
     $("status").textContent = `service unreachable: ${err.message}`;
   }
