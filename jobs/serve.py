@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 
 from jobs import _cli
-from jobs.index import add_model_arguments, model_spec
+from jobs.index import add_decode_arguments, add_model_arguments, model_spec
 
 DEFAULT_PORT = 8000  # Ray Serve's default HTTP port
 
@@ -35,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, type=_cli.database, help="LanceDB folder or URI")
     parser.add_argument("--table", required=True, help="embeddings table name")
     add_model_arguments(parser)
+    add_decode_arguments(parser, decoder=False)
     service = parser.add_argument_group("service")
     service.add_argument(
         "--host",

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 import centerclip
 from pipelines import schema
-from pipelines.decode import SAMPLING_UNIFORM, DecodeStage
+from pipelines.decode import DecodeStage
 from pipelines.encode import DecodeEncodeStage, EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints, read_manifest
 from pipelines.plan import REASON, IndexPlan, plan_index
@@ -271,7 +271,7 @@ def run_index(
         commit_rows=config.commit_rows,
         commit_seconds=config.commit_seconds,
         storage=config.storage,
-        vector_metadata=describe_vectors(model),
+        vector_metadata=describe_vectors(model, sampling=config.model.sampling),
     )
     if plan.delete_ids:
         delete_ids(writer.table, plan.delete_ids)
@@ -331,15 +331,16 @@ def run_index(
     return summary
 
 
-def describe_vectors(model: centerclip.VideoCLIP) -> dict[str, str]:
-    """The table's ``vector`` metadata for vectors ``model`` encodes (uniform frame sampling)."""
+def describe_vectors(model: centerclip.VideoCLIP, *, sampling: str) -> dict[str, str]:
+    """The table's ``vector`` metadata for vectors ``model`` encodes from frames picked by the
+    ``sampling`` policy."""
     return schema.vector_metadata(
         model_id=model.model_id,
         preset=model.preset.name,
         settings=json.dumps(dataclasses.asdict(model.config), sort_keys=True),
         dim=model.embed_dim,
         segments=model.num_segments,
-        sampling=SAMPLING_UNIFORM,
+        sampling=sampling,
     )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ray import serve
 from ray.serve import Application
 
+from pipelines.decode import SAMPLING_UNIFORM
 from pipelines.encode import ModelSpec
 from pipelines.serve.app import SearchDeployment
 from pipelines.serve.service import ServeConfig
@@ -44,14 +45,15 @@ def application(config: ServeConfig, resources: ServiceResources | None = None) 
 
 def build_app(args: dict[str, str]) -> Application:
     """Application builder for ``serve run pipelines.serve.deployment:build_app db=D table=T
-    model=M [weights=W] [replicas=N]``: the preset's own settings (use ``jobs.serve`` for
-    overrides)."""
+    model=M [weights=W] [sampling=S] [replicas=N]``: the preset's own settings (use
+    ``jobs.serve`` for overrides)."""
     missing = sorted({"db", "table", "model"} - set(args))
     if missing:
         raise ValueError(f"serve run ... build_app needs {', '.join(f'{m}=...' for m in missing)}")
-    config = ServeConfig(
-        db=args["db"], table=args["table"], model=ModelSpec(args["model"], args.get("weights"))
+    spec = ModelSpec(
+        args["model"], args.get("weights"), sampling=args.get("sampling", SAMPLING_UNIFORM)
     )
+    config = ServeConfig(db=args["db"], table=args["table"], model=spec)
     return application(config, ServiceResources(replicas=int(args.get("replicas", 1))))
 
 
