@@ -125,10 +125,9 @@ def run(args: argparse.Namespace) -> int:
         + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
         + ")"
     )
-    print(
+    _console.say(
         "\nto search it in a browser, serve the table and open http://127.0.0.1:8000/:\n"
-        f"$ centerclip serve {' '.join(table)} --model {model}",
-        flush=True,
+        f"$ centerclip serve {' '.join(table)} --model {model}"
     )
     return 0
 

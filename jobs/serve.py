@@ -15,10 +15,9 @@ import os
 import signal
 import socket
 import threading
-import warnings
 from collections.abc import Sequence
 
-from jobs import _cli
+from jobs import _cli, _console
 from jobs.index import add_decode_arguments, add_model_arguments, model_spec
 
 DEFAULT_PORT = 8000  # Ray Serve's default HTTP port
@@ -88,9 +87,6 @@ def run(args: argparse.Namespace) -> int:
 
     from pipelines.serve.deployment import ServiceResources, start_service, stop_service
 
-    # Opening the table started LanceDB's runtime; ray.init then starts its processes with
-    # fork + exec, which LanceDB warns about although an exec'd child keeps none of its state.
-    warnings.filterwarnings("ignore", message="lancedb fork support", category=RuntimeWarning)
     if not ray.is_initialized():
         ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local")
     # After ray.init, which installs its own SIGTERM handler (it aborts the process).
@@ -103,12 +99,12 @@ def run(args: argparse.Namespace) -> int:
         url = start_service(config, host=args.host, port=args.port, resources=resources)
     except (TimeoutError, RuntimeError) as err:
         raise _cli.JobError(str(err)) from err
-    print(f"serving {args.table} from {args.db} at {url}/ (Ctrl-C or SIGTERM stops it)", flush=True)
+    _console.say(f"serving {args.table} from {args.db} at {url}/ (Ctrl-C or SIGTERM stops it)")
     try:
         while not stop.wait(0.5):
             pass
     finally:
-        print("stopping the search service", flush=True)
+        _console.say("stopping the search service")
         stop_service()
     return 0
 
