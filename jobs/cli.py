@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "sample": "jobs.sample",
     "index": "jobs.index",
     "search": "jobs.search",
+    "serve": "jobs.serve",
     "finetune": "jobs.finetune",
     "evaluate": "jobs.evaluate",
 }

@@ -8,7 +8,9 @@
 3. ``jobs.index``: the test split indexed with the fine-tuned model (DIR/db);
 4. ``jobs.evaluate``: text-to-video and video-to-text retrieval over the test split
    (DIR/eval/metrics.json);
-5. ``jobs.search``: one test caption as a query.
+5. ``jobs.search``: one test caption as a query;
+
+and ends with the ``centerclip serve`` command that serves the table: a search page and an API.
 
 Every step is the job's own command line, printed before it runs, so each can be rerun alone.
 """
@@ -122,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         f"demo: {time.perf_counter() - began:.0f} s in all ("
         + ", ".join(f"{name} {s:.0f} s" for name, s in seconds.items())
         + ")"
+    )
+    _console.say(
+        "\nto search it in a browser, serve the table and open http://127.0.0.1:8000/:\n"
+        f"$ centerclip serve {' '.join(table)} --model {model}"
     )
     return 0
 

@@ -1,6 +1,9 @@
 """Search an index with text: the top videos, their scores, URIs and best-matching segment.
 
 python -m jobs.search --db corpus/db --table videos --model tiny "a red circle moving left"
+
+--hybrid also ranks the captions by their words (the table's full-text index) and fuses both
+rankings, so a name in the captions that the model never learned still finds its video.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exact", action="store_true", help="brute-force search instead of the ANN index"
     )
+    parser.add_argument(
+        "--hybrid",
+        action="store_true",
+        help="fuse the vector ranking with a full-text ranking of the captions (reciprocal "
+        "rank fusion), for caption words the model does not know",
+    )
+    parser.add_argument("--split", help="search only this split's videos")
     add_model_arguments(parser)
     add_decode_arguments(parser, decoder=False)
 
@@ -44,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
             queries=args.query,
             k=args.k,
             exact=args.exact,
+            hybrid=args.hybrid,
+            split=args.split,
         )
     except (ValueError, FileNotFoundError) as err:
         raise _cli.JobError(str(err)) from err

@@ -14,7 +14,7 @@ through the ANN index, so users see both how good the model is and what the inde
     ANN:    t2v: LanceDB top-k per caption on the table itself (its IVF_PQ index, if any)
             v2t: LanceDB top-k per video on a temporary table of the caption embeddings, indexed
                  the same way when the table is (the table indexes videos only)
-    write metrics.json, ranks.parquet, recall_at_k.png
+    write metrics.json, ranks.parquet, recall_at_k.png, report.html
 
 An ANN search returns only ``k`` results, so a rank beyond ``k`` is unknown: ANN R@K is exact
 for ``K <= k``; the median rank is known only when the middle ranks are within ``k``, and the mean
@@ -55,6 +55,7 @@ from centerclip.metrics import (
 from pipelines import schema
 from pipelines.encode import ModelSpec
 from pipelines.manifest import read_manifest
+from pipelines.report import REPORT_FILE, worst_queries, write_report
 from pipelines.resources import CPU_SHARE_FOR_ACTORS, MIN_ACTOR_CPUS
 from pipelines.search import (
     DEFAULT_REFINE_FACTOR,
@@ -76,6 +77,7 @@ RANKS_FILE = "ranks.parquet"
 PLOT_FILE = "recall_at_k.png"
 # ann_recall@10 compares against the exact top 10; R@10 needs ranks up to 10.
 MIN_ANN_K = 10
+_SEGMENT_SPANS = [schema.SEGMENT_START_S, schema.SEGMENT_END_S]
 # Video ids per SQL ``IN`` filter when reading the table: one scan per chunk.
 _IDS_PER_FILTER = 2000
 # Captions per exact-rank chunk: 1024 x 100k videos is 400 MB of float32 scores at most.
@@ -686,17 +688,25 @@ def run_evaluation(
     seconds["total"] = time.perf_counter() - started
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     pq.write_table(ranks, out / RANKS_FILE)
-    plot_recall_at_k(
-        out / PLOT_FILE,
-        exact={"t2v": exact.t2v.numpy(), "v2t": exact.v2t.numpy()},
-        ann={"t2v": ann_t2v, "v2t": ann_v2t},
-        captions_per_video=gallery_captions,
-        title=model_id,
+    curves = {
+        "exact": {"t2v": exact.t2v.numpy(), "v2t": exact.v2t.numpy()},
+        "ann": {"t2v": ann_t2v, "v2t": ann_v2t},
+        "captions_per_video": gallery_captions,
+        "title": model_id,
+    }
+    plot_recall_at_k(out / PLOT_FILE, **curves)
+    worst = worst_queries(ranks)
+    shown = sorted({*worst[schema.VIDEO_ID].to_pylist(), *worst[schema.TOP1_VIDEO_ID].to_pylist()})
+    write_report(
+        out / REPORT_FILE,
+        metrics=metrics,
+        ranks=ranks,
+        figure=recall_at_k_figure(**curves),
+        videos=read_rows(table, shown, [schema.VIDEO_ID, schema.URI, *_SEGMENT_SPANS]),
     )
     step(len(EVALUATION_STEPS))
-    return EvaluationReport(
-        metrics=metrics, ranks=ranks, files=[out / f for f in (METRICS_FILE, RANKS_FILE, PLOT_FILE)]
-    )
+    files = (METRICS_FILE, RANKS_FILE, PLOT_FILE, REPORT_FILE)
+    return EvaluationReport(metrics=metrics, ranks=ranks, files=[out / f for f in files])
 
 
 def gallery_filter(table: Table, model_where: str, split: str | None, gallery: pa.Table) -> str:

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import re
@@ -29,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+import centerclip
 from pipelines import schema
 from pipelines.bottleneck import Bottleneck, find_bottleneck
 from pipelines.decode import DECODER_NVDEC, MISSING_FILE, DecodeStage, unreadable_file_error
@@ -292,6 +295,7 @@ def run_index(
         commit_rows=config.commit_rows,
         commit_seconds=config.commit_seconds,
         storage=config.storage,
+        vector_metadata=describe_vectors(model, sampling=config.model.sampling),
     )
     if plan.delete_ids:
         delete_ids(writer.table, plan.delete_ids)
@@ -379,6 +383,19 @@ def _bottleneck(costs: Counter[str], rows: int, resources: ResourcePlan) -> Bott
     )
     return find_bottleneck(
         decode / rows, encode / rows, decode_cpus=decode_cpus, encode_actors=resources.encode_actors
+    )
+
+
+def describe_vectors(model: centerclip.VideoCLIP, *, sampling: str) -> dict[str, str]:
+    """The table's ``vector`` metadata for vectors ``model`` encodes from frames picked by the
+    ``sampling`` policy."""
+    return schema.vector_metadata(
+        model_id=model.model_id,
+        preset=model.preset.name,
+        settings=json.dumps(dataclasses.asdict(model.config), sort_keys=True),
+        dim=model.embed_dim,
+        segments=model.num_segments,
+        sampling=sampling,
     )
 
 

@@ -73,12 +73,51 @@ STAGE_ENCODE = "encode"
 
 ERRORS_TABLE_SUFFIX = "_errors"
 
+# What the embeddings table holds, as metadata of its ``vector`` field (LanceDB updates field
+# metadata in place, so a re-index with another model rewrites it; schema-level metadata is fixed
+# at creation). Any Arrow reader sees it: ``table.schema.field("vector").metadata``.
+# ``lancedb:description`` is LanceDB's own convention for a human-readable note on a column.
+META_DESCRIPTION = "lancedb:description"
+META_MODEL_ID = "centerclip:model_id"
+META_PRESET = "centerclip:preset"
+META_SETTINGS = "centerclip:settings"
+META_DIM = "centerclip:dim"
+META_SEGMENTS = "centerclip:segments"
+META_SAMPLING = "centerclip:sampling"
+META_SIMILARITY = "centerclip:similarity"
+# The full-text index on captions that hybrid search combines with the vector search.
+CAPTION_FTS_INDEX = f"{CAPTION}_idx"
+
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 
 def errors_table_name(table: str) -> str:
     """Name of the errors table that belongs to the embeddings table ``table``."""
     return f"{table}{ERRORS_TABLE_SUFFIX}"
+
+
+def vector_metadata(
+    *, model_id: str, preset: str, settings: str, dim: int, segments: int, sampling: str
+) -> dict[str, str]:
+    """The ``vector`` field's metadata: which model made the vectors and how to query them.
+
+    ``settings`` is the model's settings as JSON; ``sampling`` how frames were picked (uniform
+    chunk centres for indexing).
+    """
+    return {
+        META_DESCRIPTION: (
+            f"unit-norm CenterCLIP video embedding [{dim}] (mean of {segments} segment "
+            f"embeddings, see {SEGMENT_VECTORS}); search with cosine distance, filtered on "
+            f"{MODEL_ID} = '{model_id}', the query encoded by the same model's text tower"
+        ),
+        META_MODEL_ID: model_id,
+        META_PRESET: preset,
+        META_SETTINGS: settings,
+        META_DIM: str(dim),
+        META_SEGMENTS: str(segments),
+        META_SAMPLING: sampling,
+        META_SIMILARITY: "cosine",
+    }
 
 
 def embeddings_schema(dim: int, segments: int) -> pa.Schema:

@@ -1,7 +1,13 @@
-"""Text-to-video search over an index table, pointing at the best-matching segment."""
+"""Text-to-video search over an index table, pointing at the best-matching segment.
+
+Vector search ranks videos by the cosine of the query and the video embedding; hybrid search
+(:func:`hybrid_search`) fuses that ranking with a BM25 ranking of the captions (the table's
+full-text index) by reciprocal rank, for captions that carry words a CLIP model does not know.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from lancedb.rerankers import RRFReranker
 from lancedb.table import Table
 
 import centerclip
@@ -26,6 +33,12 @@ _HIT_COLUMNS = (
     schema.SEGMENT_START_S,
     schema.SEGMENT_END_S,
 )
+# Reciprocal rank fusion's constant: a row at rank r of one list adds 1 / (r + 60).
+RRF_K = 60
+# Rows each side of a hybrid search ranks before fusion. Fusing only the top k of each would tie
+# the keyword list's first row with the vector list's first; deeper lists let a row that both
+# rankings hold (however low in one of them) win over a row only one of them holds.
+HYBRID_CANDIDATES = 100
 
 
 class ModelMismatchError(ValueError):
@@ -43,6 +56,13 @@ class SearchHit:
     segment_end_s: float
     segment_score: float
     """Cosine similarity between the query and the best segment."""
+    captions: tuple[str, ...] = ()
+    fused_score: float | None = None
+    """Hybrid search only: the reciprocal-rank-fusion score the results are ordered by."""
+
+
+class HybridIndexMissingError(ValueError):
+    """Hybrid search on a table without a full-text index on its captions."""
 
 
 def open_index(db_uri: str, table: str) -> Table:
@@ -157,18 +177,25 @@ def search_vectors(
     model_id: str,
     k: int = 10,
     exact: bool = False,
+    where: str | None = None,
+    checked: bool = False,
 ) -> list[list[SearchHit]]:
     """Top ``k`` videos for each query embedding ``[Q, D]`` (unit norm, same model as the
-    table's ``model_id`` rows), best first, each with its best-matching segment."""
-    check_model(table, model_id)
+    table's ``model_id`` rows), best first, each with its best-matching segment.
+
+    ``where`` (SQL) narrows the rows further, e.g. to a split; ``checked`` skips the model check
+    (:func:`check_model`) for a caller that made it already.
+    """
+    if not checked:
+        check_model(table, model_id)
     vectors = np.asarray(vectors, np.float32)
     rows = nearest(
         table,
         vectors,
         k=k,
-        where=model_filter(model_id),
+        where=_and(model_filter(model_id), where),
         exact=exact,
-        columns=_HIT_COLUMNS,
+        columns=hit_columns(table),
     )
     query = rows[schema.QUERY].to_numpy()
     bounds = np.searchsorted(query, np.arange(vectors.shape[0] + 1))
@@ -186,19 +213,97 @@ def search(
     queries: list[str],
     k: int = 10,
     exact: bool = False,
+    hybrid: bool = False,
+    split: str | None = None,
 ) -> list[list[SearchHit]]:
-    """Top ``k`` videos for each text query, best first (see :func:`search_vectors`)."""
+    """Top ``k`` videos for each text query, best first (see :func:`search_vectors`), by
+    vector search or, with ``hybrid``, fused with the captions' full-text ranking
+    (:func:`hybrid_search`); ``split`` keeps only that split's videos."""
     table = open_index(db_uri, table_name)
-    return search_vectors(
-        table, encode_queries(model, queries), model_id=model.model_id, k=k, exact=exact
+    vectors = encode_queries(model, queries)
+    where = split_filter(split)
+    if not hybrid:
+        return search_vectors(
+            table, vectors, model_id=model.model_id, k=k, exact=exact, where=where
+        )
+    check_model(table, model.model_id)
+    return [
+        hybrid_search(table, text, vector, model_id=model.model_id, k=k, where=where, checked=True)
+        for text, vector in zip(queries, vectors, strict=True)
+    ]
+
+
+def split_filter(split: str | None) -> str | None:
+    """SQL filter keeping one split's rows (``None``: every row)."""
+    return None if split is None else sql_in(schema.SPLIT, [split])
+
+
+def hybrid_search(
+    table: Table,
+    text: str,
+    vector: np.ndarray,
+    *,
+    model_id: str,
+    k: int = 10,
+    where: str | None = None,
+    checked: bool = False,
+) -> list[SearchHit]:
+    """Top ``k`` videos for the query ``text`` (embedded as ``vector [D]``) by reciprocal rank
+    fusion of the vector ranking and the captions' BM25 ranking, best first.
+
+    Each ranking holds its top ``HYBRID_CANDIDATES`` (or ``k``) of ``model_id``'s rows (and
+    ``where``'s). Each hit carries its cosine ``score`` and best segment as in
+    :func:`search_vectors`, and the ``fused_score`` it is ordered by.
+
+    Raises:
+        HybridIndexMissingError: the table has no full-text index on its captions.
+    """
+    if not any(index.name == schema.CAPTION_FTS_INDEX for index in table.list_indices()):
+        raise HybridIndexMissingError(
+            "hybrid search needs the full-text index on captions, which the index job builds; "
+            "re-run jobs.index on this table"
+        )
+    if not checked:
+        check_model(table, model_id)
+    vector = np.asarray(vector, np.float32)
+    rows = (
+        table.search(query_type="hybrid", vector_column_name=schema.VECTOR)
+        .vector(vector.tolist())
+        .text(text)
+        .distance_type("cosine")
+        .where(_and(model_filter(model_id), where), prefilter=True)
+        .select([*hit_columns(table), schema.VECTOR])
+        .rerank(RRFReranker(K=RRF_K, return_score="relevance"))
+        .limit(max(k, HYBRID_CANDIDATES))
+        .to_arrow()
+        .slice(0, k)
     )
+    vectors = np.stack(rows[schema.VECTOR].to_numpy(zero_copy_only=False)).astype(np.float32)
+    rows = rows.append_column(
+        schema.SCORE, pa.array((vectors @ vector).astype(np.float32) if rows.num_rows else [])
+    )
+    fused = rows["_relevance_score"].to_pylist()
+    return [
+        dataclasses.replace(hit, fused_score=float(score))
+        for hit, score in zip(_hits(rows, vector), fused, strict=True)
+    ]
+
+
+def hit_columns(table: Table) -> list[str]:
+    """The columns a :class:`SearchHit` is made of, captions where the table has them."""
+    captions = [schema.CAPTION] if schema.CAPTION in table.schema.names else []
+    return [*_HIT_COLUMNS, *captions]
+
+
+def _and(*filters: str | None) -> str:
+    return " AND ".join(f"({f})" for f in filters if f)
 
 
 def _hits(rows: pa.Table, query: np.ndarray) -> list[SearchHit]:
     hits = []
     for row in rows.to_pylist():
         segments = np.asarray(row[schema.SEGMENT_VECTORS], np.float32).reshape(-1, query.shape[0])
-        segment_scores = segments @ query
+        segment_scores = segments @ query  # [S]
         best = int(segment_scores.argmax())
         hits.append(
             SearchHit(
@@ -209,6 +314,7 @@ def _hits(rows: pa.Table, query: np.ndarray) -> list[SearchHit]:
                 segment_start_s=float(row[schema.SEGMENT_START_S][best]),
                 segment_end_s=float(row[schema.SEGMENT_END_S][best]),
                 segment_score=float(segment_scores[best]),
+                captions=tuple(row.get(schema.CAPTION) or ()),
             )
         )
     return hits

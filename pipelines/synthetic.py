@@ -399,3 +399,87 @@ def write_damaged_videos(folder: Path, *, good_video: Path) -> dict[str, str]:
         rng = np.random.default_rng(frames)
         write_mp4(paths[key], render(scene, rng, frames=frames, width=96, height=96))
     return {key: str(path) for key, path in paths.items()}
+
+
+def write_two_part_videos(
+    out: Path,
+    *,
+    videos: int,
+    seed: int = 0,
+    width: int = 96,
+    height: int = 96,
+    fps: int = 10,
+    seconds: float = 4.0,
+) -> Path:
+    """Videos whose content changes halfway, for moment search, and each half as its own clip.
+
+    Video ``i`` shows one scene for its first ``seconds / 2`` and a visually unrelated one (other
+    background, colour, shape and direction) for the rest. Writes ``out/videos/two-part-<i>.mp4``
+    and the halves ``two-part-<i>-first.mp4`` / ``-second.mp4``, and one manifest shard
+    ``out/manifest/part-00000.parquet`` with one row per file: ``video_id``, ``uri``, ``caption``
+    (the two-part video's captions describe both halves), and ``part`` (``whole``, ``first`` or
+    ``second``), ``of`` (the two-part video a half belongs to), ``half_start_s`` /
+    ``half_end_s`` (where that half lies in it).
+    """
+    if videos <= 0:
+        raise ValueError(f"videos must be positive, got {videos}")
+    out = Path(out).resolve()
+    video_dir, manifest_dir = out / "videos", out / "manifest"
+    video_dir.mkdir(parents=True, exist_ok=True)
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    grammar = scene_grammar()
+    frames = round(seconds * fps)
+    half = frames // 2
+    rows: dict[str, list] = {
+        key: []
+        for key in (schema.VIDEO_ID, schema.URI, schema.CAPTION, "part", "of", "half_start_s",
+                    "half_end_s")
+    }  # fmt: skip
+    for i in range(videos):
+        first = grammar[int(rng.integers(len(grammar)))]
+        # The second scene shares no attribute with the first, so the halves look nothing alike.
+        others = [
+            s
+            for s in grammar
+            if s.background not in (first.background, first.colour)
+            and s.colour not in (first.background, first.colour)
+            and s.shape != first.shape
+            and s.direction != first.direction
+        ]
+        second = others[int(rng.integers(len(others)))]
+        parts = [render(scene, rng, frames=half, width=width, height=height)
+                 for scene in (first, second)]  # fmt: skip
+        captions = [captions_for(scene, rng, n=1)[0] for scene in (first, second)]
+        whole_id = f"two-part-{i:03d}"
+        clips = (
+            ("whole", np.concatenate(parts), [f"{captions[0]}, then {captions[1]}"], 0, frames),
+            ("first", parts[0], [captions[0]], 0, half),
+            ("second", parts[1], [captions[1]], half, frames),
+        )
+        for part, video, caption, start, end in clips:
+            video_id = whole_id if part == "whole" else f"{whole_id}-{part}"
+            path = video_dir / f"{video_id}.mp4"
+            write_mp4(path, video, fps=fps)
+            rows[schema.VIDEO_ID].append(video_id)
+            rows[schema.URI].append(str(path))
+            rows[schema.CAPTION].append(caption)
+            rows["part"].append(part)
+            rows["of"].append(whole_id)
+            rows["half_start_s"].append(start / fps)
+            rows["half_end_s"].append(end / fps)
+    table = pa.table(rows).cast(
+        pa.schema(
+            [
+                pa.field(schema.VIDEO_ID, pa.string()),
+                pa.field(schema.URI, pa.string()),
+                pa.field(schema.CAPTION, pa.list_(pa.string())),
+                pa.field("part", pa.string()),
+                pa.field("of", pa.string()),
+                pa.field("half_start_s", pa.float64()),
+                pa.field("half_end_s", pa.float64()),
+            ]
+        )
+    )
+    pq.write_table(table, manifest_dir / "part-00000.parquet")
+    return manifest_dir

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 import lancedb
 import pyarrow as pa
 import pyarrow.compute as pc
-from lancedb.index import IvfPq
+from lancedb.index import FTS, IvfPq
 
 from pipelines import schema
 from pipelines.plan import with_metadata_digests
@@ -120,6 +120,8 @@ class TableWriter:
     split, fingerprint, extra columns) join the results by ``video_id``, and extra columns become
     columns of the table. ``storage`` says how to reach an ``s3://`` ``db_uri``. Every
     ``maintain_every`` commits both tables are compacted and their indexes refreshed.
+    ``vector_metadata`` (:func:`pipelines.schema.vector_metadata`) describes the model to readers
+    of the table; it is written as the ``vector`` field's metadata whenever it changes.
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class TableWriter:
         commit_seconds: float = 30.0,
         maintain_every: int = DEFAULT_MAINTAIN_EVERY,
         storage: StorageOptions | None = None,
+        vector_metadata: dict[str, str] | None = None,
     ) -> None:
         self.db = connect(db_uri, storage)
         self.model_id = model_id
@@ -162,6 +165,13 @@ class TableWriter:
                 existing.add_columns(added)
             self.table = existing
             self.schema = self.table.schema
+        described = self.table.schema.field(schema.VECTOR).metadata or {}
+        if vector_metadata and any(
+            described.get(key.encode()) != value.encode() for key, value in vector_metadata.items()
+        ):
+            self.table.update_field_metadata(
+                {"path": schema.VECTOR, "metadata": vector_metadata, "replace": True}
+            )
         self.errors = self.db.create_table(
             schema.errors_table_name(table), schema=schema.ERRORS_SCHEMA, exist_ok=True
         )
@@ -309,14 +319,18 @@ class TableWriter:
     ) -> str:
         """Flush, then keep the tables healthy, doing nothing where nothing changed.
 
-        Compacts both tables (which also folds new rows into an existing ANN index) and prunes
-        versions older than ``cleanup_older_than``. The IVF_PQ index is built once the table has
-        ``index_min_rows`` rows, and rebuilt when this run changed at least
-        ``REBUILD_INDEX_FRACTION`` of them (an index trained on old vectors partitions new ones
-        poorly); rows whose manifest columns alone were updated keep their vectors and count
-        for compaction only. Returns what happened to the ANN index, for the summary.
+        Compacts both tables (which also folds new rows into the existing indices) and prunes
+        versions older than ``cleanup_older_than``. The captions get a full-text index (for
+        hybrid search) once the table has rows, tables written before it existed included.
+        The IVF_PQ index is built once the table has ``index_min_rows`` rows, and rebuilt when
+        this run changed at least ``REBUILD_INDEX_FRACTION`` of them (an index trained on old
+        vectors partitions new ones poorly); rows whose manifest columns alone were updated
+        keep their vectors and count for compaction only. Returns what happened to the ANN
+        index, for the summary.
         """
         self.flush()
+        if not has_caption_index(self.table) and self.table.count_rows():
+            build_caption_index(self.table)
         changed = self.stats.indexed + self.stats.failed + deleted
         if changed + self.stats.metadata_updated == 0 and cleanup_older_than is None:
             return "unchanged"
@@ -340,6 +354,17 @@ def _vector_types(table_schema: pa.Schema) -> list[pa.DataType | None]:
     """Types of the fixed-size columns whose sizes depend on the model (width, segments)."""
     names = (schema.VECTOR, schema.SEGMENT_VECTORS, schema.SEGMENT_START_S, schema.SEGMENT_END_S)
     return [table_schema.field(name).type if name in table_schema.names else None for name in names]
+
+
+def has_caption_index(table: lancedb.table.Table) -> bool:
+    return any(index.name == schema.CAPTION_FTS_INDEX for index in table.list_indices())
+
+
+def build_caption_index(table: lancedb.table.Table) -> None:
+    """A full-text (BM25) index over every caption of a row (``caption`` is a list of strings),
+    with LanceDB's default English tokenizer (lower case, stemming, stop words removed)."""
+    if schema.CAPTION in table.schema.names:
+        table.create_index(schema.CAPTION, config=FTS(), name=schema.CAPTION_FTS_INDEX)
 
 
 def build_ann_index(table: lancedb.table.Table, *, rows: int, dim: int) -> None:

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from jobs import _cli, cli, demo, evaluate, finetune, index, sample, search
+from jobs import _cli, cli, demo, evaluate, finetune, index, sample, search, serve
 
 JOBS = {
     "demo": demo,
     "sample": sample,
     "index": index,
     "search": search,
+    "serve": serve,
     "finetune": finetune,
     "evaluate": evaluate,
 }
@@ -73,6 +74,7 @@ def base_argv(job: str, p: dict[str, str]) -> list[str]:
         "sample": ["--out", p["out"], "--videos", "2"],
         "index": ["--manifest", p["manifest"], "--db", p["db"], "--table", "t", *model],
         "search": ["--db", p["db"], "--table", "t", *model, "a red circle"],
+        "serve": ["--db", p["db"], "--table", "t", *model],
         "finetune": ["--manifest", p["manifest"], "--out", p["out"], *model],
         "evaluate": ["--manifest", p["manifest"], "--db", p["db"], "--table", "t", *model,
                      "--out", p["out"]],
@@ -230,7 +232,7 @@ def test_negative_values_are_values_not_flags(
     [
         (["indx"], "centerclip: error: unknown subcommand indx; did you mean index?"),
         (["serch", "q"], "centerclip: error: unknown subcommand serch; did you mean search?"),
-        (["nothing-like-it"], "subcommands: demo, sample, index, search, finetune, evaluate"),
+        (["nothing-like-it"], "subcommands: demo, sample, index, search, serve, finetune, eval"),
         ([], "centerclip: error: name a subcommand: demo, sample, index"),
         (["--verbose", "index"], "flags go after the subcommand"),
     ],
@@ -272,6 +274,9 @@ def test_centerclip_misuse(argv: list[str], message: str, capsys: pytest.Capture
         ("demo", "--batch-size", "1", "must be at least 2"),
         ("sample", "--test-fraction", "nan", "must be a number between 0 and 1"),
         ("sample", "--seed", "-3", "must be zero or more"),
+        ("serve", "--port", "70000", "must be a port number (1-65535), got 70000"),
+        ("serve", "--port", "0", "must be a positive integer"),
+        ("serve", "--replica-cpus", "nan", "must be a positive finite number"),
     ],
 )
 def test_bad_values_fail_naming_the_flag(
@@ -295,6 +300,7 @@ def test_bad_values_fail_naming_the_flag(
     [
         ("index", "--db", "file", "is a file, not a folder; name a folder for the LanceDB"),
         ("search", "--db", "file", "is a file, not a folder"),
+        ("serve", "--db", "file", "is a file, not a folder"),
         ("evaluate", "--db", "file", "is a file, not a folder"),
         ("index", "--db", "inside-file", "which is a file"),
         ("evaluate", "--out", "file", "is a file, not a folder; name a folder for the results"),
@@ -324,7 +330,7 @@ def test_a_file_where_a_folder_belongs(
 # mistakes the job finds: one line, exit status 1, before any work and before Ray
 
 
-@pytest.mark.parametrize("job", ["index", "search", "evaluate", "finetune", "demo"])
+@pytest.mark.parametrize("job", ["index", "search", "serve", "evaluate", "finetune", "demo"])
 def test_unknown_preset_names_the_known_ones(
     job: str, paths: dict[str, str], capsys: pytest.CaptureFixture, no_ray: None
 ) -> None:

@@ -3,8 +3,12 @@ bookkeeping on a real IVF_PQ index."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import itertools
 import json
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -15,6 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from centerclip.metrics import (
     ann_recall_at_k,
@@ -138,6 +143,21 @@ def test_evaluation_writes_the_documented_outputs_and_reports_missing_videos(
     own += [0] * (metrics["num_videos"] - len(own))
     assert metrics["chance"] == chance_retrieval_metrics(np.array(own))
     assert metrics["chance"]["t2v"]["R@1"] == pytest.approx(100 / metrics["num_videos"])
+
+    # report.html: the metrics, the plot inlined, and the worst queries worst first, each with
+    # the right video's thumbnail beside the top-ranked one's (JPEG data URIs).
+    report = (tmp_path / "report.html").read_text()
+    assert metrics["model_id"] in report and "<svg" in report and "R@10" in report
+    worst = evaluated.sort_by([(schema.T2V_RANK, "descending"), (schema.QUERY, "ascending")])
+    worst = worst.slice(0, 20)
+    rows = re.findall(r"<td class='rank'>(\d+)</td><td class='caption'>(.*?)</td>", report)
+    assert [(int(r), html.unescape(c)) for r, c in rows] == list(
+        zip(worst[schema.T2V_RANK].to_pylist(), worst[schema.CAPTION].to_pylist(), strict=True)
+    )
+    images = re.findall(r'<img src="data:image/jpeg;base64,([^"]+)"', report)
+    assert len(images) == 2 * len(rows)
+    for data in images[:4]:
+        assert Image.open(io.BytesIO(base64.b64decode(data))).format == "JPEG"
 
 
 def test_exact_ranks_match_the_table_and_ann_agrees_with_exact(

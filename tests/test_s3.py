@@ -233,3 +233,35 @@ def test_index_and_reindex_cycle_on_s3(
     assert search_job.main([*query, "--log-level", "WARNING"]) == 0
     hits = [line for line in capsys.readouterr().out.splitlines() if "s3://" in line]
     assert len(hits) == 3
+
+
+def test_the_search_service_reads_video_ranges_and_frames_from_s3(
+    s3_env: StorageOptions, sample_corpus: Path
+) -> None:
+    """What ``/video`` and ``/thumbnail`` do for an ``s3://`` uri (``pipelines.serve.media``)."""
+    import io
+
+    from PIL import Image
+
+    from pipelines.serve.media import MediaReader, parse_range
+
+    fs = pafs.S3FileSystem(
+        endpoint_override=s3_env.endpoint, access_key=KEY_ID, secret_key=SECRET,
+        region="us-east-1", allow_bucket_creation=True,
+    )  # fmt: skip
+    fs.create_dir("media")
+    local = sorted((sample_corpus / "videos").glob("*.mp4"))[0]
+    data = local.read_bytes()
+    upload(fs, "media/clip.mp4", data)
+    media, uri = MediaReader(s3_env), "s3://media/clip.mp4"
+
+    assert media.size(uri) == len(data)
+    wanted = parse_range("bytes=100-1099", len(data))
+    assert media.read(uri, wanted) == data[100:1100]
+    assert b"".join(media.stream(uri)) == data
+    from_s3 = Image.open(io.BytesIO(media.thumbnail(uri, 1.0)))
+    from_disk = Image.open(io.BytesIO(MediaReader().thumbnail(str(local), 1.0)))
+    assert from_s3.size == from_disk.size == (96, 96)
+    assert np.array_equal(np.asarray(from_s3), np.asarray(from_disk))
+    with pytest.raises(FileNotFoundError):
+        media.size("s3://media/absent.mp4")
