@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import lancedb
@@ -220,39 +216,3 @@ def test_gpu_actors_receive_distinct_gpu_ids(
     assert sorted(gpus) == ["0", "1"], gpus
     for label in summary.videos_by_worker:
         assert label.split("gpus=")[1].split()[0] in gpus
-
-
-def test_killed_job_rerun_equals_a_clean_run(
-    ray_session: dict, sample_corpus: Path, tmp_path: Path
-) -> None:
-    manifest = str(sample_corpus / "manifest")
-    common = ["--manifest", manifest, "--model", "tiny", "--batch-size", "2", *CPU_ONLY]
-    killed_db = tmp_path / "killed"
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "jobs.index", *common, "--db", str(killed_db), "--table", "videos",
-         "--commit-rows", "1", "--address", ray_session["address"], "--log-level", "INFO",
-         "--verbose"],  # the writer's log lines on stderr, not in the log file
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    # SIGKILL right after the second commit: the job dies between commits, mid-encoding.
-    commits = 0
-    for line in driver.stderr:
-        commits += "committed" in line
-        if commits == 2:
-            driver.send_signal(signal.SIGKILL)
-            break
-    driver.wait()
-    committed = lancedb.connect(str(killed_db)).open_table("videos").count_rows()
-    assert 0 < committed < 16, "the job should have been killed midway"
-
-    assert run_index(*common, "--db", str(killed_db), "--table", "videos") == 0
-    assert run_index(*common, "--db", str(tmp_path / "clean"), "--table", "videos") == 0
-    resumed, clean = read(killed_db, "videos"), read(tmp_path / "clean", "videos")
-    assert resumed["video_id"].to_pylist() == clean["video_id"].to_pylist()
-    assert len(set(resumed["video_id"].to_pylist())) == resumed.num_rows == 16
-    assert np.allclose(
-        np.stack(resumed["vector"].to_numpy(zero_copy_only=False)),
-        np.stack(clean["vector"].to_numpy(zero_copy_only=False)),
-        atol=1e-5,
-    )
