@@ -15,6 +15,7 @@ still go to the file.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
@@ -148,6 +149,7 @@ def job_console(job: str, *, verbose: bool, log_level: str = "INFO") -> Iterator
         # lines on the terminal after the summary.
         if not _ray_is_initialized():
             stack.callback(_shutdown_ray_if_started)
+        stack.callback(_drop_colour_reset_at_exit)
         yield console
 
 
@@ -159,6 +161,14 @@ def _ray_is_initialized() -> bool:
 def _shutdown_ray_if_started() -> None:
     if _ray_is_initialized():
         sys.modules["ray"].shutdown()
+
+
+def _drop_colour_reset_at_exit() -> None:
+    """Ray's bundled colorama, initialised when Ray is imported, registers an exit handler that
+    writes a colour reset code to the terminal after the job's summary; no job prints colour."""
+    colorama = sys.modules.get("colorama.initialise")
+    if colorama is not None:
+        atexit.unregister(colorama.reset_all)
 
 
 def _clear_active() -> None:

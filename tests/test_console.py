@@ -48,7 +48,7 @@ def _environment(log_dir: Path) -> dict[str, str]:
 
 def run_in_terminal(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[int, str]:
     """Run ``argv`` with a pseudo-terminal (120 columns) as its stdin, stdout and stderr; its
-    exit status and everything it wrote, ANSI codes removed."""
+    exit status and everything it wrote, as written."""
     terminal, child_end = pty.openpty()
     fcntl.ioctl(child_end, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     process = subprocess.Popen(
@@ -75,12 +75,14 @@ def run_in_terminal(argv: list[str], env: dict[str, str], timeout_s: float) -> t
         status = process.wait(timeout=60)
     finally:
         os.close(terminal)
-    return status, _ANSI.sub("", b"".join(chunks).decode(errors="replace"))
+    return status, b"".join(chunks).decode(errors="replace")
 
 
 def screen_lines(output: str) -> list[str]:
-    """The lines as printed, each redraw of a progress bar (after a carriage return) apart."""
-    return [line.rstrip() for line in re.split(r"\r\n|\r|\n", output) if line.strip()]
+    """The lines as printed, ANSI codes removed, each redraw of a progress bar (after a carriage
+    return) apart."""
+    text = _ANSI.sub("", output)
+    return [line.rstrip() for line in re.split(r"\r\n|\r|\n", text) if line.strip()]
 
 
 def test_the_demo_on_a_terminal_tells_each_jobs_story_and_nothing_else(tmp_path: Path) -> None:
@@ -113,6 +115,8 @@ def test_the_demo_on_a_terminal_tells_each_jobs_story_and_nothing_else(tmp_path:
     assert not any("random weights" in line for line in lines)  # the demo's model is trained
 
     assert [line for line in lines if any(text in line for text in THIRD_PARTY)] == []
+    # Nothing after the summary: not even the colour reset Ray's colorama writes at exit.
+    assert not output.rstrip().endswith("\x1b[0m"), repr(output[-200:])
     logs = [line for line in lines if line.startswith("log: ")]
     assert len(logs) == 1
     log_file = Path(logs[0].split()[1])
