@@ -165,7 +165,7 @@ def unchanged_rerun(work: Path, corpus: Path, source_db: Path, *, rows: int) -> 
                     name: vectors[name]
                     for name in (
                         schema.VECTOR,
-                        schema.SEGMENT_VECTORS,
+                        schema.SEGMENT_EMBEDDINGS,
                         schema.SEGMENT_START_S,
                         schema.SEGMENT_END_S,
                     )
@@ -276,9 +276,7 @@ def write_large_state(work: Path, *, rows: int, model_id: str, dim: int) -> dict
             schema.METADATA_DIGEST: metadata_digests(pa.table(descriptive)),
             schema.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
             # Four segments, each the video's vector: the table's real width on disk, cheaply.
-            schema.SEGMENT_VECTORS: pa.FixedSizeListArray.from_arrays(
-                pa.array(np.tile(vectors, (1, 4)).reshape(-1)), 4 * dim
-            ),
+            schema.SEGMENT_EMBEDDINGS: schema.multivectors(np.repeat(vectors[:, None], 4, axis=1)),
             schema.SEGMENT_START_S: pa.FixedSizeListArray.from_arrays(
                 pa.array(np.tile(np.arange(4, dtype=np.float32), n)), 4
             ),

@@ -68,8 +68,8 @@ def video_rows(ids: np.ndarray, rng: np.random.Generator) -> pa.Table:
             schema.FINGERPRINT: fingerprints(ids),
             schema.ERROR: pa.array([""] * n),
             schema.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIM),
-            schema.SEGMENT_VECTORS: pa.FixedSizeListArray.from_arrays(
-                pa.array(np.tile(vectors, (1, SEGMENTS)).reshape(-1)), SEGMENTS * DIM
+            schema.SEGMENT_EMBEDDINGS: schema.multivectors(
+                np.repeat(vectors[:, None], SEGMENTS, axis=1)
             ),
             schema.SEGMENT_START_S: pa.FixedSizeListArray.from_arrays(
                 pa.array(np.tile(np.arange(SEGMENTS, dtype=np.float32), n)), SEGMENTS
@@ -227,7 +227,7 @@ def reindex_1pct(work: Path, db: Path, rows: int, model_id: str) -> dict[str, An
     for start in range(0, len(changed), COMMIT_ROWS):
         ids = np.sort(changed)[start : start + COMMIT_ROWS]
         writer.add(video_rows(ids, rng).select(["video_id", "error", "vector",
-            "segment_vectors", "segment_start_s", "segment_end_s"]))  # fmt: skip
+            "segment_embeddings", "segment_start_s", "segment_end_s"]))  # fmt: skip
     ann = writer.finish()
     writes_s = time.perf_counter() - started
     encode_rate = _encode_videos_per_s()

@@ -2,8 +2,10 @@
 
 python -m jobs.search --db corpus/db --table videos --model tiny "a red circle moving left"
 
---hybrid also ranks the captions by their words (the table's full-text index) and fuses both
-rankings, so a name in the captions that the model never learned still finds its video.
+--by moments ranks videos by their best segment (MaxSim over the segment embeddings) instead of
+the whole-video embedding, for a query that describes one part of a video. --hybrid also ranks
+the captions by their words (the table's full-text index) and fuses both rankings, so a name in
+the captions that the model never learned still finds its video.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fuse the vector ranking with a full-text ranking of the captions (reciprocal "
         "rank fusion), for caption words the model does not know",
     )
+    parser.add_argument(
+        "--by",
+        choices=("vector", "moments"),
+        default="vector",
+        help="rank by the whole-video embedding, or by each video's best segment (MaxSim: finds "
+        "a video one part of which the query describes)",
+    )
     parser.add_argument("--split", help="search only this split's videos")
     add_model_arguments(parser)
     add_decode_arguments(parser, decoder=False)
@@ -43,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from centerclip import WeightsUnavailableError
     from pipelines.search import search
 
+    if args.hybrid and args.by != "vector":
+        raise _cli.JobError("--hybrid fuses the whole-video ranking; drop --by moments")
     spec = model_spec(args)
     try:
         model = spec.build()
@@ -56,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             exact=args.exact,
             hybrid=args.hybrid,
             split=args.split,
+            by=args.by,
         )
     except (ValueError, FileNotFoundError) as err:
         raise _cli.JobError(str(err)) from err

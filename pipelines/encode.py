@@ -62,7 +62,7 @@ def worker_label() -> str:
 
 
 class EncodeStage:
-    """Frames ``[B, T, H, W, 3]`` uint8 in, ``vector`` and ``segment_vectors`` out.
+    """Frames ``[B, T, H, W, 3]`` uint8 in, ``vector`` and ``segment_embeddings`` out.
 
     Rows that arrive with an ``error`` pass through without a vector. A batch that fails to
     encode is retried row by row so one bad input cannot take its neighbours down; a row that
@@ -143,9 +143,6 @@ class EncodeStage:
         segments = segment_vectors.shape[1]
         failed = pa.array([bool(e) for e in errors])
         vector = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
-        per_segment = pa.FixedSizeListArray.from_arrays(
-            pa.array(segment_vectors.reshape(-1)), segments * dim
-        )
         times = np.asarray(batch[schema.FRAME_TIMES_S], np.float32).reshape(count, -1)
         durations = np.asarray(batch[schema.DURATION_S], np.float32)
         # An end_s past the video's end (the manifest cannot know the duration) means its end:
@@ -169,7 +166,7 @@ class EncodeStage:
         columns.update(
             {
                 schema.VECTOR: pc.if_else(failed, pa.scalar(None, vector.type), vector),
-                schema.SEGMENT_VECTORS: per_segment,
+                schema.SEGMENT_EMBEDDINGS: schema.multivectors(segment_vectors),
                 schema.SEGMENT_START_S: pa.FixedSizeListArray.from_arrays(
                     pa.array(starts.reshape(-1)), segments
                 ),

@@ -91,6 +91,9 @@ class IndexSummary:
     table: str = ""
     deleted: int = 0
     metadata_updated: int = 0
+    segments_migrated: int = 0
+    """Rows whose segments moved from the flat column of earlier versions to the multivector
+    one (:func:`pipelines.write.migrate_segment_layout`), re-encoding nothing."""
     indexed: int = 0
     failed: int = 0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
@@ -149,6 +152,11 @@ class IndexSummary:
             f"tables      {self.table}: {self.table_rows} rows; {self.errors_table}: "
             f"{self.error_rows} rows",
         ]
+        if self.segments_migrated:
+            lines.append(
+                f"migrated    the segments of {self.segments_migrated} rows to the multivector "
+                "column (re-encoding nothing)"
+            )
         steady = self.steady_videos_per_second
         startup = self.seconds.get("startup")
         if steady is not None:
@@ -363,6 +371,7 @@ def run_index(
     stats = writer.stats
     summary.indexed, summary.failed = stats.indexed, stats.failed
     summary.metadata_updated = stats.metadata_updated
+    summary.segments_migrated = writer.segments_migrated
     summary.failures_by_reason = dict(stats.failures_by_reason)
     summary.videos_by_worker = dict(stats.videos_by_worker)
     summary.table_rows = writer.table.count_rows()

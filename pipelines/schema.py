@@ -9,6 +9,7 @@ Three kinds of record flow through the index job:
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 # Manifest columns.
@@ -44,7 +45,12 @@ ENCODE_S = "encode_s"
 ERROR = "error"
 STAGE = "stage"
 VECTOR = "vector"
-SEGMENT_VECTORS = "segment_vectors"
+# The S segment embeddings as a LanceDB multivector (``list<fixed_size_list<float32>[D]>``),
+# which LanceDB searches by MaxSim: a row's score is its best segment's cosine.
+SEGMENT_EMBEDDINGS = "segment_embeddings"
+# Tables written before the multivector column held the segments flattened to [S * D] here; the
+# index job migrates them (``pipelines.write.migrate_segment_layout``) and search reads either.
+LEGACY_SEGMENT_VECTORS = "segment_vectors"
 SEGMENT_START_S = "segment_start_s"
 SEGMENT_END_S = "segment_end_s"
 MODEL_ID = "model_id"
@@ -106,9 +112,10 @@ def vector_metadata(
     """
     return {
         META_DESCRIPTION: (
-            f"unit-norm CenterCLIP video embedding [{dim}] (mean of {segments} segment "
-            f"embeddings, see {SEGMENT_VECTORS}); search with cosine distance, filtered on "
-            f"{MODEL_ID} = '{model_id}', the query encoded by the same model's text tower"
+            f"unit-norm CenterCLIP video embedding [{dim}] (mean of the {segments} segment "
+            f"embeddings in {SEGMENT_EMBEDDINGS}, a multivector column that ranks moments by "
+            f"MaxSim); search either with cosine distance, filtered on {MODEL_ID} = "
+            f"'{model_id}', the query encoded by the same model's text tower"
         ),
         META_MODEL_ID: model_id,
         META_PRESET: preset,
@@ -120,20 +127,39 @@ def vector_metadata(
     }
 
 
+def multivector_type(dim: int) -> pa.DataType:
+    """LanceDB's multivector type of ``dim``-wide vectors: ``list<fixed_size_list<float32>[D]>``
+    (MaxSim search, cosine only)."""
+    return pa.list_(pa.list_(pa.float32(), dim))
+
+
+def multivectors(vectors: np.ndarray) -> pa.ListArray:
+    """``[N, S, D]`` float32 as ``N`` values of the multivector column, each ``S`` vectors
+    ``[D]``."""
+    count, segments, dim = vectors.shape
+    inner = pa.FixedSizeListArray.from_arrays(
+        pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1)), dim
+    )
+    return pa.ListArray.from_arrays(
+        pa.array(np.arange(0, count * segments + 1, segments, dtype=np.int32)), inner
+    )
+
+
 def embeddings_schema(dim: int, segments: int) -> pa.Schema:
     """Arrow schema of the embeddings table for ``dim``-wide vectors and ``segments`` segments.
 
-    ``vector`` is the unit-norm video embedding ``[D]``; ``segment_vectors`` holds the ``S``
-    unit-norm segment embeddings ``[S, D]`` flattened row-major to ``[S * D]`` (Lance 0.40 writes
-    a nested fixed-size list it cannot read back), and the two ``segment_*_s`` columns the time
-    span each segment covers, so a search hit can point inside the video.
+    ``vector`` is the unit-norm video embedding ``[D]``; ``segment_embeddings`` holds the ``S``
+    unit-norm segment embeddings ``[S, D]`` as a multivector column (a variable-size list of
+    ``[D]`` vectors: LanceDB searches it by MaxSim, and a fixed-size list of fixed-size lists
+    would not read back in Lance 0.40), and the two ``segment_*_s`` columns the time span each
+    segment covers, so a search hit can point inside the video.
     """
     return pa.schema(
         [
             pa.field(VIDEO_ID, pa.string(), nullable=False),
             pa.field(URI, pa.string(), nullable=False),
             pa.field(VECTOR, pa.list_(pa.float32(), dim), nullable=False),
-            pa.field(SEGMENT_VECTORS, pa.list_(pa.float32(), segments * dim)),
+            pa.field(SEGMENT_EMBEDDINGS, multivector_type(dim)),
             pa.field(SEGMENT_START_S, pa.list_(pa.float32(), segments)),
             pa.field(SEGMENT_END_S, pa.list_(pa.float32(), segments)),
             pa.field(MODEL_ID, pa.string(), nullable=False),

@@ -1,6 +1,8 @@
 """Text-to-video search over an index table, pointing at the best-matching segment.
 
-Vector search ranks videos by the cosine of the query and the video embedding; hybrid search
+Vector search ranks videos by the cosine of the query and the video embedding (``by="vector"``)
+or by their best segment's (``by="moments"``: LanceDB's MaxSim over the segments' multivector
+column), which finds a video one part of which the query describes; hybrid search
 (:func:`hybrid_search`) fuses that ranking with a BM25 ranking of the captions (the table's
 full-text index) by reciprocal rank, for captions that carry words a CLIP model does not know.
 """
@@ -11,6 +13,7 @@ import dataclasses
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,13 +29,11 @@ from pipelines.write import connect, open_table, sql_in
 # Candidates re-ranked by exact distance per result when an ANN index answers (LanceDB's
 # refine_factor): PQ distances alone misorder close neighbours.
 DEFAULT_REFINE_FACTOR = 10
-_HIT_COLUMNS = (
-    schema.VIDEO_ID,
-    schema.URI,
-    schema.SEGMENT_VECTORS,
-    schema.SEGMENT_START_S,
-    schema.SEGMENT_END_S,
-)
+_HIT_COLUMNS = (schema.VIDEO_ID, schema.URI, schema.SEGMENT_START_S, schema.SEGMENT_END_S)
+# What a search ranks by: the whole-video embedding, or the best segment (MaxSim).
+BY_VECTOR = "vector"
+BY_MOMENTS = "moments"
+SEARCH_BY = (BY_VECTOR, BY_MOMENTS)
 # Reciprocal rank fusion's constant: a row at rank r of one list adds 1 / (r + 60).
 RRF_K = 60
 # Rows each side of a hybrid search ranks before fusion. Fusing only the top k of each would tie
@@ -50,12 +51,14 @@ class SearchHit:
     video_id: str
     uri: str
     score: float
-    """Cosine similarity between the query and the video embedding."""
+    """Cosine similarity between the query and the video embedding (what ``by="vector"``
+    ranks by)."""
     segment: int
     segment_start_s: float
     segment_end_s: float
     segment_score: float
-    """Cosine similarity between the query and the best segment."""
+    """Cosine similarity between the query and the best segment: MaxSim, what ``by="moments"``
+    ranks by."""
     captions: tuple[str, ...] = ()
     fused_score: float | None = None
     """Hybrid search only: the reciprocal-rank-fusion score the results are ordered by."""
@@ -63,6 +66,10 @@ class SearchHit:
 
 class HybridIndexMissingError(ValueError):
     """Hybrid search on a table without a full-text index on its captions."""
+
+
+class MomentsUnavailableError(ValueError):
+    """Moment ranking on a table whose segments are not in the multivector column yet."""
 
 
 def open_index(db_uri: str, table: str) -> Table:
@@ -117,9 +124,15 @@ def nearest(
     refine_factor: int | None = DEFAULT_REFINE_FACTOR,
     columns: Sequence[str] = (schema.VIDEO_ID,),
     batch_size: int = 256,
+    column: str = schema.VECTOR,
 ) -> pa.Table:
     """The ``k`` rows nearest (cosine) to each of ``vectors [Q, D]``, among the rows the SQL
     filter ``where`` selects (a prefilter: the ``k`` results all pass it), or among all rows.
+
+    ``column`` is ``vector`` (the video embedding) or ``segment_embeddings``, the multivector
+    column, where a row's similarity is MaxSim: its best segment's cosine. LanceDB takes one
+    multivector query per call (a list of vectors *is* one query there), so those are searched
+    one by one.
 
     ``exact`` skips the ANN index (brute force over every row); otherwise LanceDB uses the IVF_PQ
     index where one exists, probes ``nprobes`` partitions (LanceDB's default when ``None``) and
@@ -134,11 +147,13 @@ def nearest(
     vectors = np.asarray(vectors, np.float32)
     if vectors.ndim != 2 or vectors.shape[0] == 0:
         raise ValueError(f"vectors must be [Q, D] with Q >= 1, got shape {vectors.shape}")
+    if column == schema.SEGMENT_EMBEDDINGS:
+        batch_size = 1
     parts = []
     for start in range(0, vectors.shape[0], batch_size):
         chunk = vectors[start : start + batch_size]
         query = (
-            table.search(list(chunk), vector_column_name=schema.VECTOR)
+            table.search(list(chunk), vector_column_name=column)
             .distance_type("cosine")
             .select([*columns, "_distance"])
             .limit(k)
@@ -179,30 +194,54 @@ def search_vectors(
     exact: bool = False,
     where: str | None = None,
     checked: bool = False,
+    by: str = BY_VECTOR,
 ) -> list[list[SearchHit]]:
     """Top ``k`` videos for each query embedding ``[Q, D]`` (unit norm, same model as the
     table's ``model_id`` rows), best first, each with its best-matching segment.
 
-    ``where`` (SQL) narrows the rows further, e.g. to a split; ``checked`` skips the model check
+    ``by`` ranks by the video embedding (``"vector"``) or by the best segment (``"moments"``:
+    MaxSim over ``segment_embeddings``, through its ANN index where it has one). ``where`` (SQL)
+    narrows the rows further, e.g. to a split; ``checked`` skips the model check
     (:func:`check_model`) for a caller that made it already.
+
+    Raises:
+        MomentsUnavailableError: ``by="moments"`` on a table in the old flat segment layout.
     """
+    if by not in SEARCH_BY:
+        raise ValueError(f"by must be one of {', '.join(SEARCH_BY)}, got {by!r}")
+    if by == BY_MOMENTS and schema.SEGMENT_EMBEDDINGS not in table.schema.names:
+        raise MomentsUnavailableError(
+            f"this table keeps its segments in the flat {schema.LEGACY_SEGMENT_VECTORS} column "
+            "of earlier versions, which cannot rank moments; re-run jobs.index on it once (it "
+            f"moves them to {schema.SEGMENT_EMBEDDINGS}, re-encoding nothing)"
+        )
     if not checked:
         check_model(table, model_id)
     vectors = np.asarray(vectors, np.float32)
+    columns = hit_columns(table)
     rows = nearest(
         table,
         vectors,
         k=k,
         where=_and(model_filter(model_id), where),
         exact=exact,
-        columns=hit_columns(table),
+        columns=columns if by == BY_VECTOR else [*columns, schema.VECTOR],
+        column=schema.VECTOR if by == BY_VECTOR else schema.SEGMENT_EMBEDDINGS,
     )
     query = rows[schema.QUERY].to_numpy()
     bounds = np.searchsorted(query, np.arange(vectors.shape[0] + 1))
-    return [
-        _hits(rows.slice(lo, hi - lo), vectors[q])
-        for q, (lo, hi) in enumerate(itertools.pairwise(bounds))
-    ]
+    results = []
+    for q, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        found = rows.slice(lo, hi - lo)
+        if by == BY_MOMENTS:
+            # Ranked by MaxSim; the hit's score stays the video embedding's cosine.
+            found = found.set_column(
+                found.column_names.index(schema.SCORE),
+                schema.SCORE,
+                pa.array(_video_scores(found, vectors[q])),
+            )
+        results.append(_hits(found, vectors[q]))
+    return results
 
 
 def search(
@@ -215,16 +254,20 @@ def search(
     exact: bool = False,
     hybrid: bool = False,
     split: str | None = None,
+    by: str = BY_VECTOR,
 ) -> list[list[SearchHit]]:
     """Top ``k`` videos for each text query, best first (see :func:`search_vectors`), by
-    vector search or, with ``hybrid``, fused with the captions' full-text ranking
-    (:func:`hybrid_search`); ``split`` keeps only that split's videos."""
+    vector search (ranked ``by`` the video or its best segment) or, with ``hybrid``, fused with
+    the captions' full-text ranking (:func:`hybrid_search`, by the video embedding only);
+    ``split`` keeps only that split's videos."""
+    if hybrid and by != BY_VECTOR:
+        raise ValueError("hybrid search fuses the whole-video ranking; it does not rank moments")
     table = open_index(db_uri, table_name)
     vectors = encode_queries(model, queries)
     where = split_filter(split)
     if not hybrid:
         return search_vectors(
-            table, vectors, model_id=model.model_id, k=k, exact=exact, where=where
+            table, vectors, model_id=model.model_id, k=k, exact=exact, where=where, by=by
         )
     check_model(table, model.model_id)
     return [
@@ -278,10 +321,7 @@ def hybrid_search(
         .to_arrow()
         .slice(0, k)
     )
-    vectors = np.stack(rows[schema.VECTOR].to_numpy(zero_copy_only=False)).astype(np.float32)
-    rows = rows.append_column(
-        schema.SCORE, pa.array((vectors @ vector).astype(np.float32) if rows.num_rows else [])
-    )
+    rows = rows.append_column(schema.SCORE, pa.array(_video_scores(rows, vector)))
     fused = rows["_relevance_score"].to_pylist()
     return [
         dataclasses.replace(hit, fused_score=float(score))
@@ -290,19 +330,38 @@ def hybrid_search(
 
 
 def hit_columns(table: Table) -> list[str]:
-    """The columns a :class:`SearchHit` is made of, captions where the table has them."""
-    captions = [schema.CAPTION] if schema.CAPTION in table.schema.names else []
-    return [*_HIT_COLUMNS, *captions]
+    """The columns a :class:`SearchHit` is made of: the segments (the multivector column, or
+    the flat one of a table not migrated yet, or both midway), captions where the table has
+    them."""
+    names = table.schema.names
+    segments = [c for c in (schema.SEGMENT_EMBEDDINGS, schema.LEGACY_SEGMENT_VECTORS) if c in names]
+    captions = [schema.CAPTION] if schema.CAPTION in names else []
+    return [*_HIT_COLUMNS, *segments, *captions]
 
 
 def _and(*filters: str | None) -> str:
     return " AND ".join(f"({f})" for f in filters if f)
 
 
+def _video_scores(rows: pa.Table, query: np.ndarray) -> np.ndarray:
+    """Cosine of ``query [D]`` with each row's video embedding: ``[N]`` float32."""
+    if rows.num_rows == 0:
+        return np.zeros(0, np.float32)
+    vectors = rows[schema.VECTOR].combine_chunks().flatten().to_numpy()
+    return (vectors.reshape(rows.num_rows, -1) @ query).astype(np.float32)
+
+
+def _segments(row: dict[str, Any]) -> list[Any]:
+    """A row's segment embeddings: the multivector column's ``[S][D]``, or (a row not migrated
+    yet) the flat ``[S * D]``."""
+    value = row.get(schema.SEGMENT_EMBEDDINGS)
+    return value if value is not None else row[schema.LEGACY_SEGMENT_VECTORS]
+
+
 def _hits(rows: pa.Table, query: np.ndarray) -> list[SearchHit]:
     hits = []
     for row in rows.to_pylist():
-        segments = np.asarray(row[schema.SEGMENT_VECTORS], np.float32).reshape(-1, query.shape[0])
+        segments = np.asarray(_segments(row), np.float32).reshape(-1, query.shape[0])
         segment_scores = segments @ query  # [S]
         best = int(segment_scores.argmax())
         hits.append(

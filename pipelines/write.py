@@ -43,6 +43,9 @@ DEFAULT_INDEX_MIN_ROWS = 5000
 DEFAULT_MAINTAIN_EVERY = 50
 REBUILD_INDEX_FRACTION = 0.1
 _DELETE_CHUNK = 500
+# Rows per commit when moving a table's segments to the multivector column (8 MiB a chunk at
+# 4 segments of 512 floats per row).
+MIGRATE_CHUNK_ROWS = 1024
 
 
 def connect(db_uri: str, storage: StorageOptions | None = None) -> lancedb.DBConnection:
@@ -147,6 +150,7 @@ class TableWriter:
             if extra.name not in self.schema.names:
                 self.schema = self.schema.append(extra)
         existing = open_table(self.db, table)
+        self.segments_migrated = 0
         if existing is None:
             self.table = self.db.create_table(table, schema=self.schema)
         elif _vector_types(existing.schema) != _vector_types(self.schema):
@@ -164,6 +168,9 @@ class TableWriter:
             if added:
                 existing.add_columns(added)
             self.table = existing
+            # A table written before the multivector column gets its segments moved into it
+            # from the flat column, without re-encoding anything.
+            self.segments_migrated = migrate_segment_layout(self.table, segments=segments)
             self.schema = self.table.schema
         described = self.table.schema.field(schema.VECTOR).metadata or {}
         if vector_metadata and any(
@@ -324,7 +331,8 @@ class TableWriter:
         hybrid search) once the table has rows, tables written before it existed included.
         The IVF_PQ index is built once the table has ``index_min_rows`` rows, and rebuilt when
         this run changed at least ``REBUILD_INDEX_FRACTION`` of them (an index trained on old
-        vectors partitions new ones poorly); rows whose manifest columns alone were updated
+        vectors partitions new ones poorly), or when the segments' column has none yet (a
+        table migrated from the flat layout); rows whose manifest columns alone were updated
         keep their vectors and count for compaction only. Returns what happened to the ANN
         index, for the summary.
         """
@@ -332,13 +340,15 @@ class TableWriter:
         if not has_caption_index(self.table) and self.table.count_rows():
             build_caption_index(self.table)
         changed = self.stats.indexed + self.stats.failed + deleted
-        if changed + self.stats.metadata_updated == 0 and cleanup_older_than is None:
+        touched = changed + self.stats.metadata_updated + self.segments_migrated
+        if touched == 0 and cleanup_older_than is None:
             return "unchanged"
         self.maintain(cleanup_older_than)
         rows = self.table.count_rows()
         if rows < index_min_rows:
             return f"none (table below {index_min_rows} rows)"
-        has_index = any(schema.VECTOR in index.columns for index in self.table.list_indices())
+        indexed = {column for index in self.table.list_indices() for column in index.columns}
+        has_index = {schema.VECTOR, schema.SEGMENT_EMBEDDINGS} <= indexed
         if has_index and changed < REBUILD_INDEX_FRACTION * rows:
             return "updated"
         build_ann_index(self.table, rows=rows, dim=self.schema.field(schema.VECTOR).type.list_size)
@@ -351,9 +361,49 @@ def fragment_count(table: lancedb.table.Table) -> int:
 
 
 def _vector_types(table_schema: pa.Schema) -> list[pa.DataType | None]:
-    """Types of the fixed-size columns whose sizes depend on the model (width, segments)."""
-    names = (schema.VECTOR, schema.SEGMENT_VECTORS, schema.SEGMENT_START_S, schema.SEGMENT_END_S)
+    """Types of the fixed-size columns whose sizes depend on the model: the width ``D`` (of
+    ``vector``, which the segments' column shares) and the segment count ``S``."""
+    names = (schema.VECTOR, schema.SEGMENT_START_S, schema.SEGMENT_END_S)
     return [table_schema.field(name).type if name in table_schema.names else None for name in names]
+
+
+def migrate_segment_layout(
+    table: lancedb.table.Table, *, segments: int, chunk_rows: int = MIGRATE_CHUNK_ROWS
+) -> int:
+    """Move the segment embeddings of a table written before the multivector column from the
+    flat ``segment_vectors [S * D]`` into ``segment_embeddings`` (which must exist), then drop
+    the flat column. Returns the rows moved (0 for a table in today's layout).
+
+    Each chunk of ``chunk_rows`` rows is one partial ``merge_insert`` that writes no other
+    column, and only rows still null in the new column are read, so a migration killed midway
+    continues where it stopped on the next run; the flat column is dropped once every row has
+    moved. Until then :mod:`pipelines.search` reads either column.
+    """
+    legacy, target = schema.LEGACY_SEGMENT_VECTORS, schema.SEGMENT_EMBEDDINGS
+    if legacy not in table.schema.names:
+        return 0
+    field = table.schema.field(target)
+    moved = 0
+    while True:
+        rows = (
+            table.search()
+            .where(f"{target} IS NULL AND {legacy} IS NOT NULL")
+            .select([schema.VIDEO_ID, legacy])
+            .limit(chunk_rows)
+            .to_arrow()
+        )
+        if rows.num_rows == 0:
+            break
+        flat = rows[legacy].combine_chunks().flatten().to_numpy()
+        update = pa.table(
+            [rows[schema.VIDEO_ID], schema.multivectors(flat.reshape(rows.num_rows, segments, -1))],
+            schema=pa.schema([table.schema.field(schema.VIDEO_ID), field]),
+        )
+        table.merge_insert(schema.VIDEO_ID).when_matched_update_all().execute(update)
+        moved += rows.num_rows
+    table.drop_columns([legacy])
+    log.warning("moved the segments of %d rows into the %s column", moved, target)
+    return moved
 
 
 def has_caption_index(table: lancedb.table.Table) -> bool:
@@ -368,16 +418,28 @@ def build_caption_index(table: lancedb.table.Table) -> None:
 
 
 def build_ann_index(table: lancedb.table.Table, *, rows: int, dim: int) -> None:
-    """IVF_PQ with cosine distance; about sqrt(rows) partitions and 8-float sub-vectors."""
-    partitions = max(1, int(math.sqrt(rows)))
+    """IVF_PQ with cosine distance on ``vector`` and, where the table has it, on the segments'
+    multivector column (LanceDB indexes each of its vectors; cosine is the only distance it
+    supports there); about sqrt(vectors) partitions and 8-float sub-vectors."""
     sub_vectors = next(n for n in (dim // 8, dim // 4, dim // 2, dim, 1) if n and dim % n == 0)
-    log.info("building IVF_PQ index: %d partitions, %d sub-vectors", partitions, sub_vectors)
-    # LanceDB 0.40 reads the first positional argument as the column whenever ``config`` is
-    # given; ``vector_column_name=`` is a legacy-API keyword it ignores then (indexing "l2").
-    table.create_index(
-        schema.VECTOR,
-        config=IvfPq(
-            distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors
-        ),
-        replace=True,
-    )
+    columns = [(schema.VECTOR, rows)]
+    if schema.SEGMENT_EMBEDDINGS in table.schema.names:
+        segments = table.schema.field(schema.SEGMENT_START_S).type.list_size
+        columns.append((schema.SEGMENT_EMBEDDINGS, rows * segments))
+    for column, vectors in columns:
+        partitions = max(1, int(math.sqrt(vectors)))
+        log.info(
+            "building IVF_PQ index on %s: %d partitions, %d sub-vectors",
+            column,
+            partitions,
+            sub_vectors,
+        )
+        # LanceDB 0.40 reads the first positional argument as the column whenever ``config`` is
+        # given; ``vector_column_name=`` is a legacy-API keyword it ignores then (indexing "l2").
+        table.create_index(
+            column,
+            config=IvfPq(
+                distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub_vectors
+            ),
+            replace=True,
+        )

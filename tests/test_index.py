@@ -99,8 +99,8 @@ def test_index_records_every_good_video_once_and_every_bad_one_with_its_reason(
         "tiny@untrained-seed0/T8-B2-S4-K32-kmedoids-euclidean-it20"
     }
     assert all(table["fingerprint"].to_pylist()) and all(table["indexed_at"].to_pylist())
-    segment_vectors = np.array(table["segment_vectors"].to_pylist(), np.float32)
-    segment_vectors = segment_vectors.reshape(len(good_ids), 4, 128)
+    segment_vectors = np.array(table["segment_embeddings"].to_pylist(), np.float32)
+    assert segment_vectors.shape == (len(good_ids), 4, 128)
     assert np.allclose(np.linalg.norm(segment_vectors, axis=2), 1.0, atol=1e-4)
     starts = np.array(table["segment_start_s"].to_pylist())
     ends = np.array(table["segment_end_s"].to_pylist())

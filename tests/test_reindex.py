@@ -92,7 +92,7 @@ def read(db: Path) -> pa.Table:
 
 
 def vectors(table: pa.Table, column: str = "vector") -> np.ndarray:
-    return np.stack(table[column].to_numpy(zero_copy_only=False))
+    return np.array(table[column].to_pylist(), np.float32)
 
 
 def copy_db(source: Path, tmp_path: Path) -> Path:
@@ -105,7 +105,7 @@ def assert_equals_clean(db: Path, clean_db: Path) -> None:
     assert table["video_id"].to_pylist() == clean["video_id"].to_pylist()
     for column in ("uri", "fingerprint", "model_id", "caption", "split"):
         assert table[column].equals(clean[column]), column
-    for column in ("vector", "segment_vectors"):
+    for column in ("vector", "segment_embeddings"):
         assert np.allclose(vectors(table, column), vectors(clean, column), atol=1e-5), column
 
 
@@ -205,7 +205,7 @@ def test_manifest_column_edits_update_rows_in_place_and_a_new_clip_is_reencoded(
     assert after["uri"].to_pylist() == uris
     assert after["caption"].to_pylist() == captions
     assert after["split"].to_pylist() == splits
-    for column in ("vector", "segment_vectors", "fingerprint", "indexed_at"):
+    for column in ("vector", "segment_embeddings", "fingerprint", "indexed_at"):
         assert after[column].equals(before[column]), column
     assert run_index(config(manifest, db)).plan == {"unchanged": count}
 
@@ -389,7 +389,8 @@ def test_model_switch_to_another_shape_replaces_the_table_and_can_be_rolled_back
     assert summary.indexed == before.num_rows
     after = read(db)
     assert after["model_id"].unique().to_pylist() == [model_id(meanp)]
-    assert after.schema.field("segment_vectors").type.list_size == 8 * 128
+    assert after.schema.field("segment_start_s").type.list_size == 8
+    assert vectors(after, "segment_embeddings").shape == (before.num_rows, 8, 128)
     assert after["video_id"].equals(before["video_id"])
 
     # The README's rollback: restore the version before the bad re-index.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import lancedb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -57,7 +58,7 @@ def test_a_segment_embedding_points_at_that_segment(indexed: tuple) -> None:
     db, rows = indexed
     table = open_index(str(db), "videos")
     for row in rows.to_pylist():
-        segments = np.asarray(row[schema.SEGMENT_VECTORS], np.float32).reshape(4, 128)
+        segments = np.asarray(row[schema.SEGMENT_EMBEDDINGS], np.float32)  # [4, 128]
         # An untrained model's segments differ little (cosine ~0.9997) but far beyond float32
         # error; segments of a static clip can coincide, and those cannot be told apart.
         scores = segments @ segments.T  # [4, 4]
@@ -71,6 +72,13 @@ def test_a_segment_embedding_points_at_that_segment(indexed: tuple) -> None:
             assert (own.segment_start_s, own.segment_end_s) == pytest.approx(
                 (row[schema.SEGMENT_START_S][j], row[schema.SEGMENT_END_S][j])
             )
+            # Ranked by moments (MaxSim), the segment's own video comes first, at that segment.
+            [first, *_] = search_vectors(
+                table, segments[j : j + 1], model_id=MODEL_ID, k=3, by="moments"
+            )[0]
+            assert (first.video_id, first.segment) == (row[schema.VIDEO_ID], j)
+            assert first.segment_score == pytest.approx(1.0, abs=1e-5)
+            assert first.score == pytest.approx(float(np.dot(row[schema.VECTOR], segments[j])))
 
 
 def test_search_job_prints_hits_with_scores_segment_spans_and_uris(
@@ -107,3 +115,51 @@ def test_search_with_another_model_fails_clearly(
     err = capsys.readouterr().err
     assert f"error: the table was indexed with {MODEL_ID}, not tiny@" in err
     assert "K16" in err and "re-index" in err
+
+
+def test_a_table_of_the_flat_segment_layout_searches_then_migrates_without_re_encoding(
+    indexed: tuple, sample_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A table an earlier version indexed (segments in the flat ``segment_vectors``): search by
+    vector works and points at the right segment, ranking by moments is a clear error, and the
+    next ``jobs.index`` run moves the segments to the multivector column without encoding."""
+    _, rows = indexed
+    flat = pa.FixedSizeListArray.from_arrays(
+        rows[schema.SEGMENT_EMBEDDINGS].combine_chunks().flatten().flatten(), 4 * 128
+    )
+    old = rows.drop_columns([schema.SEGMENT_EMBEDDINGS]).append_column(
+        schema.LEGACY_SEGMENT_VECTORS, flat
+    )
+    db = tmp_path / "db"
+    lancedb.connect(str(db)).create_table("videos", old)
+    segments = np.array(rows[schema.SEGMENT_EMBEDDINGS].to_pylist(), np.float32)  # [V, 4, 128]
+    table = open_index(str(db), "videos")
+    for hits, row, own in zip(
+        search_vectors(table, segments[:, 2], model_id=MODEL_ID, k=16, exact=True),
+        rows.to_pylist(),
+        segments,
+        strict=True,
+    ):
+        hit = next(h for h in hits if h.video_id == row[schema.VIDEO_ID])
+        assert hit.segment == int(np.argmax(own @ own[2]))
+        assert hit.segment_score == pytest.approx(1.0, abs=1e-5)
+
+    argv = ["--db", str(db), "--table", "videos", "--model", "tiny", "--by", "moments", "a q"]
+    assert search_job.main(argv) == 1
+    assert "re-run jobs.index on it once" in capsys.readouterr().err
+    assert search_job.main([*argv, "--hybrid"]) == 1
+    assert "--hybrid fuses the whole-video ranking" in capsys.readouterr().err
+
+    status = index_job.main(
+        ["--manifest", str(sample_corpus / "manifest"), "--db", str(db), "--table", "videos",
+         "--model", "tiny", "--gpus-per-actor", "0", "--log-level", "WARNING"]
+    )  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "unchanged=16" in printed
+    assert "migrated    the segments of 16 rows to the multivector column" in printed
+    after = open_index(str(db), "videos").to_arrow().sort_by(schema.VIDEO_ID)
+    assert schema.LEGACY_SEGMENT_VECTORS not in after.column_names
+    assert after[schema.INDEXED_AT].equals(rows[schema.INDEXED_AT])  # nothing re-encoded
+    assert np.array_equal(np.array(after[schema.SEGMENT_EMBEDDINGS].to_pylist()), segments)
+    assert search_job.main(argv) == 0

@@ -33,7 +33,7 @@ from jobs import index as index_job
 from jobs import serve as serve_job
 from pipelines import schema
 from pipelines.encode import ModelSpec
-from pipelines.search import open_index
+from pipelines.search import encode_queries, open_index, search_vectors
 from pipelines.synthetic import COLOURS, write_two_part_videos
 
 TWO_PART_VIDEOS = 2
@@ -245,6 +245,8 @@ def test_thumbnail_is_a_jpeg_of_the_frame_at_t(service: str, indexed: tuple) -> 
         ("/thumbnail/no-such-video", 404, "unknown video_id"),
         ("/thumbnail/syn-000001?t=-1", 400, "t: "),
         ("/static/../app.py", 404, ""),
+        ("/search?q=a&by=scenes", 400, "by: "),
+        ("/search?q=a&by=moments&hybrid=1", 400, "drop by=moments"),
         ("/mismatch/search?q=a", 409, "the table was indexed with tiny@"),
         ("/mismatch/similar/syn-000001", 409, "re-index"),
     ],
@@ -273,6 +275,51 @@ def test_a_moment_finds_its_half_of_the_video(service: str, indexed: tuple) -> N
             hit = next(h for h in body["hits"] if h["video_id"] == whole)
             middle = (hit["start_s"] + hit["end_s"]) / 2
             assert clip["half_start_s"] <= middle <= clip["half_end_s"], (whole, part, hit)
+
+
+def test_ranked_by_moments_a_half_finds_its_two_part_video_first(indexed: tuple) -> None:
+    """MaxSim over the segments: each half's stored vector (standing in for a caption of that
+    half, as above), searched among the whole videos, ranks its two-part video first."""
+    db, _ = indexed
+    table = open_index(str(db), "videos")
+    rows = table_rows(db)
+    model_id = ModelSpec("tiny").build().model_id
+    wholes = "part IS NULL OR part = 'whole'"  # the halves' own clips left out
+    for i in range(TWO_PART_VIDEOS):
+        whole = f"two-part-{i:03d}"
+        for part in ("first", "second"):
+            clip = rows[f"{whole}-{part}"]
+            query = np.asarray(clip[schema.VECTOR], np.float32)[None]  # [1, D]
+            [first, *_] = search_vectors(
+                table, query, model_id=model_id, k=3, where=wholes, by="moments"
+            )[0]
+            assert first.video_id == whole, (part, first)
+            middle = (first.segment_start_s + first.segment_end_s) / 2
+            assert clip["half_start_s"] <= middle <= clip["half_end_s"]
+
+
+def test_search_by_moments_over_http_ranks_by_the_best_segment(
+    service: str, indexed: tuple
+) -> None:
+    """``by=moments``: hits ordered by MaxSim, which equals each row's best segment cosine as
+    computed here from the stored multivector column."""
+    db, _ = indexed
+    rows = table_rows(db)
+    query = "a red circle moving left"
+    status, body = get_json(search_url(service, q=query, k=5, by="moments"))
+    assert status == 200 and body["by"] == "moments"
+    text = encode_queries(ModelSpec("tiny").build(), [query])[0]  # [D]
+    maxsim = {
+        video_id: float((np.asarray(row[schema.SEGMENT_EMBEDDINGS], np.float32) @ text).max())
+        for video_id, row in rows.items()
+    }
+    scores = [h["segment_score"] for h in body["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    assert scores == pytest.approx([maxsim[h["video_id"]] for h in body["hits"]], abs=1e-5)
+    assert scores[-1] >= sorted(maxsim.values(), reverse=True)[4] - 1e-5  # the top 5
+    for hit in body["hits"]:
+        row = rows[hit["video_id"]]
+        assert hit["start_s"] == pytest.approx(row[schema.SEGMENT_START_S][hit["segment"]])
 
 
 def test_hybrid_finds_a_caption_word_the_vector_search_ranks_last(

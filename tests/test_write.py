@@ -4,14 +4,16 @@ change, and a long run's fragments stay bounded."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
+import lancedb
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from pipelines import schema
-from pipelines.search import check_model, model_filter
+from pipelines.search import MomentsUnavailableError, check_model, model_filter, search_vectors
 from pipelines.write import TableWriter, delete_ids, fragment_count, sql_in
 
 DIM, SEGMENTS = 8, 2
@@ -31,8 +33,8 @@ def encoded(ids: list[str], *, seed: int, error: str = "", dim: int = DIM) -> pa
             schema.ERROR: pa.array([error] * n),
             schema.STAGE: pa.array([schema.STAGE_DECODE if error else ""] * n),
             schema.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
-            schema.SEGMENT_VECTORS: pa.FixedSizeListArray.from_arrays(
-                pa.array(np.tile(vectors, (1, SEGMENTS)).reshape(-1)), SEGMENTS * dim
+            schema.SEGMENT_EMBEDDINGS: schema.multivectors(
+                np.repeat(vectors[:, None], SEGMENTS, axis=1)
             ),
             schema.SEGMENT_START_S: pa.FixedSizeListArray.from_arrays(
                 pa.array(np.zeros(n * SEGMENTS, np.float32)), SEGMENTS
@@ -148,3 +150,93 @@ def test_check_model_counts_through_the_index_and_names_the_other_models(
     assert check_model(only.table, "model-a") == 6
     with pytest.raises(ModelMismatchError, match="indexed with model-a, not model-z"):
         check_model(only.table, bad_model)
+
+
+def flat_layout_table(db: Path, segments: np.ndarray) -> lancedb.table.Table:
+    """A table as the index job wrote it before the multivector column: the ``[N, S, D]`` unit
+    ``segments`` flattened into ``segment_vectors [S * D]``, the video vector their mean."""
+    n = len(segments)
+    vectors = segments.mean(axis=1)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    fields = [
+        pa.field(schema.LEGACY_SEGMENT_VECTORS, pa.list_(pa.float32(), SEGMENTS * DIM))
+        if f.name == schema.SEGMENT_EMBEDDINGS
+        else f
+        for f in schema.embeddings_schema(DIM, SEGMENTS)
+    ]
+    rows = encoded(ids("v", n), seed=0).drop_columns([schema.ERROR, schema.STAGE])
+    rows = rows.set_column(
+        rows.schema.get_field_index(schema.VECTOR),
+        schema.VECTOR,
+        pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), DIM),
+    )
+    columns = {
+        **{name: rows[name] for name in rows.column_names if name != schema.SEGMENT_EMBEDDINGS},
+        schema.LEGACY_SEGMENT_VECTORS: pa.FixedSizeListArray.from_arrays(
+            pa.array(segments.reshape(-1)), SEGMENTS * DIM
+        ),
+        schema.MODEL_ID: pa.array(["model-a"] * n),
+        schema.INDEXED_AT: pa.array([datetime.now(timezone.utc)] * n, schema.TIMESTAMP),
+    }
+    table = pa.table(
+        [columns.get(f.name, pa.nulls(n, f.type)) for f in fields], schema=pa.schema(fields)
+    )
+    return lancedb.connect(str(db)).create_table("videos", table)
+
+
+def test_a_flat_segment_table_searches_and_moves_to_the_multivector_column_once(
+    tmp_path: Path,
+) -> None:
+    """A table of the old layout answers vector searches (best segment from the flat column)
+    and refuses moment ranking clearly; the writer moves its segments into the multivector
+    column (continuing a move killed midway), drops the flat column, indexes both vector
+    columns, and moment search then ranks by MaxSim through that index."""
+    rng = np.random.default_rng(7)
+    segments = rng.standard_normal((300, SEGMENTS, DIM)).astype(np.float32)
+    segments /= np.linalg.norm(segments, axis=2, keepdims=True)
+    table = flat_layout_table(tmp_path, segments)
+    probes = [0, 150, 299]
+    queries = segments[probes, 1]  # [3, D]: each video's second segment
+
+    def own_hits(by: str, k: int) -> list:
+        results = search_vectors(table, queries, model_id="model-a", k=k, exact=True, by=by)
+        return [
+            next(h for h in hits if h.video_id == f"v{i:03d}")
+            for i, hits in zip(probes, results, strict=True)
+        ]
+
+    assert [h.segment for h in own_hits("vector", 300)] == [1, 1, 1]
+    with pytest.raises(MomentsUnavailableError, match="re-run jobs.index"):
+        own_hits("moments", 3)
+
+    # A move killed after its first chunk: the first 100 rows moved, the flat column still there.
+    table.add_columns([pa.field(schema.SEGMENT_EMBEDDINGS, schema.multivector_type(DIM))])
+    moved_first = pa.table(
+        {
+            schema.VIDEO_ID: pa.array(ids("v", 100)),
+            schema.SEGMENT_EMBEDDINGS: schema.multivectors(segments[:100]),
+        }
+    )
+    table.merge_insert(schema.VIDEO_ID).when_matched_update_all().execute(moved_first)
+    hits = own_hits("vector", 300)  # rows of either state
+    assert [h.segment for h in hits] == [1, 1, 1]
+    assert [h.segment_score for h in hits] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
+
+    moving = writer(tmp_path)
+    assert moving.segments_migrated == 200
+    table = moving.table
+    assert schema.LEGACY_SEGMENT_VECTORS not in table.schema.names
+    stored = table.to_arrow().sort_by(schema.VIDEO_ID)[schema.SEGMENT_EMBEDDINGS].to_pylist()
+    assert np.array_equal(np.array(stored, np.float32), segments)
+    assert moving.finish(index_min_rows=100) == "built"
+    indexed = {c for index in table.list_indices() for c in index.columns}
+    assert {schema.VECTOR, schema.SEGMENT_EMBEDDINGS} <= indexed
+
+    results = search_vectors(table, queries, model_id="model-a", k=3, by="moments")  # ANN
+    for i, hits in zip(probes, results, strict=True):
+        assert hits[0].video_id == f"v{i:03d}" and hits[0].segment == 1
+        assert hits[0].segment_score == pytest.approx(1.0, abs=1e-5)
+        assert [h.segment_score for h in hits] == sorted(
+            (h.segment_score for h in hits), reverse=True
+        )
+    assert writer(tmp_path).segments_migrated == 0

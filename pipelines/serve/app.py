@@ -5,7 +5,9 @@ Routes (JSON unless said otherwise; errors are ``{"error": "..."}`` with a 4xx s
 ========================================  =====================================================
 ``GET /``                                 the search page (static HTML, CSS and JavaScript)
 ``GET /health``                           model, table, rows of this model, table version
-``GET /search?q=&k=10&split=&hybrid=0``   ``{"query", "hits": [...]}``, best first
+``GET /search?q=&k=10&split=&hybrid=0``   ``{"query", "hits": [...]}``, best first, ranked
+                                          ``by=vector`` (the video) or ``by=moments``
+                                          (its best segment)
 ``GET /similar/{video_id}?k=10&split=``   videos nearest to that video's stored vector
 ``GET /videos/{video_id}``                the row: uri, captions, segment spans
 ``GET /video/{video_id}``                 the file; honours ``Range`` (206 and the bytes)
@@ -16,7 +18,7 @@ Routes (JSON unless said otherwise; errors are ``{"error": "..."}`` with a 4xx s
 # No ``from __future__ import annotations`` here: FastAPI reads the route parameters' annotations
 # at run time, and Ray Serve's class-based views cannot resolve them from strings.
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -75,9 +77,10 @@ class SearchDeployment:
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         split: str | None = None,
         hybrid: bool = False,
+        by: Literal["vector", "moments"] = "vector",
     ) -> dict[str, Any]:
-        hits = self.service.search(q, k=k, split=split or None, hybrid=hybrid)
-        return {"query": q, "hybrid": hybrid, "hits": [hit_json(hit) for hit in hits]}
+        hits = self.service.search(q, k=k, split=split or None, hybrid=hybrid, by=by)
+        return {"query": q, "hybrid": hybrid, "by": by, "hits": [hit_json(hit) for hit in hits]}
 
     @app.get("/similar/{video_id}")
     def similar(

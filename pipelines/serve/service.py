@@ -19,8 +19,10 @@ import torch
 from pipelines import schema
 from pipelines.encode import ModelSpec
 from pipelines.search import (
+    BY_VECTOR,
     HybridIndexMissingError,
     ModelMismatchError,
+    MomentsUnavailableError,
     SearchHit,
     check_model,
     encode_queries,
@@ -117,22 +119,40 @@ class SearchService:
     # --- queries
 
     def search(
-        self, query: str, *, k: int = 10, split: str | None = None, hybrid: bool = False
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        split: str | None = None,
+        hybrid: bool = False,
+        by: str = BY_VECTOR,
     ) -> list[SearchHit]:
-        """Top ``k`` videos for the text ``query`` (see :func:`pipelines.search.search`)."""
+        """Top ``k`` videos for the text ``query``, ranked ``by`` the video embedding or the
+        best segment (see :func:`pipelines.search.search`)."""
         query = query.strip()
         if not query:
             raise ServiceError(400, "empty query: pass q=some words")
         if len(query) > MAX_QUERY_CHARS:
             raise ServiceError(400, f"query longer than {MAX_QUERY_CHARS} characters")
         _check_k(k)
+        if hybrid and by != BY_VECTOR:
+            raise ServiceError(400, "hybrid=1 fuses the whole-video ranking; drop by=moments")
         self._ready()
         vector = encode_queries(self.model, [query])
         where = split_filter(split)
         if not hybrid:
-            return search_vectors(
-                self.table, vector, model_id=self.model.model_id, k=k, where=where, checked=True
-            )[0]
+            try:
+                return search_vectors(
+                    self.table,
+                    vector,
+                    model_id=self.model.model_id,
+                    k=k,
+                    where=where,
+                    checked=True,
+                    by=by,
+                )[0]
+            except MomentsUnavailableError as err:
+                raise ServiceError(409, str(err)) from err
         try:
             return hybrid_search(
                 self.table,

@@ -65,6 +65,7 @@ function play(hit, card) {
 function params() {
   const p = new URLSearchParams({ q: $("q").value, k: $("k").value });
   if ($("hybrid").checked) p.set("hybrid", "1");
+  if ($("moments").checked) p.set("by", "moments");
   if ($("split").value.trim()) p.set("split", $("split").value.trim());
   return p;
 }
@@ -78,7 +79,7 @@ async function search(event) {
     const started = performance.now();
     const body = await getJSON(`/search?${p}`);
     const ms = Math.round(performance.now() - started);
-    render(body.hits, `${body.hits.length} videos for “${body.query}”${body.hybrid ? " (hybrid)" : ""} in ${ms} ms`);
+    render(body.hits, `${body.hits.length} videos for “${body.query}”${body.hybrid ? " (hybrid)" : ""}${body.by === "moments" ? " (by moments)" : ""} in ${ms} ms`);
   } catch (err) {
     $("results").replaceChildren();
     setMessage(err.message, true);
@@ -114,6 +115,7 @@ async function init() {
   if (given.get("q")) {
     $("q").value = given.get("q");
     $("hybrid").checked = given.get("hybrid") === "1";
+    $("moments").checked = given.get("by") === "moments";
     if (given.get("split")) $("split").value = given.get("split");
     search();
   }
