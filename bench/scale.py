@@ -289,11 +289,12 @@ def _evaluate_in_fresh_process(db: str, captions: int) -> dict[str, Any]:
     import lancedb
 
     from pipelines import schema
-    from pipelines.evaluate import DEFAULT_EXACT_CHUNK_ROWS, _vectors, exact_ranks
+    from pipelines.evaluate import DEFAULT_EXACT_CHUNK_ROWS, exact_ranks
+    from pipelines.evaluate.vectors import to_matrix
 
     after_imports = peak_rss_gib()
     table = lancedb.connect(db).open_table(TABLE)
-    video = _vectors(table.search().select([schema.VECTOR]).limit(None).to_arrow()[schema.VECTOR])
+    video = to_matrix(table.search().select([schema.VECTOR]).limit(None).to_arrow()[schema.VECTOR])
     rng = np.random.default_rng(4)
     caption_video = rng.integers(0, len(video), captions)
     text = video[caption_video] + 0.5 * rng.standard_normal((captions, DIM), dtype=np.float32)

@@ -7,8 +7,8 @@ captions for both:
 - ``baseline``: CLIP4Clip meanP (``ViT-B-32-meanP``, no clustering);
 - ``kmedoids``: CenterCLIP k-medoids++ B6-4,49 (``ViT-B-32-center``).
 
-A step is what ``pipelines/finetune.py`` runs: both towers forward, symmetric InfoNCE, backward,
-gradient clipping, AdamW (``centerclip.train.training_step``). Measured per variant:
+A step is what ``pipelines/finetune/worker.py`` runs: both towers forward, symmetric InfoNCE,
+backward, gradient clipping, AdamW (``centerclip.train.training_step``). Measured per variant:
 
 1. memory: the bytes autograd saves for backward during the step, each storage once (the
    ``saved_tensors_hooks`` accounting of ``bench.encoder``: parameters and autocast's copies of

@@ -1,7 +1,7 @@
 """Fine-tuning in plain torch: the hyperparameters, AdamW parameter groups, the warm-up + cosine
 schedule, one training step and the validation metrics.
 
-Nothing here knows about Ray: ``pipelines/finetune.py`` runs these pieces inside Ray Train
+Nothing here knows about Ray: ``pipelines/finetune/worker.py`` runs these pieces inside Ray Train
 workers (with ``torch.distributed`` initialised, so the loss spans every worker's batch), and a
 single process can use them unchanged (the loss is then over the local batch).
 

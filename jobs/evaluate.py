@@ -23,7 +23,7 @@ from jobs.index import (
     warn_if_random_weights,
 )
 
-# As pipelines.evaluate.MIN_ANN_K; not imported from there so --help stays fast (no torch).
+# As pipelines.evaluate.config.MIN_ANN_K; not imported from there so --help stays fast (no torch).
 MIN_ANN_K = 10
 
 

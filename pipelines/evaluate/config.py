@@ -1,0 +1,53 @@
+"""The evaluation job's settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.encode import ModelSpec
+from pipelines.search import DEFAULT_REFINE_FACTOR
+
+# ann_recall@10 compares against the exact top 10; R@10 needs ranks up to 10.
+MIN_ANN_K = 10
+# Captions per exact-rank chunk: 1024 x 100k videos is 400 MB of float32 scores at most.
+DEFAULT_EXACT_CHUNK_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """One run of the evaluation job.
+
+    Attributes:
+        manifest: Parquet shards or folders; their ``caption`` column holds the queries.
+        db, table: the LanceDB embeddings table the index job wrote.
+        model: must be the model the table was indexed with.
+        out: folder for ``metrics.json``, ``ranks.parquet`` and ``recall_at_k.png``.
+        split: evaluate only the manifest rows of this split (``None``: every row).
+        k: results per ANN query (at least 10).
+        build_index: (re)build the table's IVF_PQ index first, even below the index job's size
+            threshold. This writes the index into the table.
+        nprobes, refine_factor: ANN search settings, as the search job uses them.
+        text_batch_size: captions per text-tower batch.
+        ray_min_captions: encode on a Ray Data actor pool when the split has more captions.
+        exact_chunk_rows: captions scored against every video at once for the exact ranks.
+        address, actors, gpus_per_actor: the Ray cluster and its text-encode actors.
+    """
+
+    manifest: str | Sequence[str]
+    db: str
+    table: str
+    model: ModelSpec
+    out: Path
+    split: str | None = None
+    k: int = MIN_ANN_K
+    build_index: bool = False
+    nprobes: int | None = None
+    refine_factor: int | None = DEFAULT_REFINE_FACTOR
+    text_batch_size: int = 256
+    ray_min_captions: int = 5000
+    exact_chunk_rows: int = DEFAULT_EXACT_CHUNK_ROWS
+    address: str | None = None
+    actors: int | None = None
+    gpus_per_actor: float | None = None
