@@ -80,7 +80,7 @@ def indexed(ray_session: dict, sample_corpus: Path, tmp_path_factory: pytest.Tem
 
     with_broken = pa.concat_tables([corpus, rows(BROKEN, str(broken), ["a broken clip"])])
     index_manifest = _write_manifest(folder / "index-manifest", with_broken)
-    never = rows(NEVER_INDEXED, corpus["uri"][0].as_py(), ["never seen", "not indexed at all"])
+    never = rows(NEVER_INDEXED, corpus["uri"][0].as_py(), ["never seen", "not indexed at all", ""])
     eval_manifest = _write_manifest(
         folder / "eval-manifest", pa.concat_tables([with_broken, never])
     )
@@ -110,8 +110,13 @@ def test_evaluation_writes_the_documented_outputs_and_reports_missing_videos(
     assert "ANN index:    none" in out and "--build-index" in out
     assert "left out:     3 captions of 2 videos" in out
     assert BROKEN in out and NEVER_INDEXED in out
+    assert "skipped:      1 null or blank captions (no queries)" in out
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["skipped_captions"] == {
+        "num_captions": 1,
+        "captions": [{"video_id": NEVER_INDEXED, "caption_index": 2, "reason": "blank caption"}],
+    }
     assert (tmp_path / "recall_at_k.png").stat().st_size > 10_000
     for direction in ("t2v", "v2t"):
         assert set(metrics[direction]) == METRIC_KEYS
@@ -121,7 +126,7 @@ def test_evaluation_writes_the_documented_outputs_and_reports_missing_videos(
     test = manifest.filter(pa.compute.equal(manifest["split"], "test"))
     all_captions = sum(len(c) for c in test["caption"].to_pylist())
     assert metrics["num_videos"] == test.num_rows - 2
-    assert metrics["num_queries"] == all_captions - 3
+    assert metrics["num_queries"] == all_captions - 3 - 1  # the missing videos' and the blank
     assert metrics["ann"]["index"] is None and metrics["ann_recall@10"] == 1.0
 
     missing = {v["video_id"]: v for v in metrics["missing"]["videos"]}
@@ -132,7 +137,7 @@ def test_evaluation_writes_the_documented_outputs_and_reports_missing_videos(
     }  # fmt: skip
 
     ranks = pq.read_table(tmp_path / "ranks.parquet")
-    assert ranks.num_rows == all_captions
+    assert ranks.num_rows == all_captions - 1  # a row per query: not the blank caption
     left_out = ranks.filter(pa.compute.is_valid(ranks[schema.MISSING]))
     assert sorted(set(left_out["video_id"].to_pylist())) == sorted([BROKEN, NEVER_INDEXED])
     assert left_out[schema.T2V_RANK].null_count == left_out.num_rows
@@ -247,16 +252,23 @@ def test_split_queries_gives_one_query_per_caption_and_keeps_uncaptioned_videos(
         {
             "video_id": ["a", "b", "c", "d"],
             "caption": pa.array(
-                [["a0", "a1"], None, ["c0", None, "c2"], ["d0"]], pa.list_(pa.string())
+                [["a0", "", "a2"], None, ["c0", None, "c2", " \t"], ["d0"]],
+                pa.list_(pa.string()),
             ),
             "split": ["test", "test", "test", "train"],
         }
     )
-    videos, queries = split_queries(manifest, "test")
+    videos, queries, skipped = split_queries(manifest, "test")
     assert videos["video_id"].to_pylist() == ["a", "b", "c"]
     assert queries["video_id"].to_pylist() == ["a", "a", "c", "c"]
-    assert queries[schema.CAPTION_INDEX].to_pylist() == [0, 1, 0, 2]
-    assert queries["caption"].to_pylist() == ["a0", "a1", "c0", "c2"]
+    assert queries[schema.CAPTION_INDEX].to_pylist() == [0, 2, 0, 2]
+    assert queries["caption"].to_pylist() == ["a0", "a2", "c0", "c2"]
+    # Null and blank captions are no queries, and none is dropped unseen.
+    assert skipped.to_pylist() == [
+        {"video_id": "a", schema.CAPTION_INDEX: 1, "reason": "blank caption"},
+        {"video_id": "c", schema.CAPTION_INDEX: 1, "reason": "null caption"},
+        {"video_id": "c", schema.CAPTION_INDEX: 3, "reason": "blank caption"},
+    ]
     with pytest.raises(ValueError, match=r"no manifest rows; the splits are \['test', 'train'\]"):
         split_queries(manifest, "val")
 
@@ -462,6 +474,7 @@ def test_the_printed_table_has_a_chance_row_per_direction() -> None:
         "ann": {"index_note": "none", "v2t_index_note": "none", "k": 10, "nprobes": None,
                 "refine_factor": 10, "t2v": ann, "v2t": ann},
         "missing": {"num_captions": 0, "num_videos": 0, "videos": []},
+        "skipped_captions": {"num_captions": 0, "captions": []},
     }  # fmt: skip
     lines = EvaluationReport(metrics=metrics, ranks=pa.table({})).format().splitlines()
     rows = {line[:16].strip(): line[16:].split() for line in lines if "chance" in line[:16]}

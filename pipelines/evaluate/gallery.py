@@ -19,14 +19,15 @@ from pipelines.write import sql_in
 _IDS_PER_FILTER = 2000
 
 
-def split_queries(manifest: pa.Table, split: str | None) -> tuple[pa.Table, pa.Table]:
+def split_queries(manifest: pa.Table, split: str | None) -> tuple[pa.Table, pa.Table, pa.Table]:
     """The split's videos and one query per caption.
 
     Returns:
-        ``(videos, queries)``: ``videos`` has ``video_id`` for every manifest row of the split,
-        captioned or not (uncaptioned videos still compete as retrieval targets); ``queries`` has
-        ``video_id``, ``caption_index`` (position in the video's caption list) and ``caption``,
-        in manifest order. Null captions are skipped.
+        ``(videos, queries, skipped)``: ``videos`` has ``video_id`` for every manifest row of the
+        split, captioned or not (uncaptioned videos still compete as retrieval targets);
+        ``queries`` has ``video_id``, ``caption_index`` (position in the video's caption list)
+        and ``caption``, in manifest order. A null or blank (empty or whitespace) caption is no
+        query: it is a row of ``skipped`` (``video_id``, ``caption_index``, ``reason``).
 
     Raises:
         ValueError: no ``caption`` column, an unknown split, or a split without captions.
@@ -46,16 +47,24 @@ def split_queries(manifest: pa.Table, split: str | None) -> tuple[pa.Table, pa.T
     flat = pc.list_flatten(captions)
     starts = captions.offsets.to_numpy()[:-1]
     positions = np.arange(len(flat)) - starts[parents.to_numpy()]
-    queries = pa.table(
+    every_caption = pa.table(
         {
             schema.VIDEO_ID: manifest[schema.VIDEO_ID].combine_chunks().take(parents),
             schema.CAPTION_INDEX: pa.array(positions, pa.int32()),
             schema.CAPTION: flat,
         }
-    ).filter(pc.is_valid(flat))
+    )
+    is_null = pc.is_null(flat)
+    is_blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(flat), ""), False)
+    queries = every_caption.filter(pc.invert(pc.or_(is_null, is_blank)))
+    skipped = every_caption.filter(pc.or_(is_null, is_blank)).select(
+        [schema.VIDEO_ID, schema.CAPTION_INDEX]
+    )
+    reasons = pc.if_else(is_null, "null caption", "blank caption").filter(pc.or_(is_null, is_blank))
+    skipped = skipped.append_column("reason", reasons)
     if queries.num_rows == 0:
         raise ValueError(f"the {split or 'manifest'} rows have no captions; nothing to evaluate")
-    return manifest.select([schema.VIDEO_ID]), queries
+    return manifest.select([schema.VIDEO_ID]), queries, skipped
 
 
 def missing_reasons(

@@ -76,6 +76,12 @@ class EvaluationReport:
             )
         else:
             lines.append("left out:     nothing (every video of the split is in the table)")
+        skipped = m["skipped_captions"]
+        if skipped["num_captions"]:
+            lines.append(
+                f"skipped:      {skipped['num_captions']} null or blank captions (no queries); "
+                "metrics.json lists them under skipped_captions"
+            )
         return "\n".join(lines)
 
 

@@ -63,7 +63,7 @@ def run_evaluation(
     seconds: dict[str, float] = {}
     model = config.model.build("cuda" if torch.cuda.is_available() else "cpu")
     model_id = model.model_id
-    videos, queries = split_queries(read_manifest(config.manifest), config.split)
+    videos, queries, skipped = split_queries(read_manifest(config.manifest), config.split)
     table = open_index(config.db, config.table)
     model_rows = check_model(table, model_id)
 
@@ -147,6 +147,11 @@ def run_evaluation(
             "num_captions": queries.num_rows - kept.num_rows,
             "num_videos": len(missing_videos),
             "videos": missing_videos,
+        },
+        # Null and blank captions are no queries; listed so that none is dropped unseen.
+        "skipped_captions": {
+            "num_captions": skipped.num_rows,
+            "captions": skipped.to_pylist(),
         },
         "seconds": seconds,
     }
