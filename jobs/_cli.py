@@ -333,6 +333,7 @@ def execute(run: Run, args: argparse.Namespace, job: str) -> int:
     is an unexpected exception, whose traceback goes to the log file (or, with ``--verbose``, to
     the terminal as usual)."""
     from jobs import _console
+    from pipelines.faults import storage_fault
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     verbose = getattr(args, "verbose", False)
@@ -354,9 +355,9 @@ def execute(run: Run, args: argparse.Namespace, job: str) -> int:
             if verbose or console.log_path is None:
                 raise
             logging.getLogger(job).exception("the job failed")
+            said = storage_fault(err) or f"{type(err).__name__}: {_first_line(err)}"
             console.error(
-                f"{type(err).__name__}: {_first_line(err)} (the full traceback is in "
-                f"{console.log_path}; --verbose shows it here)"
+                f"{said} (the full traceback is in {console.log_path}; --verbose shows it here)"
             )
             return 1
 

@@ -56,7 +56,23 @@ def connect(db_uri: str, storage: StorageOptions | None = None) -> lancedb.DBCon
 
 
 def open_table(db: lancedb.DBConnection, name: str) -> lancedb.table.Table | None:
-    return db.open_table(name) if name in db.table_names() else None
+    """The table ``name``, or None if there is none, or only a folder without any version (a
+    creation cut short by a full disk or a kill)."""
+    if name not in db.table_names():
+        return None
+    try:
+        return db.open_table(name)
+    except ValueError as err:
+        if "was not found" in str(err):
+            return None
+        raise
+
+
+def drop_unfinished_table(db: lancedb.DBConnection, name: str) -> None:
+    """Remove ``name`` if it is a folder without any version: creating the table over it would
+    otherwise fail, and it holds nothing."""
+    if name in db.table_names() and open_table(db, name) is None:
+        db.drop_table(name)
 
 
 def sql_in(column: str, values: Iterable[str]) -> str:
@@ -152,6 +168,7 @@ class TableWriter:
         existing = open_table(self.db, table)
         self.segments_migrated = 0
         if existing is None:
+            drop_unfinished_table(self.db, table)
             self.table = self.db.create_table(table, schema=self.schema)
         elif _vector_types(existing.schema) != _vector_types(self.schema):
             # Another embedding width or segment count cannot be upserted into fixed-size vector
@@ -179,6 +196,7 @@ class TableWriter:
             self.table.update_field_metadata(
                 {"path": schema.VECTOR, "metadata": vector_metadata, "replace": True}
             )
+        drop_unfinished_table(self.db, schema.errors_table_name(table))
         self.errors = self.db.create_table(
             schema.errors_table_name(table), schema=schema.ERRORS_SCHEMA, exist_ok=True
         )

@@ -1,0 +1,116 @@
+"""Storage faults end in one line with the remedy, and the rerun after the fix completes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import lancedb
+import pytest
+
+from jobs import index as index_job
+
+CPU_ONLY = ["--gpus-per-actor", "0"]
+VIDEOS = 16  # the sample corpus
+
+
+def index(corpus: Path, db: Path, *extra: str) -> int:
+    return index_job.main(
+        ["--manifest", str(corpus / "manifest"), "--db", str(db), "--table", "videos",
+         "--model", "tiny", *CPU_ONLY, "--log-level", "WARNING", *extra]
+    )  # fmt: skip
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+def assert_complete(db: Path) -> None:
+    ids = lancedb.connect(str(db)).open_table("videos").to_arrow()["video_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == VIDEOS
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs filled to the last byte; remounted larger with ``grow``."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or 'mount failed'}")
+    try:
+        filler = os.open(mount_point / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(filler, b"\0" * 4096):
+                pass
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+        finally:
+            os.close(filler)
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def grow(mount_point: Path) -> None:
+    subprocess.run(
+        ["mount", "-o", "remount,size=64m", str(mount_point)], check=True, capture_output=True
+    )
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_after_growing_it_completes(
+    ray_session: dict, sample_corpus: Path, full_disk: Path, capsys: pytest.CaptureFixture
+) -> None:
+    db = full_disk / "db"
+    assert index(sample_corpus, db) == 1
+    err = capsys.readouterr().err
+    [line] = error_lines(err)
+    assert line.startswith("error: no space left on the device that holds the database (--db)")
+    assert "Traceback" not in err
+
+    grow(full_disk)
+    assert index(sample_corpus, db) == 0
+    assert_complete(db)
+
+
+def test_a_damaged_table_names_its_last_complete_version_and_how_to_restore_it(
+    ray_session: dict, sample_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    db = tmp_path / "db"
+    assert index(sample_corpus, db, "--commit-rows", "4", "--batch-size", "4") == 0
+    newest = max((db / "videos.lance" / "data").iterdir(), key=lambda f: f.stat().st_mtime_ns)
+    newest.unlink()
+    capsys.readouterr()
+
+    assert index(sample_corpus, db) == 1
+    err = capsys.readouterr().err
+    [line] = error_lines(err)
+    assert f"the table videos in {db} is damaged: a file it needs is missing" in line
+    assert newest.name in line
+    assert "Traceback" not in err
+    restore = re.search(r'restore it with python -c "(?P<code>[^"]+)", then rerun', line)
+    assert restore, line
+
+    subprocess.run([sys.executable, "-c", restore["code"]], check=True, capture_output=True)
+    assert index(sample_corpus, db) == 0
+    assert_complete(db)
+
+
+def test_a_table_folder_without_any_version_is_created_over(
+    ray_session: dict, sample_corpus: Path, tmp_path: Path
+) -> None:
+    """What a creation cut short leaves (seen after a full disk): the folder, no version."""
+    db = tmp_path / "db"
+    for name in ("videos", "videos_errors"):
+        (db / f"{name}.lance" / "_versions").mkdir(parents=True)
+    assert index(sample_corpus, db) == 0
+    assert_complete(db)
