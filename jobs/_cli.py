@@ -346,7 +346,8 @@ def execute(run: Run, args: argparse.Namespace, job: str) -> int:
         try:
             return run(args)
         except JobError as err:
-            console.error(str(err))
+            cause = err.__cause__
+            console.error((storage_fault(cause) if cause is not None else None) or str(err))
             return 1
         except KeyboardInterrupt:
             console.error("interrupted; rerun the same command to finish what is missing")

@@ -18,6 +18,13 @@ import lancedb
 # whose every file is there (each is a full scan: this runs once, after the job has failed).
 VERSIONS_TRIED = 20
 
+_UNREACHABLE = ("tcp connect error", "Could not connect to server", "dns error")
+# The endpoint, as LanceDB's object store (``uri: Some(http://host:port/...``) or pyarrow's AWS SDK
+# (``Failed to connect to host:port``) names it.
+_ENDPOINT = (
+    re.compile(r"uri: Some\((?P<at>https?://[^/\s)]+)"),
+    re.compile(r"Failed to connect to (?P<at>[\w.-]+:\d+)"),
+)
 _NO_SPACE = ("No space left on device", "os error 28")
 _PERMISSION = ("Permission denied", "os error 13")
 # "Not found: tmp/db/videos.lance/data/0101....lance, /root/.cargo/...".
@@ -29,6 +36,13 @@ _MISSING_FILE = re.compile(
 def storage_fault(err: BaseException) -> str | None:
     """One line saying which storage fault ``err`` is and its remedy, or None if it is none."""
     text = str(err)
+    if any(marker in text for marker in _UNREACHABLE):
+        found = [m["at"] for m in (pattern.search(text) for pattern in _ENDPOINT) if m]
+        where = f" at {found[0]}" if found else ""
+        return (
+            f"cannot reach the object store{where}: check AWS_ENDPOINT_URL (or the bucket's "
+            "region) and that the server is up, then rerun the same command"
+        )
     if any(marker in text for marker in _NO_SPACE):
         return (
             "no space left on the device that holds the database (--db): free space there or "

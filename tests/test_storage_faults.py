@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import lancedb
 import pytest
 
 from jobs import index as index_job
+from pipelines.write import TableWriter, open_table
 
 CPU_ONLY = ["--gpus-per-actor", "0"]
 VIDEOS = 16  # the sample corpus
@@ -105,12 +107,48 @@ def test_a_damaged_table_names_its_last_complete_version_and_how_to_restore_it(
     assert_complete(db)
 
 
-def test_a_table_folder_without_any_version_is_created_over(
-    ray_session: dict, sample_corpus: Path, tmp_path: Path
-) -> None:
+def test_a_table_folder_without_any_version_is_created_over(tmp_path: Path) -> None:
     """What a creation cut short leaves (seen after a full disk): the folder, no version."""
     db = tmp_path / "db"
     for name in ("videos", "videos_errors"):
         (db / f"{name}.lance" / "_versions").mkdir(parents=True)
-    assert index(sample_corpus, db) == 0
-    assert_complete(db)
+    assert open_table(lancedb.connect(str(db)), "videos") is None  # what the plan reads
+    writer = TableWriter(db_uri=str(db), table="videos", dim=8, segments=2, model_id="m")
+    assert writer.table.count_rows() == writer.errors.count_rows() == 0
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("on_s3", ["manifest", "db"])
+def test_an_unreachable_object_store_is_one_line(
+    ray_session: dict,
+    sample_corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    on_s3: str,
+) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    for name, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    manifest = "s3://bucket/manifest" if on_s3 == "manifest" else str(sample_corpus / "manifest")
+    status = index_job.main(
+        ["--manifest", manifest, "--db", "s3://bucket/db", "--table", "videos", "--model", "tiny",
+         *CPU_ONLY, "--log-level", "WARNING"]
+    )  # fmt: skip
+    assert status == 1
+    err = capsys.readouterr().err
+    [line] = error_lines(err)
+    assert line.startswith("error: cannot reach the object store at ")
+    assert endpoint.split("//")[-1] in line
+    assert "check AWS_ENDPOINT_URL" in line and "Traceback" not in err
