@@ -46,7 +46,14 @@ from pipelines.resources import (
     rows_per_block,
 )
 from pipelines.storage import StorageOptions
-from pipelines.write import DEFAULT_INDEX_MIN_ROWS, TableWriter, connect, delete_ids, open_table
+from pipelines.write import (
+    DEFAULT_INDEX_MIN_ROWS,
+    TableWriter,
+    connect,
+    delete_ids,
+    fragment_count,
+    open_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +112,9 @@ class IndexSummary:
     """Rows of the embeddings table after the run (every model's)."""
     error_rows: int = 0
     """Rows of the errors table after the run."""
+    fragments: tuple[int, int] = (0, 0)
+    """Fragments (data files' groups) of the embeddings and errors tables after the run: what
+    the maintenance every ``maintain_every`` commits keeps bounded on long runs."""
     db: str = ""
     startup_rows: int = 0
     """Rows of the first result, which ends start-up."""
@@ -150,7 +160,7 @@ class IndexSummary:
             f"deleted     {self.deleted}; manifest columns updated in place: "
             f"{self.metadata_updated}",
             f"tables      {self.table}: {self.table_rows} rows; {self.errors_table}: "
-            f"{self.error_rows} rows",
+            f"{self.error_rows} rows (fragments: {self.fragments[0]} and {self.fragments[1]})",
         ]
         if self.segments_migrated:
             lines.append(
@@ -376,6 +386,7 @@ def run_index(
     summary.videos_by_worker = dict(stats.videos_by_worker)
     summary.table_rows = writer.table.count_rows()
     summary.error_rows = writer.errors.count_rows()
+    summary.fragments = (fragment_count(writer.table), fragment_count(writer.errors))
     _check_error_rate(writer, 0, config.max_error_rate, final=True)
     return summary
 

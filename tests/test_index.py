@@ -23,6 +23,7 @@ from pipelines.synthetic import (
     SHORT_THREE_FRAMES,
     write_damaged_videos,
 )
+from pipelines.write import fragment_count
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_ONLY = ["--gpus-per-actor", "0"]
@@ -113,6 +114,9 @@ def test_index_records_every_good_video_once_and_every_bad_one_with_its_reason(
     failed = int(re.search(r"^failed +(\d+) \(", out, re.MULTILINE).group(1))
     assert (indexed, failed) == (table.num_rows, errors.num_rows)
     assert f"videos: {table.num_rows} rows; videos_errors: {errors.num_rows} rows" in out
+    opened = lancedb.connect(str(db))
+    fragments = [fragment_count(opened.open_table(t)) for t in ("videos", "videos_errors")]
+    assert f"(fragments: {fragments[0]} and {fragments[1]})" in out
     assert "open_table('videos_errors')" in out
     # Where the time went: costs per video, the bounding stage, the decoder.
     assert re.search(r"^per video   decode [\d.]+ core-s, \d+ frames decoded, encode", out, re.M)
