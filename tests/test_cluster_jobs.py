@@ -41,23 +41,37 @@ def index_args(corpus: Path, db: Path) -> list[str]:
             "--model", "tiny", "--gpus-per-actor", "0", "--batch-size", "2"]  # fmt: skip
 
 
-@pytest.fixture
-def two_node_cluster() -> Iterator[Cluster]:
+@pytest.fixture(scope="module")
+def two_node_cluster() -> Iterator[tuple[Cluster, int]]:
+    """Two nodes of 2 CPUs, and the head's dashboard port (where ``ray job submit`` goes). The
+    dashboard and its agent get free ports: the default ones may be held by another Ray on the
+    same machine, and then no job can be submitted."""
+    dashboard = free_port()
     cluster = Cluster(
-        initialize_head=True, connect=False, head_node_args={"num_cpus": 2, "env_vars": ENV}
+        initialize_head=True,
+        connect=False,
+        head_node_args={
+            "num_cpus": 2,
+            "env_vars": ENV,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": dashboard,
+            "dashboard_agent_listen_port": free_port(),
+        },
     )
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
-    yield cluster
+    yield cluster, dashboard
     cluster.shutdown()
 
 
 def test_index_job_uses_both_nodes_of_a_cluster(
-    two_node_cluster: Cluster, sample_corpus: Path, tmp_path: Path
+    two_node_cluster: tuple[Cluster, int], sample_corpus: Path, tmp_path: Path
 ) -> None:
+    cluster, _ = two_node_cluster
     done = subprocess.run(
         [sys.executable, "-m", "jobs.index", *index_args(sample_corpus, tmp_path / "db"),
-         "--actors", "2", "--decode-workers", "2", "--address", two_node_cluster.address],
+         "--actors", "2", "--decode-workers", "2", "--address", cluster.address],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -67,35 +81,23 @@ def test_index_job_uses_both_nodes_of_a_cluster(
     assert lancedb.connect(str(tmp_path / "db")).open_table("videos").count_rows() == 16
 
 
-def test_ray_job_submit_runs_the_index_job(sample_corpus: Path, tmp_path: Path) -> None:
-    dashboard = free_port()
-    # `ray start --block` ties the head to this process, so stopping it stops only this head
-    # (`ray stop` would stop every Ray on the machine). The agent gets a free port: the default
-    # one may be held by another Ray on the same machine, and then no job can be submitted.
-    head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=3",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", f"--dashboard-agent-listen-port={free_port()}",
-         "--disable-usage-stats"],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+def test_ray_job_submit_runs_the_index_job(
+    two_node_cluster: tuple[Cluster, int], sample_corpus: Path, tmp_path: Path
+) -> None:
+    _, dashboard = two_node_cluster
     submit = [RAY, "job", "submit", f"--address=http://127.0.0.1:{dashboard}",
               "--working-dir", str(REPO), "--", "python", "-m", "jobs.index",
               *index_args(sample_corpus, tmp_path / "db")]  # fmt: skip
-    try:
-        # The head answers before its job agent is up; until then a submission is refused
-        # (nothing runs), so it is safe to try again.
-        for _ in range(60):
-            submitted = subprocess.run(
-                submit, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
-            )
-            refused = ("No available agent", "Connection refused", "Failed to connect")
-            if not any(reason in submitted.stdout + submitted.stderr for reason in refused):
-                break
-            time.sleep(2)
-    finally:
-        head.terminate()
-        head.wait(timeout=120)
+    # The head answers before its job agent is up; until then a submission is refused
+    # (nothing runs), so it is safe to try again.
+    for _ in range(60):
+        submitted = subprocess.run(
+            submit, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600
+        )
+        refused = ("No available agent", "Connection refused", "Failed to connect")
+        if not any(reason in submitted.stdout + submitted.stderr for reason in refused):
+            break
+        time.sleep(2)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "succeeded" in submitted.stdout
     assert "indexed     16 videos" in submitted.stdout
