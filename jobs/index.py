@@ -239,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     from centerclip import WeightsUnavailableError
     from pipelines.bottleneck import Bottleneck
     from pipelines.index import ErrorRateExceeded, IndexConfig, run_index
+    from pipelines.lease import LeaseLostError, WriterBusyError
     from pipelines.manifest import ManifestError
     from pipelines.plan import IndexPlan
     from pipelines.resources import ResourceRequest
@@ -285,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
         summary = run_index(
             config, on_plan=show_plan, on_progress=show_progress, on_bottleneck=show_bottleneck
         )
-    except (ManifestError, ValueError, FileNotFoundError) as err:
+    except (ManifestError, ValueError, FileNotFoundError, WriterBusyError, LeaseLostError) as err:
         raise _cli.JobError(str(err)) from err
     except WeightsUnavailableError as err:
         raise _cli.JobError(f"--weights {args.weights}: {err}") from err
@@ -296,6 +297,8 @@ def run(args: argparse.Namespace) -> int:
         progress.close()
     if not args.dry_run:
         _console.say(summary.format())
+    elif summary.active_writer:
+        _console.warn(f"another index job is writing {args.table} now ({summary.active_writer})")
     return 0
 
 

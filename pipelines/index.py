@@ -36,6 +36,7 @@ from pipelines import schema
 from pipelines.bottleneck import Bottleneck, find_bottleneck
 from pipelines.decode import DECODER_NVDEC, MISSING_FILE, DecodeStage, unreadable_file_error
 from pipelines.encode import DecodeEncodeStage, EncodeStage, ModelSpec
+from pipelines.lease import WriterLease, active_writer
 from pipelines.manifest import attach_fingerprints, read_manifest
 from pipelines.plan import REASON, IndexPlan, plan_index
 from pipelines.resources import (
@@ -98,6 +99,10 @@ class IndexSummary:
     table: str = ""
     deleted: int = 0
     metadata_updated: int = 0
+    duplicates_removed: int = 0
+    """Rows deleted because the table held their ``video_id`` more than once (the newest kept)."""
+    active_writer: str = ""
+    """A dry run's report of another job writing the table now, if one is."""
     segments_migrated: int = 0
     """Rows whose segments moved from the flat column of earlier versions to the multivector
     one (:func:`pipelines.write.migrate_segment_layout`), re-encoding nothing."""
@@ -162,6 +167,11 @@ class IndexSummary:
             f"tables      {self.table}: {self.table_rows} rows; {self.errors_table}: "
             f"{self.error_rows} rows (fragments: {self.fragments[0]} and {self.fragments[1]})",
         ]
+        if self.duplicates_removed:
+            lines.append(
+                f"repaired    {self.duplicates_removed} duplicate rows (kept the newest row of "
+                "each video_id)"
+            )
         if self.segments_migrated:
             lines.append(
                 f"migrated    the segments of {self.segments_migrated} rows to the multivector "
@@ -235,8 +245,21 @@ def read_table_state(
     db = connect(db_uri, storage)
     state = []
     for name, columns in (
-        (table, [schema.VIDEO_ID, schema.FINGERPRINT, schema.MODEL_ID, schema.METADATA_DIGEST]),
-        (schema.errors_table_name(table), [schema.VIDEO_ID, schema.FINGERPRINT, schema.ERROR]),
+        (
+            table,
+            # indexed_at: which of duplicate rows (an older version's) is the newest.
+            [
+                schema.VIDEO_ID,
+                schema.FINGERPRINT,
+                schema.MODEL_ID,
+                schema.METADATA_DIGEST,
+                schema.INDEXED_AT,
+            ],
+        ),
+        (
+            schema.errors_table_name(table),
+            [schema.VIDEO_ID, schema.FINGERPRINT, schema.ERROR, schema.AT],
+        ),
     ):
         opened = open_table(db, name)
         if opened is None:
@@ -288,7 +311,31 @@ def run_index(
     ``on_progress`` follows the encoded rows (a first call with 0 rows done once the
     pipeline starts); ``on_bottleneck`` gets, once ``BOTTLENECK_AFTER_BLOCKS`` blocks have
     arrived, which stage bounds the job by the costs measured so far.
+
+    Holds the table's writer lease (:mod:`pipelines.lease`) from before the plan to the end;
+    a dry run takes none and reports a job that holds it in ``active_writer``.
+
+    Raises:
+        pipelines.lease.WriterBusyError: another live job is writing the table (before any work).
     """
+    callbacks = {"on_plan": on_plan, "on_progress": on_progress, "on_bottleneck": on_bottleneck}
+    if config.dry_run:
+        summary = _run_index(config, None, **callbacks)
+        holder = active_writer(config.db, config.table, config.storage)
+        summary.active_writer = holder.describe() if holder is not None else ""
+        return summary
+    with WriterLease(db_uri=config.db, table=config.table, storage=config.storage) as lease:
+        return _run_index(config, lease, **callbacks)
+
+
+def _run_index(
+    config: IndexConfig,
+    lease: WriterLease | None,
+    *,
+    on_plan: Callable[[IndexPlan, str], None] | None,
+    on_progress: ProgressCallback | None,
+    on_bottleneck: Callable[[Bottleneck], None] | None,
+) -> IndexSummary:
     started = time.perf_counter()
     model = config.model.build("cpu")
     _, plan = load_plan(config, model.model_id)
@@ -314,6 +361,7 @@ def run_index(
         commit_seconds=config.commit_seconds,
         storage=config.storage,
         vector_metadata=describe_vectors(model, sampling=config.model.sampling),
+        lease=lease,
     )
     if plan.delete_ids:
         delete_ids(writer.table, plan.delete_ids)
@@ -382,6 +430,7 @@ def run_index(
     summary.indexed, summary.failed = stats.indexed, stats.failed
     summary.metadata_updated = stats.metadata_updated
     summary.segments_migrated = writer.segments_migrated
+    summary.duplicates_removed = stats.duplicates_removed
     summary.failures_by_reason = dict(stats.failures_by_reason)
     summary.videos_by_worker = dict(stats.videos_by_worker)
     summary.table_rows = writer.table.count_rows()

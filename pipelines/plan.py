@@ -87,11 +87,14 @@ def plan_index(
         keep_deleted: keep rows of videos that left the manifest.
     """
     indexed = indexed if indexed is not None else _empty(schema.FINGERPRINT, schema.MODEL_ID)
+    # A table holding duplicate ids (see pipelines.write.remove_duplicate_ids) is planned by
+    # the row the writer keeps.
+    indexed = newest_per_id(indexed, schema.INDEXED_AT)
     if schema.METADATA_DIGEST not in indexed.column_names:  # written before digests existed
         indexed = indexed.append_column(
             schema.METADATA_DIGEST, pa.nulls(indexed.num_rows, pa.int64())
         )
-    failed = failed if failed is not None else _empty(schema.FINGERPRINT)
+    failed = newest_per_id(failed if failed is not None else _empty(schema.FINGERPRINT), schema.AT)
     manifest = with_metadata_digests(manifest)
     # Arrow joins carry no list columns (captions): join a slim key table, then line the result
     # up with the manifest by row number.
@@ -173,6 +176,26 @@ def plan_index(
         delete_ids=delete_ids,
         counts=counts,
     )
+
+
+def newest_per_id(rows: pa.Table, time_column: str) -> pa.Table:
+    """One row per ``video_id`` of ``rows``: the one with the latest ``time_column`` and, among
+    rows of the same time (or when ``rows`` has no such column), the last one. ``rows`` itself
+    when its ids are distinct already."""
+    if pc.count_distinct(rows[schema.VIDEO_ID]).as_py() == rows.num_rows:
+        return rows
+    position = pa.array(np.arange(rows.num_rows, dtype=np.int64))
+    keys = [(schema.VIDEO_ID, "ascending")]
+    if time_column in rows.column_names:
+        keys.append((time_column, "descending"))
+    order = pc.sort_indices(
+        pa.table({**{name: rows[name] for name, _ in keys}, "_position": position}),
+        sort_keys=[*keys, ("_position", "descending")],
+    )
+    ids = rows[schema.VIDEO_ID].combine_chunks().take(order)
+    # Sorted by id, newest first: the first row of each id is the one kept.
+    first = pa.concat_arrays([pa.array([True]), pc.not_equal(ids[1:], ids[:-1])])
+    return rows.take(np.sort(order.filter(first).to_numpy()))
 
 
 def _recorded_missing(failed: pa.Table, ids: pa.ChunkedArray) -> pa.Table:

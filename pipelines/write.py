@@ -4,7 +4,11 @@ Encoded batches stream into :class:`TableWriter` in the driver. It buffers them 
 ``merge_insert`` keyed on ``video_id`` (an upsert), every ``commit_rows`` rows or
 ``commit_seconds`` seconds, so a killed job keeps what it committed and a rerun that writes the
 same videos again replaces rows instead of duplicating them. Only this process writes, because
-two LanceDB writers upserting the same keys at once can both insert.
+two LanceDB writers upserting the same keys at once can both insert: the index job holds the
+table's writer lease (:mod:`pipelines.lease`) while it writes, and the writer checks it before
+every commit. A table that holds duplicate ids anyway (written by an older version, or by two
+jobs at once before the lease existed) is repaired when the writer opens it
+(:func:`remove_duplicate_ids`).
 
 Both tables carry a BTREE index on ``video_id``, which ``merge_insert`` joins through and every
 ``video_id IN (...)`` lookup and delete uses, and the embeddings table a BITMAP index on
@@ -30,7 +34,8 @@ import pyarrow.compute as pc
 from lancedb.index import FTS, IvfPq
 
 from pipelines import schema
-from pipelines.plan import with_metadata_digests
+from pipelines.lease import WriterLease
+from pipelines.plan import newest_per_id, with_metadata_digests
 from pipelines.storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,30 @@ def sql_in(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({quoted})"
 
 
+def remove_duplicate_ids(table: lancedb.table.Table, time_column: str) -> int:
+    """Keep one row per ``video_id`` in ``table``: the newest by ``time_column``, the last read
+    among rows of the same time (:func:`pipelines.plan.newest_per_id`, the row the plan reads);
+    delete the others by row id, in one commit. Returns the rows deleted (0: nothing committed).
+    """
+    rows = (
+        table.search()
+        .select([schema.VIDEO_ID, time_column])
+        .with_row_id(True)
+        .limit(None)
+        .to_arrow()
+    )
+    if pc.count_distinct(rows[schema.VIDEO_ID]).as_py() == rows.num_rows:
+        return 0
+    kept = newest_per_id(rows, time_column)
+    extra = pc.invert(pc.is_in(rows["_rowid"], kept["_rowid"]))
+    row_ids = rows["_rowid"].filter(extra).to_pylist()
+    table.delete("_rowid IN (" + ",".join(str(row_id) for row_id in row_ids) + ")")
+    log.warning(
+        "%s: deleted %d duplicate rows, kept the newest per video_id", table.name, len(row_ids)
+    )
+    return len(row_ids)
+
+
 def delete_ids(table: lancedb.table.Table, video_ids: list[str]) -> int:
     """Delete the rows of ``video_ids``, touching only rows that exist: each chunk of ids is
     looked up first (through the ``video_id`` index), and a chunk none of whose ids is in the
@@ -128,6 +157,7 @@ class WriteStats:
     commits: int = 0
     maintenance_runs: int = 0
     maintenance_s: float = 0.0
+    duplicates_removed: int = 0
     failures_by_reason: Counter[str] = field(default_factory=Counter)
     videos_by_worker: Counter[str] = field(default_factory=Counter)
 
@@ -141,6 +171,8 @@ class TableWriter:
     ``maintain_every`` commits both tables are compacted and their indexes refreshed.
     ``vector_metadata`` (:func:`pipelines.schema.vector_metadata`) describes the model to readers
     of the table; it is written as the ``vector`` field's metadata whenever it changes.
+    ``lease``, the table's writer lease this process holds, is checked before every commit.
+    Duplicate ids the tables hold are removed first (:func:`remove_duplicate_ids`).
     """
 
     def __init__(
@@ -157,7 +189,9 @@ class TableWriter:
         maintain_every: int = DEFAULT_MAINTAIN_EVERY,
         storage: StorageOptions | None = None,
         vector_metadata: dict[str, str] | None = None,
+        lease: WriterLease | None = None,
     ) -> None:
+        self.lease = lease
         self.db = connect(db_uri, storage)
         self.model_id = model_id
         self.schema = schema.embeddings_schema(dim, segments)
@@ -200,16 +234,26 @@ class TableWriter:
         self.errors = self.db.create_table(
             schema.errors_table_name(table), schema=schema.ERRORS_SCHEMA, exist_ok=True
         )
+        self.check_lease()
         ensure_scalar_indexes(self.table, EMBEDDINGS_SCALAR_INDEXES)
         ensure_scalar_indexes(self.errors, ERRORS_SCALAR_INDEXES)
+        self.stats = WriteStats()
+        self.stats.duplicates_removed = remove_duplicate_ids(
+            self.table, schema.INDEXED_AT
+        ) + remove_duplicate_ids(self.errors, schema.AT)
         self.commit_rows = commit_rows
         self.commit_seconds = commit_seconds
         self.maintain_every = maintain_every
         self._commits_since_maintenance = 0
-        self.stats = WriteStats()
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._last_commit = time.monotonic()
+
+    def check_lease(self) -> None:
+        """Raise :class:`pipelines.lease.LeaseLostError` when this job no longer holds the
+        table's lease (another job took it over): nothing more may be committed."""
+        if self.lease is not None:
+            self.lease.check()
 
     def add(self, batch: pa.Table) -> None:
         """Queue one batch from the encode stage (or read errors); commits when one is due."""
@@ -227,6 +271,7 @@ class TableWriter:
         digest) of rows whose vector stands, in one commit that reads and writes no vector."""
         if rows.num_rows == 0:
             return
+        self.check_lease()
         columns = [f for f in self.schema if f.name in rows.column_names]
         self.table.merge_insert(schema.VIDEO_ID).when_matched_update_all().execute(
             pa.table([rows[f.name].cast(f.type) for f in columns], schema=pa.schema(columns))
@@ -256,6 +301,7 @@ class TableWriter:
         """Commit everything queued: upsert the embeddings, then the errors."""
         if not self._pending:
             return
+        self.check_lease()
         batch = pa.concat_tables(self._pending, promote_options="permissive")
         self._pending, self._pending_rows = [], 0
         now = pa.scalar(datetime.now(timezone.utc), schema.TIMESTAMP)
@@ -289,6 +335,7 @@ class TableWriter:
         """Compact both tables and fold the rows added since into every index (the ANN index
         included), so that commits and searches during a long run stay as fast as on a freshly
         compacted table."""
+        self.check_lease()
         started = time.perf_counter()
         for table in (self.table, self.errors):
             table.optimize(cleanup_older_than=cleanup_older_than)

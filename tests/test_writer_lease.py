@@ -1,0 +1,220 @@
+"""One writer per table (pipelines/lease.py), on real Ray, real LanceDB tables and real videos.
+
+The concurrent tests start the first job as its own driver process on the session's Ray and
+synchronise on its lease record appearing (taken before any work), never on a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pytest
+
+from jobs import index as index_job
+from pipelines.encode import ModelSpec
+from pipelines.index import IndexConfig, run_index
+from pipelines.lease import LeaseLostError, WriterBusyError, WriterLease, active_writer, lease_path
+from pipelines.resources import ResourceRequest
+
+REPO = Path(__file__).resolve().parents[1]
+TABLE = "videos"
+CPU_ONLY = ["--gpus-per-actor", "0"]
+# A commit per decoded block of one video: the first job is still writing long after its lease
+# appears, and a kill after its first commit leaves work for the next run.
+COMMIT_EVERY_BLOCK = ["--batch-size", "1", "--commit-rows", "1"]
+WAIT_S = 240
+
+
+def config(manifest: Path, db: Path, **changes: object) -> IndexConfig:
+    base = IndexConfig(
+        manifest=str(manifest),
+        db=str(db),
+        table=TABLE,
+        model=ModelSpec("tiny"),
+        resources=ResourceRequest(gpus_per_actor=0),
+    )
+    return replace(base, **changes)
+
+
+def read(db: Path) -> pa.Table:
+    return lancedb.connect(str(db)).open_table(TABLE).to_arrow().sort_by("video_id")
+
+
+def manifest_ids(manifest: Path) -> list[str]:
+    return sorted(pads.dataset(str(manifest)).to_table()["video_id"].to_pylist())
+
+
+def start_driver(manifest: Path, db: Path, address: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.index", "--manifest", str(manifest), "--db", str(db),
+         "--table", TABLE, "--model", "tiny", *CPU_ONLY, *COMMIT_EVERY_BLOCK,
+         "--address", address, "--log-level", "INFO", "--verbose"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+
+def wait_for(condition: Callable[[], bool], driver: subprocess.Popen[str], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if driver.poll() is not None:
+            pytest.fail(f"the driver ended before {what}:\n{driver.stdout.read()}")  # type: ignore[union-attr]
+        if time.monotonic() > deadline:
+            driver.kill()
+            pytest.fail(f"no {what} within {WAIT_S} s")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def indexed_db(
+    ray_session: dict, sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    db = tmp_path_factory.mktemp("lease") / "db"
+    run_index(config(sample_corpus / "manifest", db))
+    return db
+
+
+def test_a_second_writer_is_refused_by_name_and_a_released_lease_is_free(tmp_path: Path) -> None:
+    with WriterLease(db_uri=str(tmp_path), table=TABLE, command="first job") as first:
+        record = json.loads(Path(first.path).read_text())
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+        with pytest.raises(WriterBusyError) as refused:
+            WriterLease(db_uri=str(tmp_path), table=TABLE).acquire()
+        message = str(refused.value)
+        assert "\n" not in message
+        for part in (socket.gethostname(), f"pid {os.getpid()}", record["started_at"], "first job"):
+            assert part in message
+        assert "wait for it to end" in message
+        assert active_writer(str(tmp_path), TABLE) is not None
+    assert not Path(lease_path(str(tmp_path), TABLE)).exists()
+    assert active_writer(str(tmp_path), TABLE) is None
+    WriterLease(db_uri=str(tmp_path), table=TABLE).acquire().release()
+
+
+def test_the_heartbeat_renews_and_a_lease_left_by_another_host_expires(tmp_path: Path) -> None:
+    path = Path(lease_path(str(tmp_path), TABLE))
+    with WriterLease(db_uri=str(tmp_path), table=TABLE, heartbeat_s=0.05, expire_s=1.0):
+        first = json.loads(path.read_text())["renewed_at"]
+        deadline = time.monotonic() + 30
+        while json.loads(path.read_text())["renewed_at"] == first:
+            assert time.monotonic() < deadline, "the heartbeat never renewed the lease"
+            time.sleep(0.01)
+
+    # Another host's record (its process cannot be looked up): live while renewed, stale once
+    # older than the expiry.
+    record = {"token": "theirs", "host": "elsewhere", "pid": 1, "started_at": "then",
+              "command": "python -m jobs.index ...", "renewed_at": time.time()}  # fmt: skip
+    path.write_text(json.dumps(record))
+    with pytest.raises(WriterBusyError, match="host elsewhere, pid 1"):
+        WriterLease(db_uri=str(tmp_path), table=TABLE, expire_s=60).acquire()
+    path.write_text(json.dumps(record | {"renewed_at": time.time() - 61}))
+    with WriterLease(db_uri=str(tmp_path), table=TABLE, expire_s=60) as taken:
+        assert json.loads(path.read_text())["token"] != "theirs"
+        taken.check()
+    assert not path.exists()
+
+
+def test_a_lease_taken_over_stops_its_writer_before_the_next_commit(tmp_path: Path) -> None:
+    path = Path(lease_path(str(tmp_path), TABLE))
+    # No heartbeat thread runs during the test: the heartbeat is called by hand.
+    lease = WriterLease(db_uri=str(tmp_path), table=TABLE, heartbeat_s=3600, expire_s=7200)
+    with lease:
+        assert lease.renew()
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps(record | {"token": "theirs", "host": "elsewhere"}))
+        assert not lease.renew()
+        with pytest.raises(LeaseLostError, match="taken over by host elsewhere"):
+            lease.check()
+    assert json.loads(path.read_text())["token"] == "theirs"  # the other job's: left alone
+
+
+def test_concurrent_index_jobs_the_second_refuses_and_the_first_writes_everything_once(
+    ray_session: dict, sample_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest, db = sample_corpus / "manifest", tmp_path / "db"
+    first = start_driver(manifest, db, ray_session["address"])
+    wait_for(Path(lease_path(str(db), TABLE)).exists, first, "the writer lease")
+
+    status = index_job.main(
+        ["--manifest", str(manifest), "--db", str(db), "--table", TABLE, "--model", "tiny",
+         *CPU_ONLY],
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert status == 1
+    assert err.count("\n") == 0 and err.startswith("error: table videos is being written")
+    assert f"pid {first.pid}" in err and "jobs.index" in err
+    assert first.poll() is None, "the first job should still be running"
+
+    out, _ = first.communicate(timeout=WAIT_S)
+    assert first.returncode == 0, out
+    table = read(db)
+    assert table["video_id"].to_pylist() == manifest_ids(manifest)  # each video once
+    assert not Path(lease_path(str(db), TABLE)).exists()
+
+
+def test_a_sigkilled_jobs_lease_does_not_block_the_next_run(
+    ray_session: dict, sample_corpus: Path, tmp_path: Path
+) -> None:
+    manifest, db = sample_corpus / "manifest", tmp_path / "db"
+    driver = start_driver(manifest, db, ray_session["address"])
+    assert driver.stdout is not None
+    for line in driver.stdout:  # killed after its first commit, lease held
+        if "committed" in line:
+            break
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    record = json.loads(Path(lease_path(str(db), TABLE)).read_text())
+    assert record["pid"] == driver.pid  # left behind, and well within its expiry
+    assert time.time() - record["renewed_at"] < 30
+
+    summary = run_index(config(manifest, db))
+    assert 0 < summary.indexed < len(manifest_ids(manifest))  # what the killed job left
+    assert read(db)["video_id"].to_pylist() == manifest_ids(manifest)
+    assert not Path(lease_path(str(db), TABLE)).exists()
+
+
+def test_a_table_with_duplicate_ids_is_planned_and_repaired_keeping_the_newest_row(
+    indexed_db: Path, sample_corpus: Path, tmp_path: Path
+) -> None:
+    db = Path(shutil.copytree(indexed_db, tmp_path / "db"))
+    table = lancedb.connect(str(db)).open_table(TABLE)
+    clean = read(db)
+    # What two writers at once left: 3 ids twice, the later copies with other vectors.
+    copies = clean.slice(0, 3)
+    newer = pc.add(copies["indexed_at"], pa.scalar(timedelta(hours=1)))
+    flipped = pa.FixedSizeListArray.from_arrays(
+        pc.negate(copies["vector"].combine_chunks().flatten()),
+        copies.schema.field("vector").type.list_size,
+    )
+    copies = copies.set_column(copies.schema.get_field_index("indexed_at"), "indexed_at", newer)
+    copies = copies.set_column(copies.schema.get_field_index("vector"), "vector", flipped)
+    table.add(copies)
+    assert table.count_rows() == clean.num_rows + 3
+
+    manifest = sample_corpus / "manifest"
+    dry = run_index(config(manifest, db, dry_run=True))  # the plan no longer fails on them
+    assert dry.plan == {"unchanged": clean.num_rows}
+    summary = run_index(config(manifest, db))
+    assert summary.duplicates_removed == 3
+    assert "repaired    3 duplicate rows" in summary.format()
+    repaired = read(db)
+    assert repaired["video_id"].equals(clean["video_id"])
+    kept = np.array(repaired["vector"].to_pylist()[:3])
+    assert np.allclose(kept, -np.array(clean["vector"].to_pylist()[:3]))  # the newest copies
+    assert run_index(config(manifest, db)).duplicates_removed == 0
