@@ -60,6 +60,15 @@ def manifest_ids(manifest: Path) -> list[str]:
     return sorted(pads.dataset(str(manifest)).to_table()["video_id"].to_pylist())
 
 
+def table_missing_rows(indexed_db: Path, tmp_path: Path, rows: int = 4) -> Path:
+    """A copy of the indexed table without its first ``rows`` videos: work for a short job."""
+    db = Path(shutil.copytree(indexed_db, tmp_path / "db"))
+    table = lancedb.connect(str(db)).open_table(TABLE)
+    ids = sorted(table.to_arrow()["video_id"].to_pylist())[:rows]
+    table.delete("video_id IN (" + ",".join(f"'{video_id}'" for video_id in ids) + ")")
+    return db
+
+
 def start_driver(manifest: Path, db: Path, address: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "jobs.index", "--manifest", str(manifest), "--db", str(db),
@@ -145,9 +154,13 @@ def test_a_lease_taken_over_stops_its_writer_before_the_next_commit(tmp_path: Pa
 
 
 def test_concurrent_index_jobs_the_second_refuses_and_the_first_writes_everything_once(
-    ray_session: dict, sample_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ray_session: dict,
+    indexed_db: Path,
+    sample_corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    manifest, db = sample_corpus / "manifest", tmp_path / "db"
+    manifest, db = sample_corpus / "manifest", table_missing_rows(indexed_db, tmp_path)
     first = start_driver(manifest, db, ray_session["address"])
     wait_for(Path(lease_path(str(db), TABLE)).exists, first, "the writer lease")
 
@@ -169,9 +182,9 @@ def test_concurrent_index_jobs_the_second_refuses_and_the_first_writes_everythin
 
 
 def test_a_sigkilled_jobs_lease_does_not_block_the_next_run(
-    ray_session: dict, sample_corpus: Path, tmp_path: Path
+    ray_session: dict, indexed_db: Path, sample_corpus: Path, tmp_path: Path
 ) -> None:
-    manifest, db = sample_corpus / "manifest", tmp_path / "db"
+    manifest, db = sample_corpus / "manifest", table_missing_rows(indexed_db, tmp_path)
     driver = start_driver(manifest, db, ray_session["address"])
     assert driver.stdout is not None
     for line in driver.stdout:  # killed after its first commit, lease held
@@ -184,7 +197,7 @@ def test_a_sigkilled_jobs_lease_does_not_block_the_next_run(
     assert time.time() - record["renewed_at"] < 30
 
     summary = run_index(config(manifest, db))
-    assert 0 < summary.indexed < len(manifest_ids(manifest))  # what the killed job left
+    assert summary.indexed < 4  # what the killed job left
     assert read(db)["video_id"].to_pylist() == manifest_ids(manifest)
     assert not Path(lease_path(str(db), TABLE)).exists()
 
