@@ -231,3 +231,18 @@ def test_a_table_with_duplicate_ids_is_planned_and_repaired_keeping_the_newest_r
     kept = np.array(repaired["vector"].to_pylist()[:3])
     assert np.allclose(kept, -np.array(clean["vector"].to_pylist()[:3]))  # the newest copies
     assert run_index(config(manifest, db)).duplicates_removed == 0
+
+
+def test_a_dry_run_takes_no_lease_and_reports_the_job_writing(
+    indexed_db: Path, sample_corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--manifest", str(sample_corpus / "manifest"), "--db", str(indexed_db),
+            "--table", TABLE, "--model", "tiny", *CPU_ONLY, "--dry-run"]  # fmt: skip
+    with WriterLease(db_uri=str(indexed_db), table=TABLE, command="the other job"):
+        assert index_job.main(args) == 0
+    captured = capsys.readouterr()
+    assert "plan: unchanged=16" in captured.out + captured.err
+    assert "another index job is writing videos now (host" in captured.err
+    assert "the other job" in captured.err
+    assert index_job.main(args) == 0  # and with no writer, no warning
+    assert "another index job" not in capsys.readouterr().err
