@@ -4,6 +4,9 @@ Incremental: only videos that are new, whose bytes changed, or that were embedde
 are decoded and encoded; videos gone from the manifest are deleted. Bad videos become rows of the
 errors table <table>_errors; the job goes on.
 
+One job writes a table at a time: a second index job on a table that a live job is writing exits
+at once (status 1) with a line naming that job; a job that died frees the table within 30 s.
+
 Runs on a local Ray started in-process, or on a cluster (--address, or ray job submit):
 
     python -m jobs.index --manifest corpus/manifest --db corpus/db --table videos --model tiny
