@@ -265,3 +265,23 @@ def test_the_search_service_reads_video_ranges_and_frames_from_s3(
     assert np.array_equal(np.asarray(from_s3), np.asarray(from_disk))
     with pytest.raises(FileNotFoundError):
         media.size("s3://media/absent.mp4")
+
+
+def test_the_writer_lease_on_s3_refuses_a_second_writer_and_is_freed(
+    s3_env: StorageOptions,
+) -> None:
+    from pipelines.lease import WriterBusyError, WriterLease, active_writer
+
+    fs = pafs.S3FileSystem(
+        access_key=KEY_ID, secret_key=SECRET, endpoint_override=s3_env.endpoint,
+        region="us-east-1", allow_bucket_creation=True,
+    )  # fmt: skip
+    fs.create_dir("leases")
+    db = "s3://leases/db"
+    with WriterLease(db_uri=db, table="videos", command="first job"):
+        assert fs.get_file_info("leases/db/videos.writer-lease.json").type == pafs.FileType.File
+        with pytest.raises(WriterBusyError, match="first job"):
+            WriterLease(db_uri=db, table="videos").acquire()
+        assert active_writer(db, "videos") is not None
+    assert fs.get_file_info("leases/db/videos.writer-lease.json").type == pafs.FileType.NotFound
+    WriterLease(db_uri=db, table="videos").acquire().release()
