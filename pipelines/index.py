@@ -270,13 +270,23 @@ def read_table_state(
     return state[0], state[1]
 
 
-def load_plan(config: IndexConfig, model_id: str) -> tuple[pa.Table, IndexPlan]:
-    """Read and validate the manifest, fingerprint it and diff it against the tables."""
+def load_manifest(config: IndexConfig) -> pa.Table:
+    """Read and validate the manifest (``config.split``'s rows)."""
     manifest = read_manifest(config.manifest, storage=config.storage)
     if config.split is not None:
         if schema.SPLIT not in manifest.column_names:
             raise ValueError(f"--split {config.split}: the manifest has no '{schema.SPLIT}' column")
         manifest = manifest.filter(pc.equal(manifest[schema.SPLIT], config.split))
+    return manifest
+
+
+def load_plan(
+    config: IndexConfig, model_id: str, manifest: pa.Table | None = None
+) -> tuple[pa.Table, IndexPlan]:
+    """Fingerprint the manifest (read by :func:`load_manifest` unless given) and diff it
+    against the tables."""
+    if manifest is None:
+        manifest = load_manifest(config)
     manifest = attach_fingerprints(manifest, storage=config.storage)
     indexed, failed = read_table_state(config.db, config.table, config.storage)
     plan = plan_index(
@@ -319,17 +329,20 @@ def run_index(
         pipelines.lease.WriterBusyError: another live job is writing the table (before any work).
     """
     callbacks = {"on_plan": on_plan, "on_progress": on_progress, "on_bottleneck": on_bottleneck}
+    # A bad manifest fails before the lease, which would create the database's folder.
+    manifest = load_manifest(config)
     if config.dry_run:
-        summary = _run_index(config, None, **callbacks)
+        summary = _run_index(config, manifest, None, **callbacks)
         holder = active_writer(config.db, config.table, config.storage)
         summary.active_writer = holder.describe() if holder is not None else ""
         return summary
     with WriterLease(db_uri=config.db, table=config.table, storage=config.storage) as lease:
-        return _run_index(config, lease, **callbacks)
+        return _run_index(config, manifest, lease, **callbacks)
 
 
 def _run_index(
     config: IndexConfig,
+    manifest: pa.Table,
     lease: WriterLease | None,
     *,
     on_plan: Callable[[IndexPlan, str], None] | None,
@@ -338,7 +351,7 @@ def _run_index(
 ) -> IndexSummary:
     started = time.perf_counter()
     model = config.model.build("cpu")
-    _, plan = load_plan(config, model.model_id)
+    _, plan = load_plan(config, model.model_id, manifest)
     summary = IndexSummary(
         model_id=model.model_id, plan=dict(plan.counts), table=config.table, db=config.db
     )
