@@ -8,10 +8,13 @@ need: open a URL, run JavaScript, type, click, take a screenshot.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -51,6 +54,8 @@ class Browser:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            # Its own process group: its renderer, GPU and network processes are stopped with it.
+            start_new_session=True,
         )
         self._ids = itertools.count(1)
         try:
@@ -144,11 +149,12 @@ class Browser:
         if socket is not None:
             socket.close()
         self._process.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=10)
+        # Chromium's helper processes outlive the browser process for a moment and still write
+        # into the profile (a fresh-clone run once failed to delete it: "Directory not empty"),
+        # so the whole group is killed and awaited before the profile is deleted.
+        _kill_group(self._process, timeout_s=30)
         self._profile.cleanup()
 
     def __enter__(self) -> Browser:
@@ -156,3 +162,17 @@ class Browser:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _kill_group(leader: subprocess.Popen, timeout_s: float) -> None:
+    """SIGKILL every process of ``leader``'s process group and wait until none is left (the
+    leader reaped here, the others, orphaned, by init)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(leader.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        leader.poll()
+        time.sleep(0.05)
+    raise RuntimeError(f"chromium's processes (group {leader.pid}) outlived {timeout_s:g} s")
