@@ -194,14 +194,23 @@ def run_metadata() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, payload: dict[str, Any], *, directory: Path | None = None) -> Path:
-    """Write ``payload`` as ``bench/results/<name>.json`` (pretty, keys in insertion order).
+def write_results(
+    name: str,
+    payload: dict[str, Any],
+    *,
+    directory: Path | None = None,
+    output: Path | None = None,
+) -> Path:
+    """Write ``payload`` as ``<name>.json`` in ``directory`` (default ``bench/results/``), or as
+    the file ``output`` when a script's ``--output`` names one (pretty, keys in insertion order).
 
     Written to a temporary file and renamed, so a reader never sees half a file.
     """
-    directory = RESULTS_DIR if directory is None else Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.json"
+    if output is not None:
+        path = Path(output)
+    else:
+        path = (RESULTS_DIR if directory is None else Path(directory)) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     os.replace(temporary, path)

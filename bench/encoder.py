@@ -705,8 +705,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "small parallel kernels stall when a thread is descheduled) are disturbed. Rerun on a "
             "quiet machine, or with --threads 1 for steadier ratios."
         )
-    output = args.output or _common.RESULTS_DIR / "encoder.json"
-    path = _common.write_results(output.stem, report, directory=output.parent)
+    path = _common.write_results("encoder", report, output=args.output)
     print(f"\nwrote {path}")
     return report
 

@@ -540,8 +540,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {**{k: report[k] for k in first if k in report}, **report}
     print_report(report)
     name = "gpu-dryrun" if dry_run else "gpu"
-    output = args.output or _common.RESULTS_DIR / f"{name}.json"
-    path = _common.write_results(output.stem, report, directory=output.parent)
+    path = _common.write_results(name, report, output=args.output)
     print(f"\nwrote {path}")
     return report
 

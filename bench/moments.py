@@ -179,11 +179,7 @@ def main() -> None:
         title=f"{len(queries)} half captions over {len(rows)} videos "
         f"({args.videos} two-part videos), {model.model_id}",
     )  # fmt: skip
-    path = (
-        write_results("moments", payload)
-        if args.output is None
-        else write_results(args.output.stem, payload, directory=args.output.parent)
-    )
+    path = write_results("moments", payload, output=args.output)
     print(f"wrote {path}")
 
 

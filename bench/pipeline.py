@@ -404,11 +404,7 @@ def main() -> None:
     )
     verdict = "met" if results["target_met"] else "NOT met"
     print(f"target: steady-state efficiency >= 0.85: {verdict} ({steady / limit:.2f})")
-    path = (
-        write_results("pipeline", results)
-        if args.output is None
-        else write_results(args.output.stem, results, directory=args.output.parent)
-    )
+    path = write_results("pipeline", results, output=args.output)
     print(f"wrote {path}")
 
 

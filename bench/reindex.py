@@ -484,11 +484,7 @@ def main() -> None:
         f"{diff['read_table_state_s']:.2f} s, plan {diff['plan_index_s']:.2f} s; "
         f"plan {diff['counts']}, deleted {diff['deleted']}"
     )
-    path = (
-        write_results("reindex", results)
-        if args.output is None
-        else write_results(args.output.stem, results, directory=args.output.parent)
-    )
+    path = write_results("reindex", results, output=args.output)
     print(f"wrote {path}")
 
 

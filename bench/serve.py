@@ -142,11 +142,7 @@ def main() -> None:
         f"search p50 {results['search']['p50_ms']:.1f} ms: target <= {P50_TARGET_MS:g} ms "
         f"{'met' if met else 'NOT met'}; service start {start_s:.1f} s"
     )
-    path = (
-        write_results("serve", payload)
-        if args.output is None
-        else write_results(args.output.stem, payload, directory=args.output.parent)
-    )
+    path = write_results("serve", payload, output=args.output)
     print(f"wrote {path}")
 
 

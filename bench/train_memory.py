@@ -486,8 +486,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = build_report(args, models, memory, seconds, kernel_seconds, device=device, dtype=dtype)
     report["settings"]["wall_seconds"] = round(time.perf_counter() - started, 1)
     print_report(report)
-    output = args.output or _common.RESULTS_DIR / "train_memory.json"
-    path = _common.write_results(output.stem, report, directory=output.parent)
+    path = _common.write_results("train_memory", report, output=args.output)
     print(f"\nwrote {path}")
     return report
 

@@ -40,8 +40,14 @@ THIRD_PARTY = (
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def _environment(log_dir: Path) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("RAY_")}
+def _environment(log_dir: Path, *, keep_ray_settings: bool = False) -> dict[str, str]:
+    """This process's environment, less the ``RAY_*`` settings the session's Ray left in it
+    (its cluster's auth among them) unless the job joins that cluster."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if keep_ray_settings or not name.startswith("RAY_")
+    }
     env.update(HF_HUB_OFFLINE="1", CENTERCLIP_LOG_DIR=str(log_dir), COLUMNS="120")
     return env
 
@@ -125,14 +131,17 @@ def test_the_demo_on_a_terminal_tells_each_jobs_story_and_nothing_else(tmp_path:
 
 
 def test_index_without_a_terminal_prints_its_story_and_warns_of_random_weights(
-    sample_corpus: Path, tmp_path: Path
+    ray_session: dict, sample_corpus: Path, tmp_path: Path
 ) -> None:
-    """As under ``ray job submit`` or in a log: lines instead of a bar, the warning on stderr."""
+    """As under ``ray job submit`` (a driver joining a running cluster) or in a log: lines
+    instead of a bar, the warning on stderr."""
     db = tmp_path / "db"
     done = subprocess.run(
         [sys.executable, "-m", "jobs.index", "--manifest", str(sample_corpus / "manifest"),
-         "--db", str(db), "--table", "videos", "--model", "tiny", "--split", "test"],
-        cwd=REPO, env=_environment(tmp_path / "logs"), capture_output=True, text=True,
+         "--db", str(db), "--table", "videos", "--model", "tiny", "--split", "test",
+         "--gpus-per-actor", "0", "--address", ray_session["address"]],
+        cwd=REPO, env=_environment(tmp_path / "logs", keep_ray_settings=True),
+        capture_output=True, text=True,
         timeout=540,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

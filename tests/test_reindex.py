@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import lancedb
@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from index_configs import cpu_index_config
 
 from jobs import index as index_job
 from pipelines.encode import ModelSpec
@@ -66,14 +67,7 @@ class Scenario:
 
 
 def config(manifest: Path, db: Path, **changes: object) -> IndexConfig:
-    base = IndexConfig(
-        manifest=str(manifest),
-        db=str(db),
-        table=TABLE,
-        model=TINY,
-        resources=ResourceRequest(gpus_per_actor=0),
-    )
-    return replace(base, **changes)
+    return cpu_index_config(manifest, db, TABLE, **changes)
 
 
 @functools.cache

@@ -9,11 +9,10 @@ from pathlib import Path
 import lancedb
 import pyarrow as pa
 import pyarrow.parquet as pq
+from index_configs import cpu_index_config
 
 from pipelines import schema
-from pipelines.encode import ModelSpec
-from pipelines.index import IndexConfig, run_index
-from pipelines.resources import ResourceRequest
+from pipelines.index import run_index
 
 TABLE = "videos"
 
@@ -44,13 +43,7 @@ def test_unchanged_rerun_with_missing_files_writes_no_version(
     uris = [*map(str, videos), str(tmp_path / "gone.mp4"), str(moved), str(pipe)]
     pq.write_table(pa.table({"video_id": ids, "uri": uris}), manifest / "part-0.parquet")
     db = tmp_path / "db"
-    config = IndexConfig(
-        manifest=str(manifest),
-        db=str(db),
-        table=TABLE,
-        model=ModelSpec("tiny"),
-        resources=ResourceRequest(gpus_per_actor=0),
-    )
+    config = cpu_index_config(manifest, db, TABLE)
     first = run_index(config)
     assert first.indexed == 2
     versions, errors = _versions(db), _errors(db)

@@ -94,47 +94,40 @@ def train_dataset(
     schedule: pa.Table, setup: WorkerSetup, model: Any, plan: TrainingPlan, config: FinetuneConfig
 ) -> Any:
     """Schedule rows -> random-sampled frames, one block (and decode call) per local batch."""
-    import ray
-
-    size = setup.local_batch
-    blocks = [schedule.slice(start, size) for start in range(0, schedule.num_rows, size)]
-    return _quiet(ray.data.from_arrow(blocks)).map_batches(
-        DecodeStage,
-        fn_constructor_kwargs={
-            "frames": model.config.frames,
-            "image_size": model.image_size,
-            "sampling": SAMPLING_RANDOM,
-            "decoder": config.model.decoder,
-            "timeout_s": config.decode_timeout_s,
-            "storage": config.storage,
-        },
-        batch_size=size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.decode_workers),
-        num_cpus=plan.decode_cpus,
-    )
+    return _decoded(schedule, SAMPLING_RANDOM, setup.local_batch, model, plan, config)
 
 
 def val_dataset(rows: pa.Table, model: Any, plan: TrainingPlan, config: FinetuneConfig) -> Any:
     """Validation rows -> frames sampled as indexing will (``config.model.sampling``)."""
-    import ray
-
     carried = [schema.VIDEO_ID, schema.URI, schema.CAPTION, schema.START_S, schema.END_S]
     rows = rows.select([c for c in carried if c in rows.column_names])
-    blocks = [
-        rows.slice(start, VAL_BATCH_SIZE) for start in range(0, rows.num_rows, VAL_BATCH_SIZE)
-    ]
+    return _decoded(rows, config.model.sampling, VAL_BATCH_SIZE, model, plan, config)
+
+
+def _decoded(
+    rows: pa.Table,
+    sampling: str,
+    batch_size: int,
+    model: Any,
+    plan: TrainingPlan,
+    config: FinetuneConfig,
+) -> Any:
+    """``rows`` in blocks of ``batch_size`` (one decode call each) -> their frames, decoded by
+    the plan's pool of decode actors."""
+    import ray
+
+    blocks = [rows.slice(start, batch_size) for start in range(0, rows.num_rows, batch_size)]
     return _quiet(ray.data.from_arrow(blocks)).map_batches(
         DecodeStage,
         fn_constructor_kwargs={
             "frames": model.config.frames,
             "image_size": model.image_size,
-            "sampling": config.model.sampling,
+            "sampling": sampling,
             "decoder": config.model.decoder,
             "timeout_s": config.decode_timeout_s,
             "storage": config.storage,
         },
-        batch_size=VAL_BATCH_SIZE,
+        batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.decode_workers),
         num_cpus=plan.decode_cpus,
