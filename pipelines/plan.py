@@ -6,6 +6,7 @@ million-row manifest diffs against a million-row table in seconds.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -29,6 +30,23 @@ FAILED_BEFORE = "failed_before"
 MISSING = "missing"
 
 TO_ENCODE = (NEW, CHANGED, MODEL_CHANGED, RETRY, REBUILD)
+_REASONS = pa.array(
+    [
+        NEW,
+        CHANGED,
+        MODEL_CHANGED,
+        RETRY,
+        REBUILD,
+        UNCHANGED,
+        METADATA_CHANGED,
+        FAILED_BEFORE,
+        MISSING,
+    ]
+)
+# Rows per partition of the plan's join: 10 M rows join in 40 partitions (bench/plan.py
+# measures the plan's peak memory; docs/ARCHITECTURE.md states it).
+PARTITION_ROWS = 250_000
+_HASH_SLICE_ROWS = 100_000
 
 # Manifest columns that say what is encoded, or that the index job derives: every other
 # column is descriptive (uri, caption, split, the user's own) and only updates rows in place.
@@ -68,6 +86,7 @@ def plan_index(
     rebuild: bool = False,
     retry_errors: bool = False,
     keep_deleted: bool = False,
+    partition_rows: int = PARTITION_ROWS,
 ) -> IndexPlan:
     """Compare ``manifest`` (with fingerprints) with what the tables hold.
 
@@ -85,11 +104,10 @@ def plan_index(
         rebuild: encode every video whatever the tables hold.
         retry_errors: encode previously failed videos even when their bytes did not change.
         keep_deleted: keep rows of videos that left the manifest.
+        partition_rows: above this many rows (manifest or table), the join runs in partitions
+            of about this many ids each, so its memory is that of one partition.
     """
     indexed = indexed if indexed is not None else _empty(schema.FINGERPRINT, schema.MODEL_ID)
-    # A table holding duplicate ids (see pipelines.write.remove_duplicate_ids) is planned by
-    # the row the writer keeps.
-    indexed = newest_per_id(indexed, schema.INDEXED_AT)
     if schema.METADATA_DIGEST not in indexed.column_names:  # written before digests existed
         indexed = indexed.append_column(
             schema.METADATA_DIGEST, pa.nulls(indexed.num_rows, pa.int64())
@@ -106,22 +124,77 @@ def plan_index(
             "_row": pa.array(np.arange(manifest.num_rows, dtype=np.int64)),
         }
     )
+    failed_state = failed.select([schema.VIDEO_ID, schema.FINGERPRINT]).rename_columns(
+        [schema.VIDEO_ID, "_failed_fingerprint"]
+    )
+    decide = functools.partial(
+        _reasons, model_id=model_id, rebuild=rebuild, retry_errors=retry_errors
+    )
+    partitions = -(-max(manifest.num_rows, indexed.num_rows) // partition_rows)
+    if partitions <= 1:
+        reason = decide(keys, indexed, failed_state)
+    else:
+        # One join per partition of ids (by hash): the join's copies of the state are 1/P of
+        # the table's, and each partition's reasons land at their manifest rows.
+        codes = np.empty(manifest.num_rows, dtype=np.int8)
+        part = [
+            _partition_of(t[schema.VIDEO_ID], partitions) for t in (keys, indexed, failed_state)
+        ]
+        for number in range(partitions):
+            slices = [
+                t.filter(pa.array(of == number))
+                for t, of in zip((keys, indexed, failed_state), part, strict=True)
+            ]
+            reasons = decide(*slices)
+            codes[slices[0]["_row"].to_numpy()] = pc.index_in(reasons, _REASONS).to_numpy()
+        reason = _REASONS.take(pa.array(codes))
+    joined = manifest.append_column(REASON, reason)
+    counts = {row["values"]: row["counts"] for row in pc.value_counts(joined[REASON]).to_pylist()}
+    todo = joined.filter(pc.is_in(joined[REASON], pa.array(TO_ENCODE)))
+    delete_ids: list[str] = []
+    if not keep_deleted:
+        known = pa.concat_arrays(
+            [indexed[schema.VIDEO_ID].combine_chunks(), failed[schema.VIDEO_ID].combine_chunks()]
+        )
+        gone = pc.invert(pc.is_in(known, manifest[schema.VIDEO_ID]))
+        delete_ids = sorted(set(known.filter(gone).to_pylist()))
+    missing = joined.filter(pc.equal(joined[REASON], MISSING))
+    return IndexPlan(
+        todo=todo,
+        missing=missing,
+        missing_recorded=_recorded_missing(failed, missing[schema.VIDEO_ID]),
+        metadata_updates=joined.filter(pc.equal(joined[REASON], METADATA_CHANGED)),
+        delete_ids=delete_ids,
+        counts=counts,
+    )
+
+
+def _reasons(
+    keys: pa.Table,
+    indexed: pa.Table,
+    failed: pa.Table,
+    *,
+    model_id: str,
+    rebuild: bool,
+    retry_errors: bool,
+) -> pa.Array:
+    """The reason ``[K]`` of each row of ``keys`` (``video_id, fingerprint, metadata_digest,
+    _row``), in its order, from the tables' state (``failed``'s columns renamed by
+    :func:`plan_index`)."""
+    # A table holding duplicate ids (see pipelines.write.remove_duplicate_ids) is planned by
+    # the row the writer keeps. Done here, a partition at a time: an id's rows all land in
+    # the same partition.
     state = [schema.VIDEO_ID, schema.FINGERPRINT, schema.MODEL_ID, schema.METADATA_DIGEST]
+    indexed = (
+        newest_per_id(indexed, schema.INDEXED_AT)
+        .select(state)
+        .rename_columns(
+            [schema.VIDEO_ID, "_indexed_fingerprint", "_indexed_model", "_indexed_digest"]
+        )
+    )
     joined = (
-        keys.join(
-            indexed.select(state).rename_columns(
-                [schema.VIDEO_ID, "_indexed_fingerprint", "_indexed_model", "_indexed_digest"]
-            ),
-            keys=schema.VIDEO_ID,
-            join_type="left outer",
-        )
-        .join(
-            failed.select([schema.VIDEO_ID, schema.FINGERPRINT]).rename_columns(
-                [schema.VIDEO_ID, "_failed_fingerprint"]
-            ),
-            keys=schema.VIDEO_ID,
-            join_type="left outer",
-        )
+        keys.join(indexed, keys=schema.VIDEO_ID, join_type="left outer")
+        .join(failed, keys=schema.VIDEO_ID, join_type="left outer")
         .sort_by("_row")
     )
     fingerprint = joined[schema.FINGERPRINT]
@@ -135,7 +208,6 @@ def plan_index(
     same_failure = pc.fill_null(pc.equal(fingerprint, joined["_failed_fingerprint"]), False)
     missing = pc.is_null(fingerprint)
     current = pc.and_(in_table, pc.and_(same_bytes, same_model))
-
     reason = pc.case_when(
         pc.make_struct(
             missing,
@@ -157,25 +229,21 @@ def plan_index(
         RETRY,
         NEW,
     )
-    joined = manifest.append_column(REASON, reason)
-    counts = {row["values"]: row["counts"] for row in pc.value_counts(joined[REASON]).to_pylist()}
-    todo = joined.filter(pc.is_in(joined[REASON], pa.array(TO_ENCODE)))
-    delete_ids: list[str] = []
-    if not keep_deleted:
-        known = pa.concat_arrays(
-            [indexed[schema.VIDEO_ID].combine_chunks(), failed[schema.VIDEO_ID].combine_chunks()]
-        )
-        gone = pc.invert(pc.is_in(known, manifest[schema.VIDEO_ID]))
-        delete_ids = sorted(set(known.filter(gone).to_pylist()))
-    missing = joined.filter(pc.equal(joined[REASON], MISSING))
-    return IndexPlan(
-        todo=todo,
-        missing=missing,
-        missing_recorded=_recorded_missing(failed, missing[schema.VIDEO_ID]),
-        metadata_updates=joined.filter(pc.equal(joined[REASON], METADATA_CHANGED)),
-        delete_ids=delete_ids,
-        counts=counts,
-    )
+    return reason.combine_chunks() if isinstance(reason, pa.ChunkedArray) else reason
+
+
+def _partition_of(ids: pa.ChunkedArray, partitions: int) -> np.ndarray:
+    """``[N]`` partition number of each id: the same for an id wherever it appears.
+
+    Hashed a slice at a time: the hash needs the ids as Python strings, and 10 M of them at
+    once would cost more memory than the partitioned join saves.
+    """
+    numbers = np.empty(len(ids), dtype=np.uint64)
+    for start in range(0, len(ids), _HASH_SLICE_ROWS):
+        strings = ids.slice(start, _HASH_SLICE_ROWS).to_numpy(zero_copy_only=False)
+        digests = pd.util.hash_array(strings, categorize=False)
+        numbers[start : start + len(strings)] = digests % np.uint64(partitions)
+    return numbers
 
 
 def newest_per_id(rows: pa.Table, time_column: str) -> pa.Table:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -150,6 +151,46 @@ def test_flags_keep_deleted_and_retry_errors() -> None:
         retry_errors=True,
     )
     assert plan.delete_ids == [] and plan.counts == {"retry": 1}
+
+
+@pytest.mark.parametrize("keep_deleted", [False, True])
+def test_a_plan_joined_in_partitions_is_the_plan_joined_at_once(keep_deleted: bool) -> None:
+    """Every category, duplicate ids in both tables among them, over many partitions."""
+    rng = np.random.default_rng(11)
+    ids = [f"v{i:04d}" for i in range(600)]
+    listed = ids[:500]  # the last 100 only in the tables: deleted unless kept
+    fingerprints = rng.choice(["1", "2", None], size=len(listed), p=[0.6, 0.3, 0.1])
+    rows = manifest(dict(zip(listed, fingerprints, strict=True)))
+    in_table = ids[100:]
+    table = indexed(
+        {v: (str(rng.choice(["1", "2"])), str(rng.choice([MODEL, "other"]))) for v in in_table}
+    )
+    table = table.append_column("indexed_at", pa.array(rng.integers(0, 10, table.num_rows)))
+    twice = table.slice(0, 50)  # what two writers at once left: the later copies win
+    twice = twice.set_column(4, "indexed_at", pa.array(np.full(50, 99)))
+    twice = twice.set_column(1, "fingerprint", pa.array(["2"] * 50))
+    table = pa.concat_tables([table, twice])
+    failed_ids = list(rng.choice(ids, size=120, replace=False))
+    failed = pa.table(
+        {
+            "video_id": failed_ids + failed_ids[:10],
+            "fingerprint": pa.array(rng.choice(["1", "2", None], size=130).tolist(), pa.string()),
+            "at": pa.array(rng.integers(0, 10, 130)),
+        }
+    )
+
+    def plan(**partitioning: int) -> object:
+        return plan_index(
+            rows, indexed=table, failed=failed, model_id=MODEL, keep_deleted=keep_deleted,
+            retry_errors=False, **partitioning,
+        )  # fmt: skip
+
+    at_once, partitioned = plan(), plan(partition_rows=7)
+    assert len(at_once.counts) >= 6, at_once.counts  # the scenario holds most categories
+    assert partitioned.counts == at_once.counts
+    for part in ("todo", "missing", "missing_recorded", "metadata_updates"):
+        assert getattr(partitioned, part).equals(getattr(at_once, part)), part
+    assert partitioned.delete_ids == at_once.delete_ids
 
 
 def test_cpu_plan_leaves_headroom_and_gpu_plan_pins_one_actor_per_gpu() -> None:
