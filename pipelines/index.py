@@ -9,7 +9,7 @@
       .map_batches(EncodeStage)              (one actor per GPU, or CPU actors)
       or, with one single-thread actor per CPU and no GPU:
       .map_batches(DecodeEncodeStage)        (each CPU actor decodes, then encodes)
-      .iter_batches() -> TableWriter         (driver; merge_insert commits, errors table)
+      .iter_batches() -> TableWriter         (driver; appends new videos, merge_insert the rest)
     TableWriter.finish()                     (compaction, IVF_PQ index)
 """
 
@@ -38,7 +38,7 @@ from pipelines.decode import DECODER_NVDEC, MISSING_FILE, DecodeStage, unreadabl
 from pipelines.encode import DecodeEncodeStage, EncodeStage, ModelSpec
 from pipelines.lease import WriterLease, active_writer
 from pipelines.manifest import attach_fingerprints, read_manifest
-from pipelines.plan import REASON, IndexPlan, plan_index
+from pipelines.plan import NEW, REASON, IndexPlan, plan_index
 from pipelines.resources import (
     NodeShape,
     ResourcePlan,
@@ -375,6 +375,7 @@ def _run_index(
         storage=config.storage,
         vector_metadata=describe_vectors(model, sampling=config.model.sampling),
         lease=lease,
+        new_ids=plan.todo.filter(pc.equal(plan.todo[REASON], NEW))[schema.VIDEO_ID],
     )
     if plan.delete_ids:
         delete_ids(writer.table, plan.delete_ids)

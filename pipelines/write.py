@@ -3,7 +3,12 @@
 Encoded batches stream into :class:`TableWriter` in the driver. It buffers them and commits with
 ``merge_insert`` keyed on ``video_id`` (an upsert), every ``commit_rows`` rows or
 ``commit_seconds`` seconds, so a killed job keeps what it committed and a rerun that writes the
-same videos again replaces rows instead of duplicating them. Only this process writes, because
+same videos again replaces rows instead of duplicating them. Rows of videos the plan found in
+neither table (``new_ids``: most of a first index) are appended instead, the first time this run
+writes them: an append joins nothing, so it costs what it writes, where a ``merge_insert`` joins
+the table (through the ``video_id`` index only while no fragment is unindexed). The append stays
+exactly-once: a rerun's plan sees the appended rows as indexed and does not write them again.
+Only this process writes, because
 two LanceDB writers upserting the same keys at once can both insert: the index job holds the
 table's writer lease (:mod:`pipelines.lease`) while it writes, and the writer checks it before
 every commit. A table that holds duplicate ids anyway (written by an older version, or by two
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import lancedb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from lancedb.index import FTS, IvfPq
@@ -48,6 +54,8 @@ DEFAULT_INDEX_MIN_ROWS = 5000
 DEFAULT_MAINTAIN_EVERY = 50
 REBUILD_INDEX_FRACTION = 0.1
 _DELETE_CHUNK = 500
+# The column marking queued rows that are appended rather than upserted (never written).
+_APPEND = "_append"
 # Rows per commit when moving a table's segments to the multivector column (8 MiB a chunk at
 # 4 segments of 512 floats per row).
 MIGRATE_CHUNK_ROWS = 1024
@@ -173,6 +181,11 @@ class TableWriter:
     of the table; it is written as the ``vector`` field's metadata whenever it changes.
     ``lease``, the table's writer lease this process holds, is checked before every commit.
     Duplicate ids the tables hold are removed first (:func:`remove_duplicate_ids`).
+
+    ``new_ids`` (ids of ``manifest`` that the plan found in neither table) are appended rather
+    than upserted the first time a successful row of theirs is committed; a later row of the same
+    id in this run (a replayed block) goes through ``merge_insert`` and replaces it. Without
+    ``new_ids`` every row is upserted.
     """
 
     def __init__(
@@ -190,7 +203,10 @@ class TableWriter:
         storage: StorageOptions | None = None,
         vector_metadata: dict[str, str] | None = None,
         lease: WriterLease | None = None,
+        new_ids: pa.Array | pa.ChunkedArray | None = None,
     ) -> None:
+        if new_ids is not None and manifest is None:
+            raise ValueError("new_ids needs the manifest that holds them")
         self.lease = lease
         self.db = connect(db_uri, storage)
         self.model_id = model_id
@@ -248,6 +264,14 @@ class TableWriter:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._last_commit = time.monotonic()
+        # One flag per manifest row: True while the row's video is new and not yet written.
+        self._unwritten_new = (
+            pc.is_in(self.manifest[schema.VIDEO_ID], value_set=new_ids).to_numpy(
+                zero_copy_only=False
+            )
+            if new_ids is not None and self.manifest is not None
+            else None
+        )
 
     def check_lease(self) -> None:
         """Raise :class:`pipelines.lease.LeaseLostError` when this job no longer holds the
@@ -260,7 +284,7 @@ class TableWriter:
         if schema.WORKER in batch.column_names:
             for worker, count in Counter(batch[schema.WORKER].to_pylist()).items():
                 self.stats.videos_by_worker[worker] += count
-        self._pending.append(self._with_manifest_columns(batch))
+        self._pending.append(self._marked_appendable(self._with_manifest_columns(batch)))
         self._pending_rows += batch.num_rows
         due = time.monotonic() - self._last_commit >= self.commit_seconds
         if self._pending_rows >= self.commit_rows or due:
@@ -279,6 +303,26 @@ class TableWriter:
         self.stats.metadata_updated += rows.num_rows
         self.stats.commits += 1
         log.info("updated the manifest columns of %d rows", rows.num_rows)
+
+    def _marked_appendable(self, rows: pa.Table) -> pa.Table:
+        """``rows`` with an ``_append`` column: True for a successful row that is the first row
+        this run writes of a new video (one in neither table when the plan read them), which can
+        be appended. Every video seen here loses its flag, so any later row of it (a replayed
+        block, a success after a failure) is upserted and deletes a stale error row. Rows are
+        queued and committed in order, so clearing here is clearing at commit.
+        """
+        appendable = np.zeros(rows.num_rows, dtype=bool)
+        if self._unwritten_new is not None and rows.num_rows:
+            positions = pc.index_in(rows[schema.VIDEO_ID], value_set=self.manifest[schema.VIDEO_ID])
+            known = np.flatnonzero(pc.is_valid(positions).to_numpy(zero_copy_only=False))
+            rows_of = pc.fill_null(positions, 0).to_numpy(zero_copy_only=False)[known]
+            succeeded = pc.equal(rows[schema.ERROR], "").to_numpy(zero_copy_only=False)[known]
+            # The first row of each video in this batch.
+            videos, first = np.unique(rows_of, return_index=True)
+            first = first[self._unwritten_new[videos] & succeeded[first]]
+            appendable[known[first]] = True
+            self._unwritten_new[videos] = False
+        return rows.append_column(_APPEND, pa.array(appendable))
 
     def _with_manifest_columns(self, results: pa.Table) -> pa.Table:
         """Results carry little beyond ``video_id``; the manifest's columns (caption, split,
@@ -308,8 +352,14 @@ class TableWriter:
         failed = pc.not_equal(batch[schema.ERROR], "")
         good, bad = batch.filter(pc.invert(failed)), batch.filter(failed)
         if good.num_rows:
-            self._upsert(self.table, self._embedding_rows(good, now))
-            delete_ids(self.errors, good[schema.VIDEO_ID].to_pylist())
+            appended = good.filter(good[_APPEND])
+            upserted = good.filter(pc.invert(good[_APPEND]))
+            if appended.num_rows:
+                # New videos: in neither table, so nothing to join and no error row to delete.
+                self.table.add(self._embedding_rows(appended, now))
+            if upserted.num_rows:
+                self._upsert(self.table, self._embedding_rows(upserted, now))
+                delete_ids(self.errors, upserted[schema.VIDEO_ID].to_pylist())
         if bad.num_rows:
             self._upsert(self.errors, self._error_rows(bad, now))
             # A video that no longer encodes has no valid vector: drop a stale one.
