@@ -1,6 +1,6 @@
 """The writer's scalar indexes and maintenance on real LanceDB tables: every commit, delete and
 query on ``video_id`` or ``model_id`` goes through an index that stays valid as the tables
-change, and a long run's fragments stay bounded."""
+change, and a long run's fragments stay bounded; new videos are appended exactly once."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from pathlib import Path
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from pipelines import schema
+from pipelines.index import read_table_state
+from pipelines.plan import NEW, REASON, plan_index
 from pipelines.search import MomentsUnavailableError, check_model, model_filter, search_vectors
 from pipelines.write import TableWriter, delete_ids, fragment_count, sql_in
 
@@ -240,3 +243,100 @@ def test_a_flat_segment_table_searches_and_moves_to_the_multivector_column_once(
             (h.segment_score for h in hits), reverse=True
         )
     assert writer(tmp_path).segments_migrated == 0
+
+
+def manifest_of(video_ids: list[str]) -> pa.Table:
+    """The manifest rows the index job hands the writer for ``video_ids``."""
+    return pa.table(
+        {
+            schema.VIDEO_ID: pa.array(video_ids),
+            schema.URI: pa.array([f"/videos/{i}.mp4" for i in video_ids]),
+            schema.FINGERPRINT: pa.array(["10:20"] * len(video_ids)),
+        }
+    )
+
+
+def vectors_by_id(table) -> dict[str, list[float]]:
+    return vectors_by_id_of(
+        table.search().select([schema.VIDEO_ID, schema.VECTOR]).limit(None).to_arrow()
+    )
+
+
+def test_new_videos_are_appended_once_and_every_later_row_of_theirs_replaces_it(
+    tmp_path: Path,
+) -> None:
+    """New videos (appended), known ones (upserted), a video twice in one batch and a replayed
+    block: one row per video, holding the vector written last."""
+    before = writer(tmp_path)
+    before.add(encoded(ids("old", 4), seed=0))
+    before.finish(index_min_rows=10**9)
+    every = ids("new", 6) + ids("old", 4)
+    run = writer(
+        tmp_path, manifest=manifest_of(every), new_ids=pa.array(ids("new", 6)), commit_rows=10**9
+    )
+    run.add(encoded(ids("new", 6) + ids("old", 4), seed=1))
+    run.add(encoded(["new000"], seed=2))  # the same video again before the commit
+    run.flush()
+    run.add(encoded(ids("new", 3), seed=3))  # a replayed block after the commit
+    run.flush()
+    run.finish(index_min_rows=10**9)
+
+    table = run.table
+    assert table.count_rows() == 10
+    assert sorted(vectors_by_id(table)) == sorted(every)
+    latest = {
+        **vectors_by_id_of(encoded(every, seed=1)),
+        **vectors_by_id_of(encoded(["new000"], seed=2)),
+        **vectors_by_id_of(encoded(ids("new", 3), seed=3)),
+    }
+    stored = vectors_by_id(table)
+    for video_id, vector in latest.items():
+        np.testing.assert_allclose(stored[video_id], vector, rtol=1e-6)
+    assert run.stats.indexed == 10 + 1 + 3
+    assert_indexes_valid(table, {schema.VIDEO_ID: "BTree"}, sql_in(schema.VIDEO_ID, every), 10)
+
+
+def vectors_by_id_of(rows: pa.Table) -> dict[str, list[float]]:
+    return dict(
+        zip(rows[schema.VIDEO_ID].to_pylist(), rows[schema.VECTOR].to_pylist(), strict=True)
+    )
+
+
+def test_a_new_video_that_fails_then_indexes_in_one_run_keeps_no_error_row(
+    tmp_path: Path,
+) -> None:
+    run = writer(
+        tmp_path, manifest=manifest_of(["v000"]), new_ids=pa.array(["v000"]), commit_rows=1
+    )
+    run.add(encoded(["v000"], seed=0, error="decode: truncated"))
+    assert run.errors.count_rows() == 1
+    run.add(encoded(["v000"], seed=1))
+    run.finish(index_min_rows=10**9)
+    assert run.table.count_rows() == 1
+    assert run.errors.count_rows() == 0
+
+
+def test_a_run_killed_after_appending_reruns_without_duplicates(tmp_path: Path) -> None:
+    """The rerun's plan sees what the killed run appended as indexed: it appends only the rest,
+    and writing a committed video again (a replay) still leaves one row."""
+    every = ids("v", 12)
+    killed = writer(tmp_path, manifest=manifest_of(every), new_ids=pa.array(every), commit_rows=4)
+    killed.add(encoded(every[:8], seed=0))  # two commits, then the process dies
+    assert killed.table.count_rows() == 8
+    del killed
+
+    indexed, failed = read_table_state(str(tmp_path), "videos")
+    plan = plan_index(manifest_of(every), indexed=indexed, failed=failed, model_id="model-a")
+    assert plan.counts == {"unchanged": 8, NEW: 4}
+    new_ids = plan.todo.filter(pc.equal(plan.todo[REASON], NEW))[schema.VIDEO_ID]
+    rerun = writer(tmp_path, manifest=manifest_of(every), new_ids=new_ids, commit_rows=4)
+    rerun.add(encoded(every[8:], seed=1))
+    rerun.add(encoded(every[:2], seed=2))
+    rerun.finish(index_min_rows=10**9)
+    assert rerun.table.count_rows() == 12
+    assert sorted(vectors_by_id(rerun.table)) == every
+
+
+def test_new_ids_without_a_manifest_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="new_ids needs the manifest"):
+        writer(tmp_path, new_ids=pa.array(["v000"]))
