@@ -55,6 +55,63 @@ def segment_tokens(x: Tensor, config: CenterCLIPConfig) -> Tensor:
     return torch.cat([cls, kept], dim=1).reshape(batch, segments, 1 + centers, width)
 
 
+def pooled_text_positions(
+    tokens: Tensor, pool_type: str, eos_token_id: int | None = None
+) -> Tensor | None:
+    """Where open_clip's text tower reads each text's embedding (``text_global_pool``).
+
+    Args:
+        tokens: token ids ``[B, L]``.
+        pool_type: the tower's ``text_pool_type``; ``"argmax"`` (CLIP: the end-of-text token has
+            the largest id) and ``"eos"`` (the first ``eos_token_id``) read one position per row.
+        eos_token_id: the end-of-text id, for ``"eos"``.
+    Returns:
+        positions ``[B]`` (int64), or None when the pooling reads no single position per row.
+    """
+    if pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    if pool_type == "eos" and eos_token_id is not None:
+        return (tokens == eos_token_id).int().argmax(dim=-1)
+    return None
+
+
+def encode_text_prefix(clip: nn.Module, tokens: Tensor, *, normalize: bool = True) -> Tensor:
+    """open_clip ``CLIP.encode_text`` computed over only the positions that can reach the result.
+
+    CLIP's text transformer is causal and each text's embedding is read at one token (the
+    end-of-text), so positions after the batch's last such token change nothing: the tower runs
+    on the first ``max(position) + 1`` tokens, with the positional embedding and the causal
+    mask cut to that length. The result equals the full ``context_length`` computation (up to
+    float rounding); a 5-word query runs about 8 of CLIP's 77 positions. Towers this does not
+    hold for (no causal mask, pooling other than one position per row) run in full.
+
+    Args:
+        clip: an open_clip ``CLIP`` (its text tower is the model's own attributes).
+        tokens: token ids ``[B, L]``, L = ``clip.context_length``.
+        normalize: L2-normalise the embeddings.
+    Returns:
+        text embeddings ``[B, D]``.
+    """
+    positions = pooled_text_positions(
+        tokens, clip.text_pool_type, getattr(clip, "text_eos_id", None)
+    )
+    if positions is None or clip.attn_mask is None or tokens.shape[0] == 0:
+        return clip.encode_text(tokens, normalize=normalize)
+    length = int(positions.max()) + 1
+    cast_dtype = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens[:, :length]).to(cast_dtype)  # [B, length, width]
+    x = x + clip.positional_embedding[:length].to(cast_dtype)
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+    x = clip.ln_final(x)  # [B, length, width]
+    x = x[torch.arange(x.shape[0], device=x.device), positions]  # [B, width]
+    if clip.text_projection is not None:
+        if isinstance(clip.text_projection, nn.Linear):
+            x = clip.text_projection(x)
+        else:
+            x = x @ clip.text_projection
+    return F.normalize(x, dim=-1) if normalize else x  # [B, D]
+
+
 class CenterVisionTransformer(VisionTransformer):
     """open_clip's ``VisionTransformer`` with a video forward; see the module docstring.
 
@@ -206,8 +263,10 @@ class VideoCLIP(nn.Module):
         return (video, segments) if return_segments else video
 
     def encode_text(self, tokens: Tensor, *, normalize: bool = True) -> Tensor:
-        """Text embeddings ``[B, D]`` of token ids ``[B, L]`` (see :meth:`tokenize`)."""
-        return self.clip.encode_text(tokens.to(self.device), normalize=normalize)
+        """Text embeddings ``[B, D]`` of token ids ``[B, L]`` (see :meth:`tokenize`), computed
+        over the positions up to the batch's last end-of-text token (:func:`encode_text_prefix`).
+        """
+        return encode_text_prefix(self.clip, tokens.to(self.device), normalize=normalize)
 
     def tokenize(self, texts: str | list[str]) -> Tensor:
         """Token ids ``[B, L]`` for CLIP's text tower (L = the model's context length)."""

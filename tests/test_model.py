@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,42 @@ def test_presets_are_registered() -> None:
     assert (b32.settings.cluster_block, b32.settings.segments, b32.settings.centers) == (6, 4, 49)
     assert b32.pretrained == "openai"
     assert centerclip.get_preset("ViT-B-16-center").settings.centers == 160
+
+
+QUERY_BATCHES = {
+    "one short query": ["a dog"],
+    "mixed lengths": ["a red circle moving left", "two", "a small green triangle on grey, slowly"],
+    "an empty query": ["", "a cat jumps over a fence"],
+    "a query past the context": ["a very long caption " * 40, "short"],
+}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "ViT-B-32-center"])
+@pytest.mark.parametrize("batch", list(QUERY_BATCHES))
+def test_text_encoded_up_to_the_last_end_of_text_equals_the_full_context(
+    preset: str, batch: str
+) -> None:
+    """The causal text tower read at the end-of-text token: positions after the batch's last
+    one change nothing, so the shortened encode equals open_clip's full-context one."""
+    model = _text_model(preset)
+    tokens = model.tokenize(QUERY_BATCHES[batch])
+    with torch.inference_mode():
+        full = model.clip.encode_text(tokens, normalize=True)
+        shortened = model.encode_text(tokens)
+    assert shortened.shape == full.shape
+    torch.testing.assert_close(shortened, full, atol=1e-5, rtol=1e-5)
+
+
+def test_text_positions_read_are_the_end_of_text_tokens() -> None:
+    model = _text_model("tiny")
+    tokens = model.tokenize(["a dog", "a dog runs"])
+    positions = centerclip.model.pooled_text_positions(tokens, model.clip.text_pool_type)
+    eot = model.tokenizer.eot_token_id
+    assert tokens[0, positions[0]] == eot and tokens[1, positions[1]] == eot
+    assert positions.tolist() == [3, 4]  # start-of-text, the words, end-of-text
+
+
+@functools.cache
+def _text_model(preset: str) -> centerclip.VideoCLIP:
+    """One random-initialised model per preset for the text tests (ViT-B/32 takes seconds)."""
+    return create_model(preset).eval()
