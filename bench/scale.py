@@ -11,7 +11,8 @@ IVF_PQ index) it measures:
   fingerprints changed for 1% of the rows, against the encode work of those videos at the
   ViT-B/32 encode rate ``bench/results/pipeline.json`` measured on this machine;
 * **search**: one text query end to end (text encode with a warm ViT-B-32-center, the model
-  check, an IVF_PQ search prefiltered on ``model_id``, the hits), p50 and p95 of 40;
+  check, an IVF_PQ search prefiltered on ``model_id``, the hits), p50 and p95 of 40, beside the
+  same with the text encoded over CLIP's full 77-token context (the path before);
 * **evaluation** (sizes up to ``--eval-max-videos``): exact ranks of ``--eval-captions`` random
   caption vectors against the table's videos, chunked, in a fresh process (peak RSS).
 
@@ -254,36 +255,51 @@ def _encode_videos_per_s() -> float:
 
 def search_latency(db: Path, model: Any) -> dict[str, Any]:
     """One text query end to end, as ``jobs.search`` runs it after start-up: the text encode
-    and the table's part (model check, prefiltered IVF_PQ search, hits) timed apart. Torch runs
-    one thread: on this shared 2-core machine a 2-thread text encode of one query measured
-    1.3-2.1 s against 0.1 s on one, which would drown the table's part."""
+    and the table's part (model check, prefiltered IVF_PQ search, hits) timed apart, on
+    ``QUERY_TORCH_THREADS`` torch threads as the search job and service run. Each iteration
+    also encodes the query over CLIP's full context (open_clip's ``encode_text``, the path
+    before ``encode_text_prefix``), alternating which goes first, so both are measured under
+    the same load: ``full_context_*`` is what search cost before."""
     import torch
 
+    from pipelines.resources import QUERY_TORCH_THREADS
     from pipelines.search import encode_queries, open_index, search_vectors
 
     table = open_index(str(db), TABLE)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    encode, lookup = [], []
+    torch.set_num_threads(QUERY_TORCH_THREADS)
+
+    def full_context(query: str) -> np.ndarray:
+        with torch.inference_mode():
+            return model.clip.encode_text(model.tokenize([query]), normalize=True).numpy()
+
+    encoders = {"prefix": lambda query: encode_queries(model, [query]), "full": full_context}
+    encode: dict[str, list[float]] = {"prefix": [], "full": []}
+    lookup: dict[str, list[float]] = {"prefix": [], "full": []}
     try:
         for i in range(SEARCHES + 3):
-            started = time.perf_counter()
-            vectors = encode_queries(model, [QUERIES[i % len(QUERIES)]])
-            encoded = time.perf_counter()
-            hits = search_vectors(table, vectors, model_id=model.model_id, k=10)
-            if i >= 3:  # warm-up: caches, the index's first read
-                encode.append(encoded - started)
-                lookup.append(time.perf_counter() - encoded)
-            assert len(hits[0]) == 10
+            order = ("prefix", "full") if i % 2 == 0 else ("full", "prefix")
+            for name in order:
+                started = time.perf_counter()
+                vectors = encoders[name](QUERIES[i % len(QUERIES)])
+                encoded = time.perf_counter()
+                hits = search_vectors(table, vectors, model_id=model.model_id, k=10)
+                if i >= 3:  # warm-up: caches, the index's first read
+                    encode[name].append(encoded - started)
+                    lookup[name].append(time.perf_counter() - encoded)
+                assert len(hits[0]) == 10
     finally:
         torch.set_num_threads(threads)
-    total = np.add(encode, lookup)
+    total = {name: np.add(encode[name], lookup[name]) for name in encode}
     return {
-        "search_p50_ms": float(np.percentile(total, 50) * 1000),
-        "search_p95_ms": float(np.percentile(total, 95) * 1000),
-        "text_encode_p50_ms": float(np.percentile(encode, 50) * 1000),
-        "table_search_p50_ms": float(np.percentile(lookup, 50) * 1000),
-        "table_search_p95_ms": float(np.percentile(lookup, 95) * 1000),
+        "search_p50_ms": float(np.percentile(total["prefix"], 50) * 1000),
+        "search_p95_ms": float(np.percentile(total["prefix"], 95) * 1000),
+        "text_encode_p50_ms": float(np.percentile(encode["prefix"], 50) * 1000),
+        "table_search_p50_ms": float(np.percentile(lookup["prefix"], 50) * 1000),
+        "table_search_p95_ms": float(np.percentile(lookup["prefix"], 95) * 1000),
+        "full_context_search_p50_ms": float(np.percentile(total["full"], 50) * 1000),
+        "full_context_text_encode_p50_ms": float(np.percentile(encode["full"], 50) * 1000),
+        "torch_threads": QUERY_TORCH_THREADS,
     }
 
 
@@ -452,6 +468,11 @@ def main() -> None:
         f"search_p50_ms_{sizes[-1]}": large["search"]["search_p50_ms"],
         f"search_p50_ratio_{sizes[-1]}_over_{sizes[0]}": large["search"]["search_p50_ms"]
         / small["search"]["search_p50_ms"],
+        f"search_p50_ms_full_context_{sizes[-1]}": large["search"]["full_context_search_p50_ms"],
+        f"text_encode_p50_ms_{sizes[-1]}": large["search"]["text_encode_p50_ms"],
+        f"text_encode_p50_ms_full_context_{sizes[-1]}": large["search"][
+            "full_context_text_encode_p50_ms"
+        ],
         "eval_peak_rss_gib": max(e["peak_rss_gib"] for e in evaluations) if evaluations else None,
         "eval_shape": [evaluations[-1]["captions"], evaluations[-1]["videos"]]
         if evaluations

@@ -49,12 +49,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from centerclip import WeightsUnavailableError
+    from pipelines.resources import QUERY_TORCH_THREADS
     from pipelines.search import search
 
     if args.hybrid and args.by != "vector":
         raise _cli.JobError("--hybrid fuses the whole-video ranking; drop --by moments")
     spec = model_spec(args)
+    torch.set_num_threads(QUERY_TORCH_THREADS)
     try:
         model = spec.build()
         warn_if_random_weights(model.model_id)

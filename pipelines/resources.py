@@ -132,6 +132,11 @@ MIN_ACTOR_CPUS = 0.5
 MIN_CPUS_PER_ENCODE_ACTOR = 0.25
 # Each CPU encode actor holds a model replica: past this many, actors get more threads instead.
 MAX_CPU_ENCODE_ACTORS = 8
+# Torch threads that encode search queries (jobs.search; the service's replicas likewise). A
+# query runs only up to its end-of-text token (centerclip.model.encode_text_prefix): ViT-B/32,
+# one query, same run on 2 cores: 26 ms on 1 thread, 26 ms on 2, while a second thread stalls
+# at every OpenMP barrier when another process holds the core (1.3-2.1 s measured under load).
+QUERY_TORCH_THREADS = 1
 # Blocks are the unit that streams from stage to stage and on to the committer.
 ROWS_PER_BLOCK = 32
 BLOCKS_PER_ACTOR = 8
