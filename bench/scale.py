@@ -18,7 +18,8 @@ IVF_PQ index) it measures:
 
 Once, at the largest size: **driver ingest**, rows per second one committing driver takes in
 commits of 256 and of 4096 new rows, appended (the index job's path for new videos) and
-upserted (``merge_insert``, the path of rows the plan does not know to be new), alternating.
+upserted (``merge_insert``, the path of rows the plan does not know to be new), alternating;
+then appended 256-row commits past the writer's maintenance cadence, maintenance included.
 Writes ``bench/results/scale.json`` and ``scale.png``.
 
     python -m bench.scale                                  # 10k and 100k rows
@@ -380,7 +381,41 @@ def ingest(db: Path, model_id: str, start_id: int) -> dict[str, Any]:
             result[f"ingest_rows_per_s_append_commit_{commit_rows}"]
             / result[f"ingest_rows_per_s_upsert_commit_{commit_rows}"]
         )
+    result.update(_sustained_ingest(db, model_id, start_id, rng))
     return result
+
+
+def _sustained_ingest(
+    db: Path, model_id: str, start_id: int, rng: np.random.Generator
+) -> dict[str, float]:
+    """Appended 256-row commits past the writer's default maintenance cadence, maintenance
+    (compaction and index refresh) included: what a long first index sustains."""
+    from pipelines import schema
+    from pipelines.write import DEFAULT_MAINTAIN_EVERY, TableWriter
+
+    commits = DEFAULT_MAINTAIN_EVERY + 10
+    ids = np.arange(start_id, start_id + commits * COMMIT_ROWS)
+    batches = [
+        video_rows(ids[i * COMMIT_ROWS : (i + 1) * COMMIT_ROWS], rng) for i in range(commits)
+    ]
+    manifest = pa.table({schema.VIDEO_ID: names(ids), schema.URI: uris(ids)})
+    writer = TableWriter(
+        db_uri=str(db), table=TABLE, dim=DIM, segments=SEGMENTS, model_id=model_id,
+        commit_rows=COMMIT_ROWS, manifest=manifest, new_ids=manifest[schema.VIDEO_ID],
+    )  # fmt: skip
+    writer.maintain()
+    writer.stats.maintenance_s, writer.stats.maintenance_runs = 0.0, 0
+    started = time.perf_counter()
+    for batch in batches:
+        writer.add(batch)
+    writer.flush()
+    seconds = time.perf_counter() - started
+    return {
+        "sustained_rows_per_s_commit_256": len(ids) / seconds,
+        "sustained_commits": commits,
+        "sustained_maintenance_runs": writer.stats.maintenance_runs,
+        "sustained_maintenance_s": writer.stats.maintenance_s,
+    }
 
 
 def cli_unchanged_s(manifest: Path, db: Path) -> float:
@@ -480,6 +515,7 @@ def main() -> None:
         "ingest_rows_per_s": large["ingest"]["ingest_rows_per_s_append_commit_256"],
         "ingest_rows_per_s_commit_4096": large["ingest"]["ingest_rows_per_s_append_commit_4096"],
         "ingest_rows_per_s_upsert": large["ingest"]["ingest_rows_per_s_upsert_commit_256"],
+        "ingest_rows_per_s_sustained": large["ingest"]["sustained_rows_per_s_commit_256"],
         "ingest_rows_per_s_upsert_commit_4096": large["ingest"][
             "ingest_rows_per_s_upsert_commit_4096"
         ],

@@ -68,24 +68,22 @@ def connect(db_uri: str, storage: StorageOptions | None = None) -> lancedb.DBCon
     return lancedb.connect(db_uri, storage_options=storage.lancedb_options(db_uri) or None)
 
 
-def open_table(db: lancedb.DBConnection, name: str) -> lancedb.table.Table | None:
+def open_table(
+    db: lancedb.DBConnection, name: str, *, drop_unfinished: bool = False
+) -> lancedb.table.Table | None:
     """The table ``name``, or None if there is none, or only a folder without any version (a
-    creation cut short by a full disk or a kill)."""
+    creation cut short by a full disk or a kill). With ``drop_unfinished`` such a folder is
+    removed: creating the table over it would otherwise fail, and it holds nothing."""
     if name not in db.table_names():
         return None
     try:
         return db.open_table(name)
     except ValueError as err:
-        if "was not found" in str(err):
-            return None
-        raise
-
-
-def drop_unfinished_table(db: lancedb.DBConnection, name: str) -> None:
-    """Remove ``name`` if it is a folder without any version: creating the table over it would
-    otherwise fail, and it holds nothing."""
-    if name in db.table_names() and open_table(db, name) is None:
+        if "was not found" not in str(err):
+            raise
+    if drop_unfinished:
         db.drop_table(name)
+    return None
 
 
 def sql_in(column: str, values: Iterable[str]) -> str:
@@ -215,10 +213,9 @@ class TableWriter:
         for extra in manifest.schema if manifest is not None else ():
             if extra.name not in self.schema.names:
                 self.schema = self.schema.append(extra)
-        existing = open_table(self.db, table)
+        existing = open_table(self.db, table, drop_unfinished=True)
         self.segments_migrated = 0
         if existing is None:
-            drop_unfinished_table(self.db, table)
             self.table = self.db.create_table(table, schema=self.schema)
         elif _vector_types(existing.schema) != _vector_types(self.schema):
             # Another embedding width or segment count cannot be upserted into fixed-size vector
@@ -246,10 +243,11 @@ class TableWriter:
             self.table.update_field_metadata(
                 {"path": schema.VECTOR, "metadata": vector_metadata, "replace": True}
             )
-        drop_unfinished_table(self.db, schema.errors_table_name(table))
-        self.errors = self.db.create_table(
-            schema.errors_table_name(table), schema=schema.ERRORS_SCHEMA, exist_ok=True
-        )
+        errors_name = schema.errors_table_name(table)
+        errors = open_table(self.db, errors_name, drop_unfinished=True)
+        if errors is None:
+            errors = self.db.create_table(errors_name, schema=schema.ERRORS_SCHEMA)
+        self.errors = errors
         self.check_lease()
         ensure_scalar_indexes(self.table, EMBEDDINGS_SCALAR_INDEXES)
         ensure_scalar_indexes(self.errors, ERRORS_SCALAR_INDEXES)
