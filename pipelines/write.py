@@ -181,9 +181,9 @@ class TableWriter:
     Duplicate ids the tables hold are removed first (:func:`remove_duplicate_ids`).
 
     ``new_ids`` (ids of ``manifest`` that the plan found in neither table) are appended rather
-    than upserted the first time a successful row of theirs is committed; a later row of the same
-    id in this run (a replayed block) goes through ``merge_insert`` and replaces it. Without
-    ``new_ids`` every row is upserted.
+    than upserted when the first row of theirs this run writes is a success; any later row of
+    the same id in this run (a replayed block) goes through ``merge_insert`` and replaces it.
+    Without ``new_ids`` every row is upserted.
     """
 
     def __init__(
