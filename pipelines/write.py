@@ -282,7 +282,14 @@ class TableWriter:
         if schema.WORKER in batch.column_names:
             for worker, count in Counter(batch[schema.WORKER].to_pylist()).items():
                 self.stats.videos_by_worker[worker] += count
-        self._pending.append(self._marked_appendable(self._with_manifest_columns(batch)))
+        # Each row's manifest row (null where the manifest lacks it): one hash lookup per batch.
+        positions = (
+            pc.index_in(batch[schema.VIDEO_ID], value_set=self.manifest[schema.VIDEO_ID])
+            if self.manifest is not None
+            else None
+        )
+        rows = self._with_manifest_columns(batch, positions)
+        self._pending.append(self._marked_appendable(rows, positions))
         self._pending_rows += batch.num_rows
         due = time.monotonic() - self._last_commit >= self.commit_seconds
         if self._pending_rows >= self.commit_rows or due:
@@ -302,16 +309,16 @@ class TableWriter:
         self.stats.commits += 1
         log.info("updated the manifest columns of %d rows", rows.num_rows)
 
-    def _marked_appendable(self, rows: pa.Table) -> pa.Table:
+    def _marked_appendable(self, rows: pa.Table, positions: pa.Array | None) -> pa.Table:
         """``rows`` with an ``_append`` column: True for a successful row that is the first row
         this run writes of a new video (one in neither table when the plan read them), which can
         be appended. Every video seen here loses its flag, so any later row of it (a replayed
         block, a success after a failure) is upserted and deletes a stale error row. Rows are
-        queued and committed in order, so clearing here is clearing at commit.
+        queued and committed in order, so clearing here is clearing at commit. ``positions``:
+        each row's manifest row.
         """
         appendable = np.zeros(rows.num_rows, dtype=bool)
-        if self._unwritten_new is not None and rows.num_rows:
-            positions = pc.index_in(rows[schema.VIDEO_ID], value_set=self.manifest[schema.VIDEO_ID])
+        if self._unwritten_new is not None and positions is not None and rows.num_rows:
             known = np.flatnonzero(pc.is_valid(positions).to_numpy(zero_copy_only=False))
             rows_of = pc.fill_null(positions, 0).to_numpy(zero_copy_only=False)[known]
             succeeded = pc.equal(rows[schema.ERROR], "").to_numpy(zero_copy_only=False)[known]
@@ -322,12 +329,12 @@ class TableWriter:
             self._unwritten_new[videos] = False
         return rows.append_column(_APPEND, pa.array(appendable))
 
-    def _with_manifest_columns(self, results: pa.Table) -> pa.Table:
+    def _with_manifest_columns(self, results: pa.Table, positions: pa.Array | None) -> pa.Table:
         """Results carry little beyond ``video_id``; the manifest's columns (caption, split,
-        fingerprint, extra columns) are looked up here, with their manifest types."""
-        if self.manifest is None:
+        fingerprint, extra columns) are looked up here (``positions``: each row's manifest row),
+        with their manifest types."""
+        if self.manifest is None or positions is None:
             return results
-        positions = pc.index_in(results[schema.VIDEO_ID], value_set=self.manifest[schema.VIDEO_ID])
         carried = self.manifest.take(positions)
         # end_s is the encoder's: clamped to the video, where the manifest's may run past it.
         own = [
