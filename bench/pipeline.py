@@ -23,6 +23,8 @@ to the limit goes.
     python -m bench.pipeline        # ViT-B-32-center (12 frames, 224 px), 192 videos
     python -m bench.pipeline --model tiny --videos 2400 --encode-videos 480 \
         --output bench/results/pipeline-tiny.json   # per-video work small: Ray's overhead shows
+    python -m bench.pipeline --profile real       # bench/corpus.py's real footage and codecs
+                                                  # (bench/results/pipeline-real.json)
 """
 
 from __future__ import annotations
@@ -270,6 +272,33 @@ def index_job(corpus: Path, db: Path, model: str, request: Any, cores: int) -> d
     }
 
 
+def write_realistic_manifest(corpus: Path, *, videos: int) -> None:
+    """``corpus/manifest``: ``videos`` rows over bench/corpus.py's quick corpus (generated if
+    absent), its files taken in turn, the long video's clips among them, each row a video id
+    of its own."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.corpus import DEFAULT_OUT, generate
+
+    entries = generate(DEFAULT_OUT, quick=True)
+    sources: list[dict[str, Any]] = []
+    for entry in entries.values():
+        clips = entry.get("clip_rows") or [{"start_s": None, "end_s": None}]
+        sources += [{"uri": entry["path"], **clip} for clip in clips]
+    picked = [sources[i % len(sources)] for i in range(videos)]
+    (corpus / "manifest").mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            schema.VIDEO_ID: [f"real-{i:06d}" for i in range(videos)],
+            schema.URI: [row["uri"] for row in picked],
+            schema.START_S: pa.array([row["start_s"] for row in picked], pa.float64()),
+            schema.END_S: pa.array([row["end_s"] for row in picked], pa.float64()),
+        }
+    )
+    pq.write_table(table, corpus / "manifest" / "part-00000.parquet")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -283,6 +312,13 @@ def main() -> None:
         "--repeats", type=int, default=3, help="passes of D and E; the best one counts"
     )
     parser.add_argument("--corpus", type=Path, help="reuse a corpus made by jobs.sample")
+    parser.add_argument(
+        "--profile",
+        choices=["synthetic", "real"],
+        default="synthetic",
+        help="synthetic: jobs.sample's small clips; real: bench/corpus.py's realistic corpus "
+        "(real footage and x264-default, HEVC, VP9, AV1... files, each used in turn)",
+    )
     parser.add_argument(
         "--output", type=Path, help="JSON path (default bench/results/pipeline.json)"
     )
@@ -298,9 +334,14 @@ def main() -> None:
     cores = usable_cores()
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     corpus = args.corpus or work / "corpus"
-    if args.corpus is None:
+    if args.profile == "real":
+        write_realistic_manifest(corpus, videos=args.videos)
+    elif args.corpus is None:
         write_sample_corpus(corpus, videos=args.videos, seed=0)
-    rows = pads.dataset(str(corpus / "manifest")).to_table(columns=["video_id", "uri"]).to_pylist()
+    manifest = pads.dataset(str(corpus / "manifest"))
+    carried = [schema.VIDEO_ID, schema.URI, schema.START_S, schema.END_S]
+    columns = [name for name in carried if name in manifest.schema.names]
+    rows = manifest.to_table(columns=columns).to_pylist()
     model = create_model(args.model)
     frames, size = model.config.frames, model.image_size
 
@@ -329,9 +370,12 @@ def main() -> None:
     steady, whole = job["steady_videos_per_s"], job["videos_per_s_including_startup"]
     cpu, sampled_s = job["steady_cpu_seconds_by_role"], job["steady_sampled_s"]
 
+    # Issue #13 asks 0.9 of the limit on real footage, where decoding is a large part of the work.
+    target = 0.9 if args.profile == "real" else 0.85
     results = {
         **run_metadata(),
         "model": args.model,
+        "profile": args.profile,
         "videos": videos,
         "frames": frames,
         "image_size": size,
@@ -362,8 +406,8 @@ def main() -> None:
         "encode_cpu_s_per_video_in_job": job["encode_cpu_s_per_video"],
         "job_seconds": job["seconds"],
         "job_resources": job["resources"],
-        "target_efficiency": 0.85,
-        "target_met": steady / limit >= 0.85,
+        "target_efficiency": target,
+        "target_met": steady / limit >= target,
     }
     rows_table = [
         ["decode only (D)", f"{decode:.1f}", "-"],
@@ -403,8 +447,9 @@ def main() -> None:
         f"{encode_cpu_per_video:.3f} s alone",
     )
     verdict = "met" if results["target_met"] else "NOT met"
-    print(f"target: steady-state efficiency >= 0.85: {verdict} ({steady / limit:.2f})")
-    path = write_results("pipeline", results, output=args.output)
+    print(f"target: steady-state efficiency >= {target}: {verdict} ({steady / limit:.2f})")
+    name = "pipeline-real" if args.profile == "real" else "pipeline"
+    path = write_results(name, results, output=args.output)
     print(f"wrote {path}")
 
 
