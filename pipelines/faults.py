@@ -18,12 +18,20 @@ import lancedb
 # whose every file is there (each is a full scan: this runs once, after the job has failed).
 VERSIONS_TRIED = 20
 
-_UNREACHABLE = ("tcp connect error", "Could not connect to server", "dns error")
-# The endpoint, as LanceDB's object store (``uri: Some(http://host:port/...``) or pyarrow's AWS SDK
-# (``Failed to connect to host:port``) names it.
+_UNREACHABLE = (
+    "tcp connect error",
+    "Could not connect to server",
+    "dns error",
+    # LanceDB's object store when the server went away mid-job ("Error performing GET
+    # http://host:port/... after 3 retries ... HTTP error: error sending request").
+    "error sending request",
+)
+# The endpoint, as LanceDB's object store (``uri: Some(http://host:port/...``, ``Error performing
+# GET http://host:port/...``) or pyarrow's AWS SDK (``Failed to connect to host:port``) names it.
 _ENDPOINT = (
     re.compile(r"uri: Some\((?P<at>https?://[^/\s)]+)"),
     re.compile(r"Failed to connect to (?P<at>[\w.-]+:\d+)"),
+    re.compile(r"Error performing [A-Z]+ (?P<at>https?://[^/\s]+)"),
 )
 # A wrong key or secret, as pyarrow's AWS SDK ("AWS Error ACCESS_DENIED during HeadObject") and
 # LanceDB's object store (the S3 error code in the response body, or its HTTP status) report it.

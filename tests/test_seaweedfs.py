@@ -10,6 +10,7 @@ Nothing is mocked.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -58,7 +59,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 class SeaweedServer:
-    """``weed server -s3`` on loopback; :meth:`start` waits until a bucket can be created."""
+    """``weed server -s3`` on loopback; :meth:`start` waits until an object reads back."""
 
     def __init__(self, binary: str, folder: Path) -> None:
         self.binary, self.folder = binary, folder
@@ -102,7 +103,12 @@ class SeaweedServer:
             if self.process.poll() is not None:
                 pytest.fail(f"weed exited with status {self.process.returncode}: see {log.name}")
             try:
+                # An object written and read back: the filer answers before the volume server
+                # has registered again after a restart, and reads fail until it has.
                 fs.create_dir("ready-probe")
+                _upload(fs, "ready-probe/probe", b"probe")
+                with fs.open_input_stream("ready-probe/probe") as probe:
+                    probe.read()
                 return
             except OSError:
                 if time.monotonic() > deadline:
@@ -371,3 +377,61 @@ def test_a_wrong_secret_key_fails_with_one_line_and_the_remedy(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     assert index_job.main(_index_args(manifest, db_uri)) == 0
     assert "plan: unchanged=3, deleted=0" in capsys.readouterr().out
+
+
+# The lease's heartbeat thread meets the dead server too: it must not die of it.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_server_stopped_mid_job_and_restarted_loses_nothing(
+    seaweed: SeaweedServer,
+    s3_env: StorageOptions,
+    sample_corpus: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The server is killed once the job's first rows are committed, while later ones are still
+    to come (one row per commit), and restarted after the job has ended; the rerun completes."""
+    import threading
+
+    fs = seaweed.filesystem()
+    corpus = _corpus_on_s3(fs, "restart", sample_corpus, 6)
+    manifest, db_uri = _write_manifest(fs, "restart", corpus), "s3://restart/db"
+    args = [*_index_args(manifest, db_uri), "--batch-size", "1", "--commit-rows", "1"]
+    outcome: dict[str, object] = {}
+
+    def run_job() -> None:
+        outcome["status"] = index_job.main(args)
+
+    job = threading.Thread(target=run_job)
+    job.start()
+    db = lancedb.connect(db_uri, storage_options=s3_env.lancedb_options(db_uri))
+    while job.is_alive():
+        try:
+            committed = db.open_table("videos").count_rows()
+        except (OSError, RuntimeError, ValueError):
+            committed = 0  # the table is not there yet
+        if committed:
+            seaweed.stop()
+            break
+        time.sleep(0.05)
+    job.join(timeout=300)
+    assert not job.is_alive()
+    assert 0 < committed < 6, "the job ended before the server could be stopped mid-job"
+    first = capsys.readouterr()
+    if outcome["status"] != 0:
+        errors = [line for line in first.err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in first.err, first.err
+        assert "cannot reach the object store" in errors[0], errors[0]
+
+    seaweed.start()
+    assert index_job.main(args) == 0
+    plan = re.search(r"plan: (.*)", capsys.readouterr().out)
+    assert plan is not None
+    counts = dict(part.split("=") for part in plan[1].split(", "))
+    # What was committed before the outage is kept, and only the rest is encoded.
+    assert int(counts.get("unchanged", 0)) >= committed
+    assert int(counts.get("unchanged", 0)) + int(counts.get("new", 0)) == 6
+    db = lancedb.connect(db_uri, storage_options=s3_env.lancedb_options(db_uri))
+    rows = db.open_table("videos").to_arrow()
+    assert sorted(rows["video_id"].to_pylist()) == sorted(corpus["video_id"].to_pylist())
+    assert "videos_errors" not in db.table_names() or (
+        db.open_table("videos_errors").count_rows() == 0
+    )
