@@ -18,12 +18,31 @@ import lancedb
 # whose every file is there (each is a full scan: this runs once, after the job has failed).
 VERSIONS_TRIED = 20
 
-_UNREACHABLE = ("tcp connect error", "Could not connect to server", "dns error")
-# The endpoint, as LanceDB's object store (``uri: Some(http://host:port/...``) or pyarrow's AWS SDK
-# (``Failed to connect to host:port``) names it.
+_UNREACHABLE = (
+    "tcp connect error",
+    "Could not connect to server",
+    "dns error",
+    # LanceDB's object store when the server went away mid-job ("Error performing GET
+    # http://host:port/... after 3 retries ... HTTP error: error sending request").
+    "error sending request",
+)
+# The endpoint, as LanceDB's object store (``uri: Some(http://host:port/...``, ``Error performing
+# GET http://host:port/...``) or pyarrow's AWS SDK (``Failed to connect to host:port``) names it.
 _ENDPOINT = (
     re.compile(r"uri: Some\((?P<at>https?://[^/\s)]+)"),
     re.compile(r"Failed to connect to (?P<at>[\w.-]+:\d+)"),
+    re.compile(r"Error performing [A-Z]+ (?P<at>https?://[^/\s]+)"),
+)
+# A wrong key or secret, as pyarrow's AWS SDK ("AWS Error ACCESS_DENIED during HeadObject") and
+# LanceDB's object store (the S3 error code in the response body, or its HTTP status) report it.
+_REFUSED_CREDENTIALS = (
+    "ACCESS_DENIED",
+    "SIGNATURE_DOES_NOT_MATCH",
+    "INVALID_ACCESS_KEY_ID",
+    "AccessDenied",
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "403 Forbidden",
 )
 _NO_SPACE = ("No space left on device", "os error 28")
 _PERMISSION = ("Permission denied", "os error 13")
@@ -42,6 +61,14 @@ def storage_fault(err: BaseException) -> str | None:
         return (
             f"cannot reach the object store{where}: check AWS_ENDPOINT_URL (or the bucket's "
             "region) and that the server is up, then rerun the same command"
+        )
+    if any(marker in text for marker in _REFUSED_CREDENTIALS):
+        found = [m["at"] for m in (pattern.search(text) for pattern in _ENDPOINT) if m]
+        where = f" at {found[0]}" if found else ""
+        return (
+            f"the object store{where} refused these credentials: check AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN, if set) and that they may read and "
+            "write the bucket, then rerun the same command; nothing was written"
         )
     if any(marker in text for marker in _NO_SPACE):
         return (

@@ -81,12 +81,21 @@ class LeaseHolder:
         )
 
     def is_stale(self, expire_s: float, now: float | None = None) -> bool:
-        """Not renewed for ``expire_s`` seconds, or a holder on this host that is gone."""
+        """Not renewed for ``expire_s`` seconds, or a holder on this host that is gone, or one
+        in this very process that no :class:`WriterLease` holds any more (its release could not
+        delete the record: the object store was down when an earlier job in this process
+        failed)."""
         if (time.time() if now is None else now) - self.renewed_at > expire_s:
             return True
         if self.host == socket.gethostname():
-            return _process_start(self.pid) != self.process_start
+            if _process_start(self.pid) != self.process_start:
+                return True
+            return self.pid == os.getpid() and self.token not in _HELD_HERE
         return False
+
+
+# Tokens of the leases this process holds now (acquired and not yet released).
+_HELD_HERE: set[str] = set()
 
 
 def lease_path(db_uri: str, table: str) -> str:
@@ -165,6 +174,7 @@ class WriterLease:
                 f"table {self.table}: could not take the writer lease {self.path}"
             )
         self._holder = mine
+        _HELD_HERE.add(mine.token)
         self._thread = threading.Thread(target=self._renew, name="writer-lease", daemon=True)
         self._thread.start()
         log.info("took the writer lease %s", self.path)
@@ -184,8 +194,24 @@ class WriterLease:
             raise LeaseLostError(self._lost)
 
     def _renew(self) -> None:
-        while not self._stop.wait(self.heartbeat_s) and self.renew():
-            pass
+        assert self._holder is not None
+        renewed = self._holder.renewed_at
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                if not self.renew():
+                    return
+                renewed = time.time()
+            except OSError as err:
+                # The store is unreachable: try again at the next beat. Past the expiry another
+                # job may take the lease over, so this one must not commit again.
+                if time.time() - renewed > self.expire_s:
+                    self._lost = (
+                        f"table {self.table}: this job's writer lease could not be renewed for "
+                        f"{self.expire_s:.0f} s ({err}); stopping before the next commit"
+                    )
+                    log.error("%s", self._lost)
+                    return
+                log.warning("could not renew the writer lease %s: %s", self.path, err)
 
     def renew(self) -> bool:
         """One heartbeat: rewrite the record with a fresh ``renewed_at`` if it is still this
@@ -210,11 +236,19 @@ class WriterLease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._holder is not None and self._lost is None:
-            current = self._store.read()
-            if current is not None and current.token == self._holder.token:
-                self._store.delete()
-        self._holder = None
+        holder, self._holder = self._holder, None
+        if holder is None:
+            return
+        _HELD_HERE.discard(holder.token)
+        if self._lost is None:
+            try:
+                current = self._store.read()
+                if current is not None and current.token == holder.token:
+                    self._store.delete()
+            except OSError as err:
+                # Left behind, it is stale for this process at once and for others after the
+                # expiry (LeaseHolder.is_stale).
+                log.warning("could not delete the writer lease %s: %s", self.path, err)
 
     def __enter__(self) -> WriterLease:
         return self.acquire()

@@ -24,10 +24,12 @@ the shard and the row (0-based within the shard). :func:`attach_fingerprints` ad
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -327,10 +329,36 @@ def _check_unique(table: pa.Table, tables: list[pa.Table], shards: list[_Locatio
     )
 
 
+# HEAD requests in flight at once when fingerprinting S3 objects: each waits on a round trip.
+ETAG_LOOKUPS_IN_FLIGHT = 32
+
+
 def _fingerprint(info: pafs.FileInfo) -> str | None:
     if info.type != pafs.FileType.File:
         return None
     return f"{info.size}:{info.mtime_ns}" if info.mtime_ns is not None else f"{info.size}"
+
+
+def _s3_fingerprint(fs: pafs.FileSystem, info: pafs.FileInfo) -> str | None:
+    """``"<size>:<etag>"``: opening the object by path makes Arrow send a ``HEAD`` (no ``GET``),
+    whose headers its metadata carries."""
+    if info.type != pafs.FileType.File:
+        return None
+    try:
+        etag = fs.open_input_file(info.path).metadata().get("ETag")
+    except FileNotFoundError:
+        return None  # deleted between the listing and the HEAD
+    if not etag:
+        return _fingerprint(info)
+    unquoted = etag.decode().strip('"')
+    return f"{info.size}:{unquoted}"
+
+
+def _fingerprints(fs: pafs.FileSystem, infos: Sequence[pafs.FileInfo]) -> list[str | None]:
+    if not isinstance(fs, pafs.S3FileSystem) or not infos:
+        return [_fingerprint(info) for info in infos]
+    with ThreadPoolExecutor(min(ETAG_LOOKUPS_IN_FLIGHT, len(infos))) as pool:
+        return list(pool.map(functools.partial(_s3_fingerprint, fs), infos))
 
 
 def _open_folder(folder: str, storage: StorageOptions) -> tuple[pafs.FileSystem, str]:
@@ -350,17 +378,17 @@ def attach_fingerprints(
     the clip of them the row names.
 
     The fingerprint is ``"<size>:<mtime_ns>"`` from the filesystem's metadata (no file is
-    opened). Rows that already carry a non-null ``fingerprint`` (an object store's ETag, a
-    content hash) keep it. Rows with ``start_s``/``end_s`` append ``@<start>-<end>``. A row whose
-    ``uri`` names no file gets a null fingerprint, which the index job turns into a ``missing
-    file`` error without decoding.
+    opened), and ``"<size>:<etag>"`` on S3. Rows that already carry a non-null ``fingerprint``
+    (an ETag from an S3 Inventory report, a content hash) keep it. Rows with ``start_s``/``end_s``
+    append ``@<start>-<end>``. A row whose ``uri`` names no file gets a null fingerprint, which
+    the index job turns into a ``missing file`` error without decoding.
 
-    On S3 the metadata is the listing's size and ``LastModified``, which has 1 s resolution: an
-    object overwritten within the same second by one of the same size keeps its fingerprint, and
-    re-uploading identical bytes changes it (one needless re-encode). An ETag (the MD5 of a
-    single-part upload) would avoid both, but Arrow's listing drops it, and asking for it costs a
-    ``HEAD`` per object instead of a ``LIST`` per thousand, or a second S3 client. Where that
-    matters, put ETags in the manifest's ``fingerprint`` column (S3 Inventory reports list them).
+    Why the ETag on S3: ``LastModified`` has 1 s resolution, so an object overwritten within the
+    same second by one of the same size would keep a size:mtime fingerprint and never be
+    re-encoded. The ETag changes with the bytes (and re-uploading identical bytes keeps it).
+    Arrow's listing drops the ETag, so each object costs one ``HEAD`` (through Arrow's own S3
+    client: no second client, no new dependency), :data:`ETAG_LOOKUPS_IN_FLIGHT` at a time.
+    Where a million HEADs per run is too many, give the manifest a ``fingerprint`` column.
 
     Cost: rows are grouped by folder; a folder holding at least ``list_threshold`` of the
     manifest's files is listed once (one ``LIST`` per folder on object stores) rather than
@@ -418,21 +446,24 @@ def attach_fingerprints(
     for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
         key = codes.dictionary[run_codes[start]].as_py()
         fs, path = _open_folder(key, storage)
+        rows = pa.array(order[start:stop])
+        names = name.take(rows).to_pylist()
         if stop - start >= list_threshold:
             try:
                 infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
             except OSError:
                 infos = None  # not listable (permissions, odd object stores): stat instead
             if infos is not None:
-                for info in infos:
-                    listed_folders.append(key)
-                    listed_names.append(info.base_name)
-                    listed_fps.append(_fingerprint(info))
+                # Only the manifest's files: on S3 each one fingerprinted costs a HEAD.
+                named = set(names)
+                infos = [info for info in infos if info.base_name in named]
+                listed_folders.extend(key for _ in infos)
+                listed_names.extend(info.base_name for info in infos)
+                listed_fps.extend(_fingerprints(fs, infos))
                 continue
-        rows = pa.array(order[start:stop])
-        paths = [posixpath.join(path, n) for n in name.take(rows).to_pylist()]
+        paths = [posixpath.join(path, n) for n in names]
         found_uri.extend(wanted.take(rows).to_pylist())
-        found_fp.extend(_fingerprint(i) for i in fs.get_file_info(paths))
+        found_fp.extend(_fingerprints(fs, fs.get_file_info(paths)))
 
     lookup = pa.table({"folder": folder, "name": name, "uri": wanted})
     listed = pa.table(

@@ -1,8 +1,9 @@
-"""The index job with manifest, videos and tables on S3: a real S3 server (moto) on loopback.
+"""S3 access beside the index job (the search service's media reads, the writer lease) against
+moto on loopback, and the storage options. The jobs end to end run against SeaweedFS, a real S3
+server, in tests/test_seaweedfs.py.
 
-moto runs in its own process and is reached over HTTP by every client the job uses: pyarrow in
-the driver and in the decoder processes of Ray's actors, LanceDB's Rust object store in the driver.
-Nothing is mocked.
+moto runs in its own process and is reached over HTTP by every client used: pyarrow, LanceDB's
+Rust object store. Nothing is mocked in process.
 """
 
 from __future__ import annotations
@@ -14,22 +15,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import lancedb
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytest
 
-from jobs import index as index_job
-from jobs import search as search_job
-from pipelines.decode import DecodeStage
-from pipelines.encode import EncodeStage, ModelSpec
 from pipelines.storage import StorageOptions
 
-BUCKET = "corpus"
 KEY_ID, SECRET = "moto-key", "moto-secret"
 
 
@@ -109,130 +100,6 @@ def test_storage_options_from_env_for_pyarrow_and_lancedb() -> None:
 def upload(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     with fs.open_output_stream(path) as out:
         out.write(data)
-
-
-def write_manifest(fs: pafs.FileSystem, rows: pa.Table) -> None:
-    with fs.open_output_stream(f"{BUCKET}/manifest/part-00000.parquet") as out:
-        pq.write_table(rows, out)
-
-
-def read(db: lancedb.DBConnection, name: str) -> pa.Table:
-    return db.open_table(name).to_arrow().sort_by("video_id")
-
-
-def test_index_and_reindex_cycle_on_s3(
-    s3_env: StorageOptions, sample_corpus: Path, capsys: pytest.CaptureFixture
-) -> None:
-    import ray
-
-    @ray.remote(num_cpus=0)
-    def worker_endpoint() -> str | None:
-        import os
-
-        return os.environ.get("AWS_ENDPOINT_URL")
-
-    # The premise of this test: a worker cannot find the server from its own environment.
-    assert ray.get(worker_endpoint.remote()) != s3_env.endpoint
-
-    fs = pafs.S3FileSystem(
-        endpoint_override=s3_env.endpoint,
-        access_key=KEY_ID,
-        secret_key=SECRET,
-        region="us-east-1",
-        allow_bucket_creation=True,
-    )
-    fs.create_dir(BUCKET)
-    local = pads.dataset(str(sample_corpus / "manifest")).to_table().sort_by("video_id")
-    local = local.slice(0, 9)
-    files = [Path(uri) for uri in local["uri"].to_pylist()]
-    for file in files:
-        upload(fs, f"{BUCKET}/videos/{file.name}", file.read_bytes())
-    s3_uris = pa.array([f"s3://{BUCKET}/videos/{file.name}" for file in files])
-    corpus = local.set_column(local.schema.get_field_index("uri"), "uri", s3_uris)
-    ids = corpus["video_id"].to_pylist()
-    gone = pa.table(
-        {
-            "video_id": ["never-uploaded"],
-            "uri": [f"s3://{BUCKET}/videos/never-uploaded.mp4"],
-            "caption": pa.array([["nothing"]], pa.list_(pa.string())),
-            "split": ["test"],
-        }
-    )
-
-    db_uri = f"s3://{BUCKET}/db"
-    args = ["--manifest", f"s3://{BUCKET}/manifest", "--db", db_uri, "--model", "tiny",
-            "--batch-size", "2", "--gpus-per-actor", "0", "--log-level", "WARNING"]  # fmt: skip
-
-    # 1. Index six videos and one whose object does not exist.
-    write_manifest(fs, pa.concat_tables([corpus.slice(0, 6), gone]))
-    assert index_job.main([*args, "--table", "videos"]) == 0
-    assert "plan: new=6, missing=1, deleted=0" in capsys.readouterr().out
-    db = lancedb.connect(db_uri, storage_options=s3_env.lancedb_options(db_uri))
-    first = read(db, "videos")
-    assert first["video_id"].to_pylist() == ids[:6]
-    assert pc.all(pc.starts_with(first["uri"], f"s3://{BUCKET}/videos/")).as_py()
-    errors = read(db, "videos_errors")
-    assert errors["video_id"].to_pylist() == ["never-uploaded"]
-    assert errors["error"][0].as_py().startswith("missing file")
-
-    # 2. Add a video, overwrite one with other bytes, drop one (and the missing one).
-    changed, dropped, added, donor = ids[1], ids[2], ids[6], files[8]
-    # A different size guarantees a new fingerprint: S3's LastModified has 1 s resolution.
-    assert donor.stat().st_size != files[1].stat().st_size
-    upload(fs, f"{BUCKET}/videos/{files[1].name}", donor.read_bytes())
-    new_manifest = corpus.filter(pc.is_in(corpus["video_id"], pa.array([*ids[:2], *ids[3:7]])))
-    write_manifest(fs, new_manifest)
-    assert index_job.main([*args, "--table", "videos"]) == 0
-    out = capsys.readouterr().out
-    assert "plan: new=1, changed=1, unchanged=4, deleted=2" in out
-    assert "indexed     2 videos" in out and "deleted     2;" in out
-
-    second = read(db, "videos")
-    assert second["video_id"].to_pylist() == sorted([*ids[:2], *ids[3:7]])
-    assert dropped not in second["video_id"].to_pylist()
-    assert db.open_table("videos_errors").count_rows() == 0
-    before = {row["video_id"]: row for row in first.to_pylist()}
-    for row in second.to_pylist():
-        if row["video_id"] in (changed, added):
-            continue
-        assert row == before[row["video_id"]], f"{row['video_id']} was rewritten"
-    changed_at = second.filter(pc.equal(second["video_id"], changed))["indexed_at"][0].as_py()
-    assert changed_at > before[changed]["indexed_at"]
-
-    # 3. Unchanged: nothing to do.
-    assert index_job.main([*args, "--table", "videos"]) == 0
-    assert "plan: unchanged=6, deleted=0" in capsys.readouterr().out
-    assert read(db, "videos").equals(second)
-
-    # 4. The two re-encoded rows hold what a fresh encode of the objects' current bytes gives
-    # (read here, outside Ray, with the same options).
-    encode = EncodeStage(ModelSpec("tiny"))
-    frames, size = encode.model.config.frames, encode.model.image_size
-    rows = second.filter(pc.is_in(second["video_id"], pa.array([changed, added])))
-    with DecodeStage(frames=frames, image_size=size, storage=s3_env) as decode:
-        fresh = encode(
-            decode(
-                {
-                    "video_id": rows["video_id"].to_numpy(zero_copy_only=False),
-                    "uri": rows["uri"].to_numpy(zero_copy_only=False),
-                }
-            )
-        )
-    assert fresh["error"].to_pylist() == ["", ""]
-    np.testing.assert_allclose(
-        np.stack(rows["vector"].to_numpy(zero_copy_only=False)),
-        np.stack(fresh["vector"].to_numpy(zero_copy_only=False)),
-        atol=1e-5,
-    )
-    changed_row = rows.filter(pc.equal(rows["video_id"], changed))
-    assert not np.allclose(changed_row["vector"][0].as_py(), before[changed]["vector"], atol=1e-3)
-
-    # 5. Search reads the same table through the same options.
-    capsys.readouterr()
-    query = ["a red circle", "--db", db_uri, "--table", "videos", "--model", "tiny", "-k", "3"]
-    assert search_job.main([*query, "--log-level", "WARNING"]) == 0
-    hits = [line for line in capsys.readouterr().out.splitlines() if "s3://" in line]
-    assert len(hits) == 3
 
 
 def test_the_search_service_reads_video_ranges_and_frames_from_s3(

