@@ -185,6 +185,13 @@ def output_folder(text: str) -> Path:
     return Path(text)
 
 
+def output_location(text: str) -> str:
+    """A local output folder (as :func:`output_folder`) or an ``s3://`` prefix, as given."""
+    if text.startswith("s3://"):
+        return text
+    return str(output_folder(text))
+
+
 def check_manifest_exists(sources: Sequence[str]) -> None:
     """Fail (:class:`JobError`) when a local ``--manifest`` path does not exist.
 

@@ -5,6 +5,7 @@ Trains on the manifest's train split (a random caption per video and fresh rando
 every epoch) with the symmetric InfoNCE loss over the global batch of all workers, validates on
 the test split every epoch, and writes into --out: model.pt (the fine-tuned model), history.json
 and curves.png (loss and validation recall per epoch), and train/ (Ray Train's checkpoints).
+--out may be a local folder or an s3://bucket/prefix (AWS_* settings as for jobs.index).
 Run it again with the same --out to resume a stopped or killed run from its last checkpoint.
 
     python -m jobs.finetune --manifest corpus/manifest --model tiny --out runs/tiny \\
@@ -27,8 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         required=True,
-        type=_cli.output_folder,
-        help="output folder (model.pt, curves, checkpoints)",
+        type=_cli.output_location,
+        help="output folder or s3:// prefix (model.pt, curves, checkpoints)",
     )
     parser.add_argument("--train-split", default="train", help="split to train on")
     parser.add_argument(

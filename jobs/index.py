@@ -99,6 +99,13 @@ def check_model(
     from centerclip.factory import _looks_like_path  # the factory's own test: a file or a preset
 
     presets = ", ".join(list_presets())
+    if model.startswith("s3://"):
+        if weights is not None:
+            raise _cli.JobError(
+                f"--weights {weights}: the checkpoint --model {model} carries its own weights; "
+                "leave --weights out"
+            )
+        return
     if _looks_like_path(model):
         if not Path(model).is_file():
             raise _cli.JobError(
@@ -149,13 +156,23 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     check_model(args.model, args.weights, overrides)
     from pipelines.decode import DEFAULT_DECODER, SAMPLING_UNIFORM
     from pipelines.encode import ModelSpec
+    from pipelines.model_files import ModelFileError, local_model_file
+    from pipelines.storage import StorageOptions
 
+    storage = StorageOptions.from_env()
+    try:
+        # Fetched here first: a missing object is one line before any work, and the driver's
+        # copy serves the processes on this machine.
+        local_model_file(args.model, storage)
+    except ModelFileError as err:
+        raise _cli.JobError(str(err)) from err
     return ModelSpec(
         args.model,
         args.weights,
         overrides,
         sampling=getattr(args, "sampling", SAMPLING_UNIFORM),
         decoder=getattr(args, "decoder", DEFAULT_DECODER),
+        storage=storage,
     )
 
 

