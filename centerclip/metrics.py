@@ -253,13 +253,16 @@ def chunked_retrieval_ranks(
     top_score = torch.full((num_videos, 0), float("-inf"), dtype=own.dtype, device=device)
     top_row = torch.zeros((num_videos, 0), dtype=torch.long, device=device)
     for start, stop in bounds:
-        block = _as_similarity(similarity_rows(start, stop)).T  # [V, C]
-        v2t_all += (block >= best_own.unsqueeze(1)).sum(dim=1)
-        scores = torch.cat([top_score, block], dim=1)
-        rows = torch.arange(start, stop, device=device).expand(num_videos, -1)
+        block = _as_similarity(similarity_rows(start, stop))  # [C, V]
+        v2t_all += (block >= best_own.unsqueeze(0)).sum(dim=0)
+        # The chunk's own top k per video first, then a merge of two [V, k] lists: concatenating
+        # the running top k with the whole chunk held [V, C + k] scores and rows (GiBs at 100k).
+        chunk_best = block.topk(min(keep, stop - start), dim=0)  # [k', V]
+        scores = torch.cat([top_score, chunk_best.values.T], dim=1)  # [V, <= 2k]
+        rows = torch.cat([top_row, chunk_best.indices.T + start], dim=1)
         best = scores.topk(min(keep, scores.shape[1]), dim=1)
         top_score = best.values
-        top_row = torch.cat([top_row, rows], dim=1).gather(1, best.indices)
+        top_row = rows.gather(1, best.indices)
     captioned = torch.bincount(caption_video, minlength=num_videos) > 0
     v2t_video = torch.nonzero(captioned).squeeze(1)
     ranks = RetrievalRanks(

@@ -11,8 +11,12 @@ from pipelines.search import DEFAULT_REFINE_FACTOR
 
 # ann_recall@10 compares against the exact top 10; R@10 needs ranks up to 10.
 MIN_ANN_K = 10
-# Captions per exact-rank chunk: 1024 x 100k videos is 400 MB of float32 scores at most.
+# Captions per exact-rank chunk, at most: fewer where the gallery is large (see below).
 DEFAULT_EXACT_CHUNK_ROWS = 1024
+# Scores per exact-rank chunk, at most (128 MB of float32): a chunk's matmul output, comparison
+# mask and top-k work each scale with it, so 1024 captions x 100k videos (400 MB a copy) peaked
+# at 2.5 GiB RSS in the job's exact step; capped, the chunk is 335 captions and the peak 1.65 GiB.
+EXACT_CHUNK_SCORES = 1 << 25
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,16 @@ import torch
 
 from centerclip.metrics import ChunkedRanks, chunked_retrieval_ranks, recall_metrics
 from pipelines import schema
-from pipelines.evaluate.config import MIN_ANN_K
+from pipelines.evaluate.config import EXACT_CHUNK_SCORES, MIN_ANN_K
 
 
 def exact_ranks(
     text: np.ndarray, video: np.ndarray, caption_video: np.ndarray, *, chunk_rows: int
 ) -> ChunkedRanks:
     """Exact ranks and top :data:`MIN_ANN_K` of ``text [Q, D]`` against ``video [V, D]`` (cosine:
-    both unit norm), ``chunk_rows`` captions at a time, so memory is ``O(chunk_rows * V)`` and
-    not ``O(Q * V)``; ``caption_video [Q]`` is each caption's video row."""
+    both unit norm), at most ``chunk_rows`` captions and :data:`EXACT_CHUNK_SCORES` scores at a
+    time, so memory is ``O(min(chunk_rows * V, EXACT_CHUNK_SCORES))`` and not ``O(Q * V)``;
+    ``caption_video [Q]`` is each caption's video row."""
     texts, videos = torch.from_numpy(text), torch.from_numpy(video)
 
     def rows(start: int, stop: int) -> torch.Tensor:
@@ -30,7 +31,7 @@ def exact_ranks(
         rows,
         caption_video,
         num_videos=len(video),
-        chunk_rows=chunk_rows,
+        chunk_rows=max(1, min(chunk_rows, EXACT_CHUNK_SCORES // len(video))),
         top_k=MIN_ANN_K,
     )
 
