@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import lancedb
@@ -275,51 +274,43 @@ def test_the_server_stopped_mid_job_and_restarted_loses_nothing(
     s3_env: StorageOptions,
     sample_corpus: Path,
     capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The server is killed once the job's first rows are committed, while later ones are still
-    to come (one row per commit), and restarted after the job has ended; the rerun completes."""
-    import threading
+    """The server is killed right after the job's first commit (one row per commit, six to
+    come) and restarted after the job has ended; the rerun completes."""
+    import pipelines.index
 
     fs = seaweed.filesystem()
     corpus = _corpus_on_s3(fs, "restart", sample_corpus, 6)
     manifest, db_uri = _write_manifest(fs, "restart", corpus), "s3://restart/db"
     args = [*_index_args(manifest, db_uri), "--batch-size", "1", "--commit-rows", "1"]
-    outcome: dict[str, object] = {}
 
-    def run_job() -> None:
-        outcome["status"] = index_job.main(args)
+    # The job's own progress callback runs on its driver right after each commit, so stopping
+    # the server there cuts the job after its first commit and before any other, every time.
+    run_index, committed = pipelines.index.run_index, []
 
-    job = threading.Thread(target=run_job)
-    job.start()
-    db = lancedb.connect(db_uri, storage_options=s3_env.lancedb_options(db_uri))
-    while job.is_alive():
-        try:
-            committed = db.open_table("videos").count_rows()
-        except (OSError, RuntimeError, ValueError):
-            committed = 0  # the table is not there yet
-        if committed:
-            seaweed.stop()
-            break
-        time.sleep(0.05)
-    job.join(timeout=300)
-    assert not job.is_alive()
-    assert 0 < committed < 6, "the job ended before the server could be stopped mid-job"
-    first = capsys.readouterr()
-    if outcome["status"] != 0:
-        errors = [line for line in first.err.splitlines() if line.startswith("error:")]
-        # Only the "error:" lines are checked: run in a thread under pytest's capture, Ray
-        # Data's own log records can meet a closed stream and print "--- Logging error ---".
-        assert len(errors) == 1, first.err
-        assert "cannot reach the object store" in errors[0], errors[0]
+    def run_index_stopping_the_server(config, *, on_progress, **callbacks):
+        def progress(done: int, failed: int, planned: int) -> None:
+            on_progress(done, failed, planned)
+            if done and not committed:
+                committed.append(done)
+                seaweed.stop()
+
+        return run_index(config, on_progress=progress, **callbacks)
+
+    monkeypatch.setattr(pipelines.index, "run_index", run_index_stopping_the_server)
+    assert index_job.main(args) != 0
+    monkeypatch.setattr(pipelines.index, "run_index", run_index)
+    assert 0 < committed[0] < 6
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot reach the object store" in errors[0], errors
 
     seaweed.start()
     assert index_job.main(args) == 0
     plan = re.search(r"plan: (.*)", capsys.readouterr().out)
     assert plan is not None
-    counts = dict(part.split("=") for part in plan[1].split(", "))
     # What was committed before the outage is kept, and only the rest is encoded.
-    assert int(counts.get("unchanged", 0)) >= committed
-    assert int(counts.get("unchanged", 0)) + int(counts.get("new", 0)) == 6
+    assert plan[1] == f"new={6 - committed[0]}, unchanged={committed[0]}, deleted=0"
     db = lancedb.connect(db_uri, storage_options=s3_env.lancedb_options(db_uri))
     rows = db.open_table("videos").to_arrow()
     assert sorted(rows["video_id"].to_pylist()) == sorted(corpus["video_id"].to_pylist())
@@ -368,3 +359,28 @@ def test_a_model_on_s3_loads_from_a_cache_refreshed_when_the_object_changes(
     assert "Traceback" not in stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and missing in errors[0], stderr
+
+
+def test_each_reader_of_a_checkpoint_on_s3_reads_a_whole_copy_of_its_own(
+    seaweed: SeaweedServer,
+) -> None:
+    """Training workers of one node resuming from an S3 checkpoint read it at the same time;
+    a second download must not rewrite the files under a reader still holding the first."""
+    from ray.train import Checkpoint
+
+    from pipelines.finetune.checkpoints import checkpoint_folder
+
+    fs = seaweed.filesystem()
+    fs.create_dir("checkpoints")
+    state = np.random.default_rng(0).bytes(1 << 20)
+    upload(fs, "checkpoints/step2/train_state.pt", state)
+    checkpoint = Checkpoint("checkpoints/step2", filesystem=fs)
+
+    with checkpoint_folder(checkpoint) as first:
+        with checkpoint_folder(checkpoint) as second:
+            # Folders of their own: the second download cannot rewrite what the first reads.
+            assert second != first
+            assert (second / "train_state.pt").read_bytes() == state
+        assert not second.exists()
+        assert (first / "train_state.pt").read_bytes() == state  # kept until its reader is done
+    assert not first.exists()

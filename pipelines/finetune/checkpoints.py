@@ -3,9 +3,11 @@ worker reports one, and how a run finds the latest to resume from."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,23 @@ def report_checkpoint(
         ray.train.report(
             metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint-step{step:08d}"
         )
+
+
+@contextlib.contextmanager
+def checkpoint_folder(checkpoint: Any) -> Iterator[Path]:
+    """A local folder holding the files of a Ray Train checkpoint, to read while in the context.
+
+    Not ``Checkpoint.as_directory``: for a checkpoint on S3, the processes of a node share its
+    download folder, and one that arrives after another's download has ended downloads again
+    into it, rewriting the files the other is reading (a worker then reads a corrupt state
+    file). Here each caller downloads into a folder of its own.
+    """
+    if isinstance(checkpoint.filesystem, pafs.LocalFileSystem):
+        yield Path(checkpoint.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="centerclip-checkpoint-") as folder:
+        checkpoint.to_directory(folder)
+        yield Path(folder)
 
 
 def read_checkpoint_json(checkpoint: Any, name: str) -> Any:

@@ -21,6 +21,7 @@ from pipelines.finetune.checkpoints import (
     MODEL_FILE,
     RUN_NAME,
     check_resumable,
+    checkpoint_folder,
     latest_result,
     read_checkpoint_json,
     run_identity,
@@ -253,18 +254,18 @@ def run_finetune(
     model_path: Path | str
     if filesystem is None:
         model_path = out / MODEL_FILE
-        with result.checkpoint.as_directory() as folder:
+        with checkpoint_folder(result.checkpoint) as folder:
             partial = model_path.with_suffix(".tmp")
-            shutil.copyfile(Path(folder) / MODEL_FILE, partial)
+            shutil.copyfile(folder / MODEL_FILE, partial)
             partial.replace(model_path)
         trained = centerclip.create_model(str(model_path))
     else:
         model_path = f"{config.out.rstrip('/')}/{MODEL_FILE}"
-        with result.checkpoint.as_directory() as folder:
+        with checkpoint_folder(result.checkpoint) as folder:
             # An S3 object appears whole when its upload completes: no partial file to rename.
             with filesystem.open_output_stream(f"{out}/{MODEL_FILE}") as file:
-                file.write((Path(folder) / MODEL_FILE).read_bytes())
-            trained = centerclip.create_model(str(Path(folder) / MODEL_FILE))
+                file.write((folder / MODEL_FILE).read_bytes())
+            trained = centerclip.create_model(str(folder / MODEL_FILE))
     history = read_checkpoint_json(result.checkpoint, HISTORY_FILE)
     write_history(out, history, filesystem)
     return FinetuneSummary(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ from pipelines import schema
 from pipelines.finetune.checkpoints import (
     MODEL_FILE,
     STATE_FILE,
+    checkpoint_folder,
     load_torch_state,
     report_checkpoint,
 )
@@ -56,9 +56,9 @@ def train_worker(loop_config: dict) -> None:
     progress = {"step": 0, "history": [], "losses": [], "failures": 0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            model.clip.load_state_dict(load_torch_state(Path(folder) / MODEL_FILE)["state_dict"])
-            state = load_torch_state(Path(folder) / STATE_FILE)
+        with checkpoint_folder(checkpoint) as folder:
+            model.clip.load_state_dict(load_torch_state(folder / MODEL_FILE)["state_dict"])
+            state = load_torch_state(folder / STATE_FILE)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
