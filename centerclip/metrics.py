@@ -175,9 +175,84 @@ def retrieval_ranks(
     )
 
 
-SimilarityRows = Callable[[int, int], Tensor]
+SimilarityBlock = Callable[[int, int], Tensor]
 """``rows(start, stop)`` gives the ``[stop - start, V]`` similarity rows of captions
-``start..stop``; called twice per chunk, it must return the same values both times."""
+``start..stop``; ``columns(start, stop)`` the ``[Q, stop - start]`` columns of videos
+``start..stop``."""
+
+
+@dataclass(frozen=True, eq=False)
+class TextToVideoChunk:
+    """Text-to-video results of a chunk of captions; see :func:`text_to_video_chunk`.
+
+    Attributes:
+        t2v: ``[C]`` rank of each caption's own video among all ``V`` videos.
+        top: ``[C, k]`` video columns of each caption's ``k`` best videos, best first.
+    """
+
+    t2v: Tensor
+    top: Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class VideoToTextChunk:
+    """Video-to-text results of a chunk of videos; see :func:`video_to_text_chunk`.
+
+    Attributes:
+        v2t: ``[Vc]`` rank of each video's best own caption among all ``Q`` (meaningless where
+            ``captioned`` is False).
+        top: ``[Vc, k]`` caption rows of each video's ``k`` best captions, best first.
+        captioned: ``[Vc]`` whether the video owns a caption.
+    """
+
+    v2t: Tensor
+    top: Tensor
+    captioned: Tensor
+
+
+def text_to_video_chunk(block: Tensor, caption_video: Tensor, *, top_k: int) -> TextToVideoChunk:
+    """Ranks and top ``top_k`` videos of a chunk of captions.
+
+    Args:
+        block: ``[C, V]`` the chunk's captions against every video.
+        caption_video: ``[C]`` video column of each of the chunk's captions.
+    """
+    block = _as_similarity(block)
+    caption_video = caption_video.to(block.device)
+    own = block.gather(1, caption_video.unsqueeze(1)).squeeze(1)
+    top = block.topk(min(top_k, block.shape[1]), dim=1).indices
+    return TextToVideoChunk(t2v=_count_at_least(block, own, None), top=top)
+
+
+def video_to_text_chunk(
+    block: Tensor, caption_video: Tensor, *, start: int, top_k: int
+) -> VideoToTextChunk:
+    """Ranks and top ``top_k`` captions of the videos ``start..start + Vc``.
+
+    Every score a video's rank depends on (its own captions' and all others') is in ``block``,
+    so the rank compares values computed once, whoever computed the other chunks.
+
+    Args:
+        block: ``[Q, Vc]`` every caption against the chunk's videos.
+        caption_video: ``[Q]`` video column of every caption.
+        start: the column of the chunk's first video.
+    """
+    block = _as_similarity(block)
+    num_queries, num_videos = block.shape
+    local = caption_video.to(block.device) - start
+    mine = torch.nonzero((local >= 0) & (local < num_videos)).squeeze(1)  # own captions' rows
+    own = block[mine, local[mine]]
+    # A caption's rank among the captions is monotone in its score, so the best rank among a
+    # video's captions is the rank of its highest-scoring one; ties between two of its own
+    # captions each count against the other, as the tie policy says.
+    best_own = torch.full((num_videos,), float("-inf"), dtype=block.dtype, device=block.device)
+    best_own = best_own.scatter_reduce(0, local[mine], own, reduce="amax")
+    top = block.topk(min(top_k, num_queries), dim=0).indices.T  # [Vc, k]
+    return VideoToTextChunk(
+        v2t=_count_at_least(block.T, best_own, None),
+        top=top,
+        captioned=torch.bincount(local[mine], minlength=num_videos) > 0,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,80 +270,95 @@ class ChunkedRanks:
     t2v_top: Tensor
     v2t_top: Tensor
 
+    @classmethod
+    def from_chunks(
+        cls, t2v: Sequence[TextToVideoChunk], v2t: Sequence[VideoToTextChunk]
+    ) -> ChunkedRanks:
+        """The ranks of every caption and video from their chunks, each in order."""
+        captioned = torch.cat([chunk.captioned for chunk in v2t])
+        v2t_video = torch.nonzero(captioned).squeeze(1)
+        ranks = RetrievalRanks(
+            t2v=torch.cat([chunk.t2v for chunk in t2v]),
+            v2t=torch.cat([chunk.v2t for chunk in v2t])[v2t_video],
+            v2t_video=v2t_video,
+            num_videos=int(captioned.shape[0]),
+        )
+        return cls(
+            ranks=ranks,
+            t2v_top=torch.cat([chunk.top for chunk in t2v]),
+            v2t_top=torch.cat([chunk.top for chunk in v2t])[v2t_video],
+        )
+
+
+def chunk_bounds(total: int, size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` cutting ``0..total`` into runs of at most ``size``."""
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
+
 
 def chunked_retrieval_ranks(
-    similarity_rows: SimilarityRows,
+    similarity_rows: SimilarityBlock,
+    similarity_columns: SimilarityBlock,
     caption_video: ArrayLike,
     *,
     num_videos: int,
     chunk_rows: int,
+    chunk_columns: int,
     top_k: int,
 ) -> ChunkedRanks:
-    """:func:`retrieval_ranks` without the ``[Q, V]`` matrix: it is produced ``chunk_rows``
-    captions at a time by ``similarity_rows`` and never held whole.
+    """:func:`retrieval_ranks` without the ``[Q, V]`` matrix: it is produced a chunk at a time
+    and never held whole.
 
-    Two passes over the chunks. The first gives each caption its own video's score (taken from
-    the chunk itself, so a score is always compared with the very value it was counted from),
-    its text-to-video rank and its top ``k`` videos; the best own score of each video follows.
-    The second counts, per video column, the captions scoring at least that best own score
-    (video-to-text) and merges each video's top ``k`` captions chunk by chunk. Ranks equal
-    :func:`retrieval_ranks`'s on the same scores exactly, ties included.
+    Text-to-video goes over chunks of ``chunk_rows`` captions (each against every video),
+    video-to-text over chunks of ``chunk_columns`` videos (each against every caption): every
+    rank is counted within one chunk, from the very values its right answer's score came from,
+    so the chunks may be computed anywhere, in any order. Ranks equal :func:`retrieval_ranks`'s
+    on the same scores exactly, ties included.
 
     Args:
-        similarity_rows: see :data:`SimilarityRows`; caption rows ``[Q]`` run ``0..Q``.
+        similarity_rows, similarity_columns: see :data:`SimilarityBlock`.
         caption_video: ``[Q]`` integer video column of each caption.
         num_videos: ``V``.
-        chunk_rows: captions per chunk; memory is ``O(chunk_rows * V + (Q + V) * top_k)``.
+        chunk_rows, chunk_columns: memory is ``O(chunk_rows * V + Q * chunk_columns +
+            (Q + V) * top_k)``.
         top_k: results kept per query in each direction (at most ``V`` / ``Q``).
 
     Returns:
-        :class:`ChunkedRanks`, on the device ``similarity_rows`` returns.
+        :class:`ChunkedRanks`, on the device the blocks are on.
     """
-    if chunk_rows < 1 or top_k < 1 or num_videos < 1:
-        raise ValueError("chunk_rows, top_k and num_videos must be at least 1")
+    if min(chunk_rows, chunk_columns, top_k, num_videos) < 1:
+        raise ValueError("chunk_rows, chunk_columns, top_k and num_videos must be at least 1")
     caption_video = _as_tensor(caption_video)
     num_queries = int(caption_video.shape[0]) if caption_video.ndim == 1 else 0
     if num_queries == 0:
         raise ValueError("caption_video must be a non-empty 1-D sequence")
     caption_video = _as_columns(caption_video, num_queries, num_videos, "caption_video")
-    bounds = [(s, min(s + chunk_rows, num_queries)) for s in range(0, num_queries, chunk_rows)]
 
-    own_parts, t2v_parts, top_parts = [], [], []
-    for start, stop in bounds:
-        block = _as_similarity(similarity_rows(start, stop))  # [C, V]
-        if block.shape != (stop - start, num_videos):
-            raise ValueError(f"similarity_rows({start}, {stop}) gave shape {tuple(block.shape)}")
-        own = block.gather(1, caption_video[start:stop].to(block.device).unsqueeze(1)).squeeze(1)
-        own_parts.append(own)
-        t2v_parts.append(_count_at_least(block, own, None))
-        top_parts.append(block.topk(min(top_k, num_videos), dim=1).indices)
-    own = torch.cat(own_parts)  # [Q]
-    device = own.device
-    caption_video = caption_video.to(device)
-    best_own = torch.full((num_videos,), float("-inf"), dtype=own.dtype, device=device)
-    best_own = best_own.scatter_reduce(0, caption_video, own, reduce="amax")
+    def checked(block: ArrayLike, shape: tuple[int, int], call: str) -> Tensor:
+        block = _as_similarity(block)
+        if block.shape != shape:
+            raise ValueError(f"{call} gave shape {tuple(block.shape)}, not {shape}")
+        return block
 
-    v2t_all = torch.zeros(num_videos, dtype=torch.long, device=device)
-    keep = min(top_k, num_queries)
-    top_score = torch.full((num_videos, 0), float("-inf"), dtype=own.dtype, device=device)
-    top_row = torch.zeros((num_videos, 0), dtype=torch.long, device=device)
-    for start, stop in bounds:
-        block = _as_similarity(similarity_rows(start, stop))  # [C, V]
-        v2t_all += (block >= best_own.unsqueeze(0)).sum(dim=0)
-        # The chunk's own top k per video first, then a merge of two [V, k] lists: concatenating
-        # the running top k with the whole chunk held [V, C + k] scores and rows (GiBs at 100k).
-        chunk_best = block.topk(min(keep, stop - start), dim=0)  # [k', V]
-        scores = torch.cat([top_score, chunk_best.values.T], dim=1)  # [V, <= 2k]
-        rows = torch.cat([top_row, chunk_best.indices.T + start], dim=1)
-        best = scores.topk(min(keep, scores.shape[1]), dim=1)
-        top_score = best.values
-        top_row = rows.gather(1, best.indices)
-    captioned = torch.bincount(caption_video, minlength=num_videos) > 0
-    v2t_video = torch.nonzero(captioned).squeeze(1)
-    ranks = RetrievalRanks(
-        t2v=torch.cat(t2v_parts), v2t=v2t_all[v2t_video], v2t_video=v2t_video, num_videos=num_videos
-    )
-    return ChunkedRanks(ranks=ranks, t2v_top=torch.cat(top_parts), v2t_top=top_row[v2t_video])
+    t2v = [
+        text_to_video_chunk(
+            checked(similarity_rows(a, b), (b - a, num_videos), f"similarity_rows({a}, {b})"),
+            caption_video[a:b],
+            top_k=top_k,
+        )
+        for a, b in chunk_bounds(num_queries, chunk_rows)
+    ]
+    v2t = [
+        video_to_text_chunk(
+            checked(
+                similarity_columns(a, b), (num_queries, b - a), f"similarity_columns({a}, {b})"
+            ),
+            caption_video,
+            start=a,
+            top_k=top_k,
+        )
+        for a, b in chunk_bounds(num_videos, chunk_columns)
+    ]
+    return ChunkedRanks.from_chunks(t2v, v2t)
 
 
 def retrieval_metrics(

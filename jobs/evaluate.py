@@ -37,6 +37,8 @@ def ann_k(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipelines.resources import EVAL_RAY_MIN_SCORES
+
     parser.add_argument(
         "--manifest", required=True, nargs="+", help="Parquet shards, or folders of them"
     )
@@ -64,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10,
         help="re-rank k x this many candidates by exact distance (0: PQ distances only)",
     )
-    resources = parser.add_argument_group("text encoding")
+    resources = parser.add_argument_group("resources")
     resources.add_argument(
         "--text-batch-size", type=_cli.positive_int, default=256, help="captions per encode batch"
     )
@@ -73,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_cli.non_negative_int,
         default=5000,
         help="encode on a Ray actor pool when the split has more captions than this",
+    )
+    resources.add_argument(
+        "--ray-min-scores",
+        type=_cli.non_negative_int,
+        default=EVAL_RAY_MIN_SCORES,
+        help="compute the exact ranks as Ray tasks when captions x videos is above this",
     )
     resources.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     resources.add_argument("--actors", type=_cli.positive_int, help="text encode actors")
@@ -102,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         refine_factor=args.refine_factor or None,
         text_batch_size=args.text_batch_size,
         ray_min_captions=args.ray_min_captions,
+        ray_min_scores=args.ray_min_scores,
         address=args.address,
         actors=args.actors,
         gpus_per_actor=args.gpus_per_actor,

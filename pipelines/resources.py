@@ -137,6 +137,10 @@ MAX_CPU_ENCODE_ACTORS = 8
 # one query, same run on 2 cores: 26 ms on 1 thread, 26 ms on 2, while a second thread stalls
 # at every OpenMP barrier when another process holds the core (1.3-2.1 s measured under load).
 QUERY_TORCH_THREADS = 1
+# Above this many caption-video scores (100k captions x 100k videos) the evaluation's exact
+# ranks are spread over the cluster as one-CPU Ray tasks; below it one machine's threaded
+# matmul is about as fast and ships nothing.
+EVAL_RAY_MIN_SCORES = 10**10
 # Blocks are the unit that streams from stage to stage and on to the committer.
 ROWS_PER_BLOCK = 32
 BLOCKS_PER_ACTOR = 8

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from centerclip.metrics import (
@@ -27,6 +28,7 @@ from centerclip.metrics import (
     chance_recall_metrics,
     chance_retrieval_metrics,
     ranks_from_similarity,
+    retrieval_ranks,
 )
 from jobs import cli
 from jobs import evaluate as evaluate_job
@@ -44,6 +46,7 @@ from pipelines.evaluate import (
     run_evaluation,
     split_queries,
 )
+from pipelines.evaluate.ranks import exact_ranks
 from pipelines.search import encode_queries, nearest
 from pipelines.write import build_ann_index
 
@@ -499,8 +502,46 @@ def test_chunked_exact_ranks_give_the_dense_figures(indexed: dict, tmp_path: Pat
         )
         for chunk_rows in (7, 1_000_000)
     }
-    chunked, dense = reports[7], reports[1_000_000]
-    assert chunked.metrics["num_queries"] > 7
-    for key in ("t2v", "v2t", "num_queries", "num_videos", "ann_recall@10"):
-        assert chunked.metrics[key] == dense.metrics[key]
-    assert chunked.ranks.equals(dense.ranks)
+    reports["ray"] = run_evaluation(
+        EvaluateConfig(
+            manifest=indexed["manifest"],
+            db=str(indexed["db"]),
+            table="videos",
+            model=ModelSpec("tiny"),
+            out=tmp_path / "ray",
+            exact_chunk_rows=7,
+            ray_min_scores=0,
+        )
+    )
+    dense = reports[1_000_000]
+    assert dense.metrics["num_queries"] > 7
+    for chunked in (reports[7], reports["ray"]):
+        for key in ("t2v", "v2t", "num_queries", "num_videos", "ann_recall@10"):
+            assert chunked.metrics[key] == dense.metrics[key]
+        assert chunked.ranks.equals(dense.ranks)
+
+
+def test_exact_ranks_as_ray_tasks_equal_the_dense_ranks_with_ties(
+    ray_session: dict, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(0)
+    # Entries of {-1, 0, 1} / 4: every dot product is exact in float32 in any order of its sums,
+    # so each task's matmul gives the driver's values, and ties abound.
+    text = (rng.integers(-1, 2, (57, 8)) / 4).astype(np.float32)
+    video = (rng.integers(-1, 2, (13, 8)) / 4).astype(np.float32)
+    caption_video = rng.permutation(np.arange(57) % 11)  # videos 11 and 12 own no caption
+    with caplog.at_level("INFO", logger="pipelines.evaluate.ranks"):
+        on_ray = exact_ranks(text, video, caption_video, chunk_rows=5, ray_min_scores=0)
+    assert "12 caption chunks and 13 video chunks on Ray" in caplog.text
+    local = exact_ranks(text, video, caption_video, chunk_rows=5)
+
+    sim = torch.from_numpy(text @ video.T)
+    dense = retrieval_ranks(sim, caption_video)
+    for chunked in (on_ray, local):
+        assert torch.equal(chunked.ranks.t2v, dense.t2v)
+        assert torch.equal(chunked.ranks.v2t, dense.v2t)
+        assert torch.equal(chunked.ranks.v2t_video, dense.v2t_video)
+        # The top 10: a dense top 10's scores (which ids win a tie is either's choice).
+        assert torch.equal(sim.gather(1, chunked.t2v_top), sim.topk(10, dim=1).values)
+        by_video = sim.T[dense.v2t_video]  # [Vc, Q]
+        assert torch.equal(by_video.gather(1, chunked.v2t_top), by_video.topk(10, dim=1).values)

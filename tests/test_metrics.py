@@ -182,9 +182,9 @@ def test_ann_recall_at_k():
     assert ann_recall_at_k(np.array([[7, 8]]), np.array([[8, 7, 0, 1]])) == 1.0
 
 
-@pytest.mark.parametrize("chunk_rows", [1, 3, 7, 40])
+@pytest.mark.parametrize(("chunk_rows", "chunk_columns"), [(1, 1), (3, 2), (7, 4), (40, 40)])
 def test_chunked_ranks_equal_the_dense_ranks_with_ties_and_multi_caption_videos(
-    chunk_rows: int,
+    chunk_rows: int, chunk_columns: int
 ) -> None:
     generator = torch.Generator().manual_seed(chunk_rows)
     num_queries, num_videos, k = 23, 9, 4
@@ -196,9 +196,11 @@ def test_chunked_ranks_equal_the_dense_ranks_with_ties_and_multi_caption_videos(
 
     chunked = chunked_retrieval_ranks(
         lambda start, stop: sim[start:stop],
+        lambda start, stop: sim[:, start:stop],
         caption_video,
         num_videos=num_videos,
         chunk_rows=chunk_rows,
+        chunk_columns=chunk_columns,
         top_k=k,
     )
     dense = retrieval_ranks(sim, caption_video)
@@ -223,7 +225,13 @@ def test_chunked_ranks_on_real_scores_equal_the_dense_ranks() -> None:
     caption_video = torch.arange(50) % 12
     sim = text @ video.T
     chunked = chunked_retrieval_ranks(
-        lambda start, stop: sim[start:stop], caption_video, num_videos=12, chunk_rows=8, top_k=10
+        lambda start, stop: sim[start:stop],
+        lambda start, stop: sim[:, start:stop],
+        caption_video,
+        num_videos=12,
+        chunk_rows=8,
+        chunk_columns=5,
+        top_k=10,
     )
     dense = retrieval_ranks(sim, caption_video)
     assert torch.equal(chunked.ranks.t2v, dense.t2v)
@@ -232,11 +240,23 @@ def test_chunked_ranks_on_real_scores_equal_the_dense_ranks() -> None:
 
 
 def test_chunked_ranks_reject_a_chunk_of_the_wrong_shape() -> None:
-    with pytest.raises(ValueError, match="gave shape"):
+    with pytest.raises(ValueError, match=r"similarity_rows\(0, 1\) gave shape"):
         chunked_retrieval_ranks(
             lambda start, stop: torch.zeros(stop - start, 3),
+            lambda start, stop: torch.zeros(2, stop - start),
             torch.tensor([0, 1]),
             num_videos=4,
             chunk_rows=1,
+            chunk_columns=1,
+            top_k=2,
+        )
+    with pytest.raises(ValueError, match=r"similarity_columns\(0, 1\) gave shape"):
+        chunked_retrieval_ranks(
+            lambda start, stop: torch.zeros(stop - start, 4),
+            lambda start, stop: torch.zeros(3, stop - start),
+            torch.tensor([0, 1]),
+            num_videos=4,
+            chunk_rows=1,
+            chunk_columns=1,
             top_k=2,
         )

@@ -9,8 +9,9 @@ through the ANN index, so users see both how good the model is and what the inde
     encode the captions with the text tower                     [Q, D]   (in-process, or a Ray
                                                                           Data actor pool when
                                                                           the split is large)
-    exact:  sim = text @ video.T, exact_chunk_rows captions at a time [C, V], never [Q, V]
-            -> t2v and v2t ranks and top 10 (MSR-VTT protocol, centerclip.metrics)
+    exact:  sim = text @ video.T a chunk at a time, never [Q, V]: captions against every
+            video [C, V] -> t2v ranks and top 10; videos against every caption [Q, Vc] -> v2t
+            (MSR-VTT protocol, centerclip.metrics); Ray tasks above ray_min_scores
     ANN:    t2v: LanceDB top-k per caption on the table itself (its IVF_PQ index, if any)
             v2t: LanceDB top-k per video on a temporary table of the caption embeddings, indexed
                  the same way when the table is (the table indexes videos only)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.encode import ModelSpec
+from pipelines.resources import EVAL_RAY_MIN_SCORES
 from pipelines.search import DEFAULT_REFINE_FACTOR
 
 # ann_recall@10 compares against the exact top 10; R@10 needs ranks up to 10.
@@ -15,7 +16,8 @@ MIN_ANN_K = 10
 DEFAULT_EXACT_CHUNK_ROWS = 1024
 # Scores per exact-rank chunk, at most (128 MB of float32): a chunk's matmul output, comparison
 # mask and top-k work each scale with it, so 1024 captions x 100k videos (400 MB a copy) peaked
-# at 2.5 GiB RSS in the job's exact step; capped, the chunk is 335 captions and the peak 1.65 GiB.
+# at 2.5 GiB RSS in the job's exact step; capped, the chunk is 335 captions (or 33,333 videos
+# against 1,005 captions) and the peak 1.58 GiB.
 EXACT_CHUNK_SCORES = 1 << 25
 
 
@@ -36,6 +38,8 @@ class EvaluateConfig:
         text_batch_size: captions per text-tower batch.
         ray_min_captions: encode on a Ray Data actor pool when the split has more captions.
         exact_chunk_rows: captions scored against every video at once for the exact ranks.
+        ray_min_scores: compute the exact ranks as Ray tasks when the split has more
+            caption-video scores (captions x videos); ``None``: never.
         address, actors, gpus_per_actor: the Ray cluster and its text-encode actors.
     """
 
@@ -52,6 +56,15 @@ class EvaluateConfig:
     text_batch_size: int = 256
     ray_min_captions: int = 5000
     exact_chunk_rows: int = DEFAULT_EXACT_CHUNK_ROWS
+    ray_min_scores: int | None = EVAL_RAY_MIN_SCORES
     address: str | None = None
     actors: int | None = None
     gpus_per_actor: float | None = None
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the cluster at ``address`` (``None``: ``RAY_ADDRESS``, else a local Ray), once."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=True)

@@ -3,6 +3,8 @@ search can tell."""
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,30 +12,102 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from centerclip.metrics import ChunkedRanks, chunked_retrieval_ranks, recall_metrics
+from centerclip.metrics import (
+    ChunkedRanks,
+    TextToVideoChunk,
+    VideoToTextChunk,
+    chunk_bounds,
+    chunked_retrieval_ranks,
+    recall_metrics,
+    text_to_video_chunk,
+    video_to_text_chunk,
+)
 from pipelines import schema
-from pipelines.evaluate.config import EXACT_CHUNK_SCORES, MIN_ANN_K
+from pipelines.evaluate.config import EXACT_CHUNK_SCORES, MIN_ANN_K, connect_ray
+
+log = logging.getLogger(__name__)
 
 
 def exact_ranks(
-    text: np.ndarray, video: np.ndarray, caption_video: np.ndarray, *, chunk_rows: int
+    text: np.ndarray,
+    video: np.ndarray,
+    caption_video: np.ndarray,
+    *,
+    chunk_rows: int,
+    ray_min_scores: int | None = None,
+    address: str | None = None,
 ) -> ChunkedRanks:
     """Exact ranks and top :data:`MIN_ANN_K` of ``text [Q, D]`` against ``video [V, D]`` (cosine:
-    both unit norm), at most ``chunk_rows`` captions and :data:`EXACT_CHUNK_SCORES` scores at a
-    time, so memory is ``O(min(chunk_rows * V, EXACT_CHUNK_SCORES))`` and not ``O(Q * V)``;
-    ``caption_video [Q]`` is each caption's video row."""
+    both unit norm); ``caption_video [Q]`` is each caption's video row.
+
+    Scored a chunk at a time: at most ``chunk_rows`` captions against every video, or as many
+    videos against every caption, and never more than :data:`EXACT_CHUNK_SCORES` scores, so
+    memory is ``O(min(chunk_rows * V, EXACT_CHUNK_SCORES))`` and not ``O(Q * V)``. Above
+    ``ray_min_scores`` scores (``Q * V``) the chunks are Ray tasks spread over the cluster at
+    ``address`` (see :func:`~pipelines.evaluate.config.connect_ray`).
+    """
+    num_queries, num_videos = len(text), len(video)
+    rows = max(1, min(chunk_rows, EXACT_CHUNK_SCORES // num_videos))
+    columns = max(1, rows * num_videos // num_queries)
+    if ray_min_scores is not None and num_queries * num_videos > ray_min_scores:
+        connect_ray(address)
+        return _exact_ranks_on_ray(text, video, caption_video, rows=rows, columns=columns)
     texts, videos = torch.from_numpy(text), torch.from_numpy(video)
-
-    def rows(start: int, stop: int) -> torch.Tensor:
-        return texts[start:stop] @ videos.T  # [C, V]
-
     return chunked_retrieval_ranks(
-        rows,
+        lambda start, stop: texts[start:stop] @ videos.T,  # [C, V]
+        lambda start, stop: texts @ videos[start:stop].T,  # [Q, Vc]
         caption_video,
-        num_videos=len(video),
-        chunk_rows=max(1, min(chunk_rows, EXACT_CHUNK_SCORES // len(video))),
+        num_videos=num_videos,
+        chunk_rows=rows,
+        chunk_columns=columns,
         top_k=MIN_ANN_K,
     )
+
+
+def _exact_ranks_on_ray(
+    text: np.ndarray, video: np.ndarray, caption_video: np.ndarray, *, rows: int, columns: int
+) -> ChunkedRanks:
+    """:func:`exact_ranks` with each chunk a one-CPU Ray task; the matrices go to the object
+    store once and every task on a node reads the same copy."""
+    import ray
+
+    text_ref, video_ref = ray.put(text), ray.put(video)
+    caption_ref = ray.put(np.ascontiguousarray(caption_video, dtype=np.int64))
+    by_rows = ray.remote(num_cpus=1)(_text_to_video_task)
+    by_columns = ray.remote(num_cpus=1)(_video_to_text_task)
+    row_chunks = chunk_bounds(len(text), rows)
+    column_chunks = chunk_bounds(len(video), columns)
+    log.info(
+        "exact ranks: %d caption chunks and %d video chunks on Ray",
+        len(row_chunks),
+        len(column_chunks),
+    )
+    t2v = [by_rows.remote(text_ref, video_ref, caption_ref, a, b) for a, b in row_chunks]
+    v2t = [by_columns.remote(text_ref, video_ref, caption_ref, a, b) for a, b in column_chunks]
+    return ChunkedRanks.from_chunks(ray.get(t2v), ray.get(v2t))
+
+
+def _read_only(array: np.ndarray) -> torch.Tensor:
+    """A tensor over an object-store array, which is read-only; nothing here writes to it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+def _text_to_video_task(
+    text: np.ndarray, video: np.ndarray, caption_video: np.ndarray, start: int, stop: int
+) -> TextToVideoChunk:
+    torch.set_num_threads(1)  # the task holds one CPU
+    block = _read_only(text)[start:stop] @ _read_only(video).T  # [C, V]
+    return text_to_video_chunk(block, _read_only(caption_video)[start:stop], top_k=MIN_ANN_K)
+
+
+def _video_to_text_task(
+    text: np.ndarray, video: np.ndarray, caption_video: np.ndarray, start: int, stop: int
+) -> VideoToTextChunk:
+    torch.set_num_threads(1)
+    block = _read_only(text) @ _read_only(video)[start:stop].T  # [Q, Vc]
+    return video_to_text_chunk(block, _read_only(caption_video), start=start, top_k=MIN_ANN_K)
 
 
 @dataclass(frozen=True)

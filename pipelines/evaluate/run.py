@@ -91,7 +91,14 @@ def run_evaluation(
 
     step(1)
     t0 = time.perf_counter()
-    chunked = exact_ranks(text, video, caption_video, chunk_rows=config.exact_chunk_rows)
+    chunked = exact_ranks(
+        text,
+        video,
+        caption_video,
+        chunk_rows=config.exact_chunk_rows,
+        ray_min_scores=config.ray_min_scores,
+        address=config.address,
+    )
     exact = chunked.ranks
     v2t_video = exact.v2t_video.numpy()
     exact_top_t2v, exact_top_v2t = chunked.t2v_top, chunked.v2t_top  # [Q, 10], [Vc, 10]

@@ -12,7 +12,7 @@ import torch
 import centerclip
 from pipelines import schema
 from pipelines.encode import ModelSpec
-from pipelines.evaluate.config import EvaluateConfig
+from pipelines.evaluate.config import EvaluateConfig, connect_ray
 from pipelines.evaluate.vectors import to_fixed_size_list, to_matrix
 from pipelines.resources import CPU_SHARE_FOR_ACTORS, MIN_ACTOR_CPUS
 from pipelines.search import encode_queries
@@ -60,8 +60,7 @@ def encode_captions(
 
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=config.address, log_to_driver=True)
+    connect_ray(config.address)
     actors, cpus, gpus = _text_actor_resources(config, ray.cluster_resources())
     log.info("encoding %d captions on %d actor(s)", len(captions), actors)
     rows = pa.table(
