@@ -17,7 +17,7 @@ DEFAULT_EXACT_CHUNK_ROWS = 1024
 # Scores per exact-rank chunk, at most (128 MB of float32): a chunk's matmul output, comparison
 # mask and top-k work each scale with it, so 1024 captions x 100k videos (400 MB a copy) peaked
 # at 2.5 GiB RSS in the job's exact step; capped, the chunk is 335 captions (or 33,333 videos
-# against 1,005 captions) and the peak 1.58 GiB.
+# against 1,005 captions) and the peak 1.42 GiB.
 EXACT_CHUNK_SCORES = 1 << 25
 
 

@@ -3,6 +3,9 @@ search can tell."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -53,9 +56,18 @@ def exact_ranks(
         connect_ray(address)
         return _exact_ranks_on_ray(text, video, caption_video, rows=rows, columns=columns)
     texts, videos = torch.from_numpy(text), torch.from_numpy(video)
+
+    def caption_block(start: int, stop: int) -> torch.Tensor:
+        _return_freed_memory()
+        return texts[start:stop] @ videos.T  # [C, V]
+
+    def video_block(start: int, stop: int) -> torch.Tensor:
+        _return_freed_memory()
+        return texts @ videos[start:stop].T  # [Q, Vc]
+
     return chunked_retrieval_ranks(
-        lambda start, stop: texts[start:stop] @ videos.T,  # [C, V]
-        lambda start, stop: texts @ videos[start:stop].T,  # [Q, Vc]
+        caption_block,
+        video_block,
         caption_video,
         num_videos=num_videos,
         chunk_rows=rows,
@@ -87,6 +99,26 @@ def _exact_ranks_on_ray(
     return ChunkedRanks.from_chunks(ray.get(t2v), ray.get(v2t))
 
 
+@functools.cache
+def _malloc_trim() -> ctypes._CFuncPtr | None:
+    libc = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+
+
+def _return_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere a
+    no-op), before each chunk.
+
+    A chunk's temporaries (comparison masks, top-k work: each below glibc's 32 MB threshold for
+    mapping memory of its own) come from the heap, and the small results kept between them pin
+    it: the exact step's peak RSS for 100k captions x 11,280 videos ranged from 1.3 to 6.3 GiB
+    over runs of the same input, and stays at 0.8 GiB with a trim before every chunk.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _read_only(array: np.ndarray) -> torch.Tensor:
     """A tensor over an object-store array, which is read-only; nothing here writes to it."""
     with warnings.catch_warnings():
@@ -98,6 +130,7 @@ def _text_to_video_task(
     text: np.ndarray, video: np.ndarray, caption_video: np.ndarray, start: int, stop: int
 ) -> TextToVideoChunk:
     torch.set_num_threads(1)  # the task holds one CPU
+    _return_freed_memory()
     block = _read_only(text)[start:stop] @ _read_only(video).T  # [C, V]
     return text_to_video_chunk(block, _read_only(caption_video)[start:stop], top_k=MIN_ANN_K)
 
@@ -106,6 +139,7 @@ def _video_to_text_task(
     text: np.ndarray, video: np.ndarray, caption_video: np.ndarray, start: int, stop: int
 ) -> VideoToTextChunk:
     torch.set_num_threads(1)
+    _return_freed_memory()
     block = _read_only(text) @ _read_only(video)[start:stop].T  # [Q, Vc]
     return video_to_text_chunk(block, _read_only(caption_video), start=start, top_k=MIN_ANN_K)
 
