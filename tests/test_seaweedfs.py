@@ -384,3 +384,30 @@ def test_each_reader_of_a_checkpoint_on_s3_reads_a_whole_copy_of_its_own(
         assert not second.exists()
         assert (first / "train_state.pt").read_bytes() == state  # kept until its reader is done
     assert not first.exists()
+
+
+def test_finetune_into_a_missing_bucket_fails_with_one_line_before_any_work(
+    seaweed: SeaweedServer,
+    s3_env: StorageOptions,
+    sample_corpus: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import ray
+
+    from jobs import finetune as finetune_job
+
+    ray_was_running = ray.is_initialized()
+    status = finetune_job.main(
+        ["--manifest", str(sample_corpus / "manifest"), "--model", "tiny",
+         "--out", "s3://no-such-bucket/run", "--epochs", "1", "--batch-size", "4"]
+    )  # fmt: skip
+    assert status != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("error: cannot write to s3://no-such-bucket/run"), errors[0]
+    assert "check that the bucket exists" in errors[0]
+    assert ray.is_initialized() == ray_was_running  # it failed before starting any Ray
+    fs = seaweed.filesystem()
+    fs.create_dir(BUCKET)  # the listing below sees buckets
+    buckets = [info.base_name for info in fs.get_file_info(pafs.FileSelector("/"))]
+    assert BUCKET in buckets and "no-such-bucket" not in buckets  # nothing created
