@@ -239,21 +239,17 @@ def test_chunked_ranks_on_real_scores_equal_the_dense_ranks() -> None:
     assert torch.equal(chunked.t2v_top, sim.topk(10, dim=1).indices)
 
 
-def test_chunked_ranks_reject_a_chunk_of_the_wrong_shape() -> None:
-    with pytest.raises(ValueError, match=r"similarity_rows\(0, 1\) gave shape"):
+@pytest.mark.parametrize(
+    ("videos_per_row", "captions_per_column", "wrong"),
+    [(3, 2, "similarity_rows"), (4, 3, "similarity_columns")],
+)
+def test_chunked_ranks_reject_a_chunk_of_the_wrong_shape(
+    videos_per_row: int, captions_per_column: int, wrong: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"{wrong}\(0, 1\) gave shape"):
         chunked_retrieval_ranks(
-            lambda start, stop: torch.zeros(stop - start, 3),
-            lambda start, stop: torch.zeros(2, stop - start),
-            torch.tensor([0, 1]),
-            num_videos=4,
-            chunk_rows=1,
-            chunk_columns=1,
-            top_k=2,
-        )
-    with pytest.raises(ValueError, match=r"similarity_columns\(0, 1\) gave shape"):
-        chunked_retrieval_ranks(
-            lambda start, stop: torch.zeros(stop - start, 4),
-            lambda start, stop: torch.zeros(3, stop - start),
+            lambda start, stop: torch.zeros(stop - start, videos_per_row),
+            lambda start, stop: torch.zeros(captions_per_column, stop - start),
             torch.tensor([0, 1]),
             num_videos=4,
             chunk_rows=1,
