@@ -31,6 +31,7 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -361,6 +362,48 @@ def _fingerprints(fs: pafs.FileSystem, infos: Sequence[pafs.FileInfo]) -> list[s
         return list(pool.map(functools.partial(_s3_fingerprint, fs), infos))
 
 
+def _list_folder(
+    fs: pafs.FileSystem, path: str, s3_client: Any | None, names: set[str]
+) -> dict[str, str | None] | None:
+    """The fingerprint of each file of ``names`` found in folder ``path``, from one listing;
+    ``None`` where the folder cannot be listed (permissions, odd object stores).
+
+    With an S3 client, ``ListObjectsV2`` returns each object's ETag beside its size, 1,000 objects
+    a request; Arrow's listing drops the ETag and would leave a ``HEAD`` per object to make."""
+    if s3_client is not None:
+        listing = _s3_listing(s3_client, path, names)
+        if listing is not None:
+            return listing
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return None
+    infos = [info for info in infos if info.base_name in names]
+    return dict(zip([info.base_name for info in infos], _fingerprints(fs, infos), strict=True))
+
+
+def _s3_listing(s3_client: Any, path: str, names: set[str]) -> dict[str, str] | None:
+    """``"<size>:<etag>"`` of each object of ``names`` directly under ``bucket/prefix`` (``path``);
+    ``None`` when the listing fails, which leaves the error to Arrow's own requests."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, prefix = path.partition("/")
+    prefix = f"{prefix}/" if prefix else ""
+    pages = s3_client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, Delimiter="/"
+    )
+    listing = {}
+    try:
+        for page in pages:
+            for entry in page.get("Contents", ()):
+                name = entry["Key"][len(prefix) :]
+                if name in names:
+                    listing[name] = f"{entry['Size']}:{entry['ETag'].strip(chr(34))}"
+    except (BotoCoreError, ClientError):
+        return None
+    return listing
+
+
 def _open_folder(folder: str, storage: StorageOptions) -> tuple[pafs.FileSystem, str]:
     """Filesystem and path of a folder (or file) given as a local path or a URI."""
     if not _SCHEME_RE.match(folder):
@@ -386,9 +429,9 @@ def attach_fingerprints(
     Why the ETag on S3: ``LastModified`` has 1 s resolution, so an object overwritten within the
     same second by one of the same size would keep a size:mtime fingerprint and never be
     re-encoded. The ETag changes with the bytes (and re-uploading identical bytes keeps it).
-    Arrow's listing drops the ETag, so each object costs one ``HEAD`` (through Arrow's own S3
-    client: no second client, no new dependency), :data:`ETAG_LOOKUPS_IN_FLIGHT` at a time.
-    Where a million HEADs per run is too many, give the manifest a ``fingerprint`` column.
+    A listed folder (below) gets its ETags from the listing itself (``ListObjectsV2`` through
+    boto3, 1,000 objects a request): Arrow's listing drops them. A file looked up on its own
+    costs one ``HEAD`` (through Arrow's S3 client), :data:`ETAG_LOOKUPS_IN_FLIGHT` at a time.
 
     Cost: rows are grouped by folder; a folder holding at least ``list_threshold`` of the
     manifest's files is listed once (one ``LIST`` per folder on object stores) rather than
@@ -449,17 +492,11 @@ def attach_fingerprints(
         rows = pa.array(order[start:stop])
         names = name.take(rows).to_pylist()
         if stop - start >= list_threshold:
-            try:
-                infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-            except OSError:
-                infos = None  # not listable (permissions, odd object stores): stat instead
-            if infos is not None:
-                # Only the manifest's files: on S3 each one fingerprinted costs a HEAD.
-                named = set(names)
-                infos = [info for info in infos if info.base_name in named]
-                listed_folders.extend(key for _ in infos)
-                listed_names.extend(info.base_name for info in infos)
-                listed_fps.extend(_fingerprints(fs, infos))
+            listing = _list_folder(fs, path, storage.s3_client(key), set(names))
+            if listing is not None:
+                listed_folders.extend(key for _ in listing)
+                listed_names.extend(listing)
+                listed_fps.extend(listing.values())
                 continue
         paths = [posixpath.join(path, n) for n in names]
         found_uri.extend(wanted.take(rows).to_pylist())

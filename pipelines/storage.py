@@ -30,6 +30,7 @@ import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote
 
 import pyarrow.fs as pafs
@@ -97,6 +98,18 @@ class StorageOptions:
             region = _bucket_region(bucket)
         return _s3_filesystem(self, region), path
 
+    def s3_client(self, uri: str) -> Any | None:
+        """A boto3 S3 client for the bucket of ``uri`` (``s3://bucket/...``), or ``None`` for
+        any other URI and for one that configures its filesystem itself (``?endpoint_override``):
+        for the calls pyarrow does not offer, such as a listing with each object's ETag."""
+        if not uri.startswith(S3_SCHEME) or "?" in uri:
+            return None
+        bucket = unquote(uri[len(S3_SCHEME) :]).split("/", 1)[0]
+        region = self.region
+        if region is None and self.endpoint is None and bucket:
+            region = _bucket_region(bucket)
+        return _boto3_client(self, region)
+
     def lancedb_options(self, uri: str) -> dict[str, str]:
         """``storage_options`` for ``lancedb.connect(uri)``; empty for anything but ``s3://``."""
         if not uri.startswith(S3_SCHEME):
@@ -128,4 +141,19 @@ def _s3_filesystem(options: StorageOptions, region: str | None) -> pafs.S3FileSy
         session_token=options.session_token,
         region=region,
         endpoint_override=options.endpoint,
+    )
+
+
+@functools.cache
+def _boto3_client(options: StorageOptions, region: str | None) -> Any:
+    # Imported here: only listings need boto3, not the decoder processes that import this module.
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=options.endpoint,
+        region_name=region,
+        aws_access_key_id=options.access_key_id,
+        aws_secret_access_key=options.secret_access_key,
+        aws_session_token=options.session_token,
     )

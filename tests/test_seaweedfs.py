@@ -28,6 +28,7 @@ import centerclip
 from jobs import evaluate as evaluate_job
 from jobs import index as index_job
 from jobs import search as search_job
+from pipelines import manifest as manifest_module
 from pipelines.decode import DecodeStage
 from pipelines.encode import EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints
@@ -230,6 +231,57 @@ def test_an_object_overwritten_within_the_same_second_gets_a_new_fingerprint(
     # Listed folders (at least list_threshold files) get the same ETag fingerprints.
     listed = attach_fingerprints(manifest, storage=s3_env, list_threshold=1)
     assert listed["fingerprint"][0].as_py() == new
+
+
+def test_a_listed_folder_gets_its_etags_from_the_listing_without_a_head_per_object(
+    seaweed: SeaweedServer,
+    s3_env: StorageOptions,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """One ``ListObjectsV2`` gives the fingerprints of a whole folder; only files looked up on
+    their own cost a ``HEAD``."""
+    fs = seaweed.filesystem()
+    fs.create_dir("listed")
+    names = [f"clip {i:02d}.bin" for i in range(12)]  # a space: URIs percent-encode it
+    for i, name in enumerate(names):
+        upload(fs, f"listed/many/{name}", b"bytes of clip %d" % i)
+    upload(fs, "listed/alone/clip.bin", b"a clip on its own")
+    upload(fs, "listed/many/not in the manifest.bin", b"listed, not fingerprinted")
+    uris = [f"s3://listed/many/{name.replace(' ', '%20')}" for name in names]
+    manifest = pa.table(
+        {
+            "video_id": [*names, "alone", "gone"],
+            "uri": [*uris, "s3://listed/alone/clip.bin", "s3://listed/many/gone.bin"],
+        }
+    )
+
+    client = s3_env.s3_client("s3://listed")
+    sent: list[str] = []
+
+    def count(model: object, **_: object) -> None:
+        sent.append(model.name)
+
+    # The client is cached for the session: the counter is removed with the test.
+    client.meta.events.register("before-call.s3.*", count)
+    request.addfinalizer(lambda: client.meta.events.unregister("before-call.s3.*", count))
+    looked_up: list[str] = []
+    head = manifest_module._s3_fingerprint
+    monkeypatch.setattr(
+        manifest_module,
+        "_s3_fingerprint",
+        lambda fs, info: looked_up.append(info.path) or head(fs, info),
+    )
+    fingerprints = attach_fingerprints(manifest, storage=s3_env)["fingerprint"].to_pylist()
+
+    assert sent == ["ListObjectsV2"]
+    assert looked_up == ["listed/alone/clip.bin"]
+    keys = [*(f"many/{name}" for name in names), "alone/clip.bin"]
+    for key, fingerprint in zip(keys, fingerprints[:-1], strict=True):
+        head_reply = client.head_object(Bucket="listed", Key=key)
+        etag = head_reply["ETag"].strip('"')
+        assert fingerprint == f"{head_reply['ContentLength']}:{etag}", key
+    assert fingerprints[-1] is None  # not in the listing: a missing file
 
 
 def _assert_one_credentials_line(stderr: str) -> None:
