@@ -351,8 +351,14 @@ def _s3_fingerprint(fs: pafs.FileSystem, info: pafs.FileInfo) -> str | None:
         return None  # deleted between the listing and the HEAD
     if not etag:
         return _fingerprint(info)
-    unquoted = etag.decode().strip('"')
-    return f"{info.size}:{unquoted}"
+    return _etag_fingerprint(info.size, etag.decode())
+
+
+def _etag_fingerprint(size: int, etag: str) -> str:
+    """``"<size>:<etag>"``, the ETag without the quotes S3 sends it in (``HEAD`` and listing
+    alike)."""
+    unquoted = etag.strip('"')
+    return f"{size}:{unquoted}"
 
 
 def _fingerprints(fs: pafs.FileSystem, infos: Sequence[pafs.FileInfo]) -> list[str | None]:
@@ -398,7 +404,7 @@ def _s3_listing(s3_client: Any, path: str, names: set[str]) -> dict[str, str] | 
             for entry in page.get("Contents", ()):
                 name = entry["Key"][len(prefix) :]
                 if name in names:
-                    listing[name] = f"{entry['Size']}:{entry['ETag'].strip(chr(34))}"
+                    listing[name] = _etag_fingerprint(entry["Size"], entry["ETag"])
     except (BotoCoreError, ClientError):
         return None
     return listing

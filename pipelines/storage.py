@@ -87,15 +87,7 @@ class StorageOptions:
         """
         if not uri.startswith(S3_SCHEME) or "?" in uri:
             return pafs.FileSystem.from_uri(uri)
-        # As from_uri does: keys are percent-decoded, a trailing "/" names the same folder.
-        path = unquote(uri[len(S3_SCHEME) :]).rstrip("/")
-        bucket = path.split("/", 1)[0]
-        if not bucket:
-            raise ValueError(f"no bucket in {uri!r}")
-        region = self.region
-        if region is None and self.endpoint is None:
-            # On AWS a client of the wrong region gets redirects pyarrow does not follow.
-            region = _bucket_region(bucket)
+        path, region = self._path_and_region(uri)
         return _s3_filesystem(self, region), path
 
     def s3_client(self, uri: str) -> Any | None:
@@ -104,11 +96,24 @@ class StorageOptions:
         for the calls pyarrow does not offer, such as a listing with each object's ETag."""
         if not uri.startswith(S3_SCHEME) or "?" in uri:
             return None
-        bucket = unquote(uri[len(S3_SCHEME) :]).split("/", 1)[0]
+        return _boto3_client(self, self._path_and_region(uri)[1])
+
+    def _path_and_region(self, uri: str) -> tuple[str, str | None]:
+        """``bucket/key`` of an ``s3://`` URI and the region its clients use.
+
+        Raises:
+            ValueError: ``uri`` names no bucket.
+        """
+        # As from_uri does: keys are percent-decoded, a trailing "/" names the same folder.
+        path = unquote(uri[len(S3_SCHEME) :]).rstrip("/")
+        bucket = path.split("/", 1)[0]
+        if not bucket:
+            raise ValueError(f"no bucket in {uri!r}")
         region = self.region
-        if region is None and self.endpoint is None and bucket:
+        if region is None and self.endpoint is None:
+            # On AWS a client of the wrong region gets redirects its library may not follow.
             region = _bucket_region(bucket)
-        return _boto3_client(self, region)
+        return path, region
 
     def lancedb_options(self, uri: str) -> dict[str, str]:
         """``storage_options`` for ``lancedb.connect(uri)``; empty for anything but ``s3://``."""
