@@ -7,11 +7,14 @@ started with free ports, a temporary data folder and an identity file holding on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -124,3 +127,74 @@ def find_weed() -> str | None:
 def upload(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     with fs.open_output_stream(path) as out:
         out.write(data)
+
+
+class ThrottlingProxy:
+    """A TCP proxy on loopback in front of an HTTP ``upstream`` (``http://host:port``), as a
+    throttled bucket or a congested link looks to a client: requests pass at once; each response
+    stream sends its first ``free_bytes`` at once (headers, the start of a body), then
+    ``bytes_per_s``. :attr:`sent` counts what each connection handed back so far."""
+
+    CHUNK = 16
+
+    def __init__(self, upstream: str, *, free_bytes: int = 1024, bytes_per_s: int = 128) -> None:
+        parts = urllib.parse.urlsplit(upstream)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.free_bytes, self.bytes_per_s = free_bytes, bytes_per_s
+        self.sent: list[int] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._sockets: list[socket.socket] = []
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self) -> ThrottlingProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            server = socket.create_connection(self.upstream)
+            self._sockets += [client, server]
+            self.sent.append(0)
+            for source, sink, slot in (
+                (client, server, None),
+                (server, client, len(self.sent) - 1),
+            ):
+                threading.Thread(target=self._pump, args=(source, sink, slot), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, slot: int | None) -> None:
+        """Copies ``source`` to ``sink``; a response stream (``slot`` given) slowly past its
+        free bytes."""
+        sent = 0
+        try:
+            while not self._closed.is_set():
+                throttled = slot is not None and sent >= self.free_bytes
+                if slot is None:
+                    size = 1 << 16
+                else:
+                    size = self.CHUNK if throttled else self.free_bytes - sent
+                data = source.recv(size)
+                if not data:
+                    break
+                sink.sendall(data)
+                sent += len(data)
+                if slot is not None:
+                    self.sent[slot] = sent
+                if throttled:
+                    time.sleep(len(data) / self.bytes_per_s)
+        except OSError:  # the other side, or close(), ended the connection
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

@@ -22,14 +22,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import torch
-from seaweed import BUCKET, KEY_ID, REGION, SECRET, SeaweedServer, upload
+from seaweed import BUCKET, KEY_ID, REGION, SECRET, SeaweedServer, ThrottlingProxy, upload
 
 import centerclip
 from jobs import evaluate as evaluate_job
 from jobs import index as index_job
 from jobs import search as search_job
 from pipelines import manifest as manifest_module
-from pipelines.decode import DecodeStage
+from pipelines.decode import TIMEOUT, DecodeStage, error_category
 from pipelines.encode import EncodeStage, ModelSpec
 from pipelines.manifest import attach_fingerprints
 from pipelines.model_files import CACHE_ENV, local_model_file
@@ -290,6 +290,41 @@ def _assert_one_credentials_line(stderr: str) -> None:
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, stderr
     assert "refused these credentials" in errors[0] and "AWS_SECRET_ACCESS_KEY" in errors[0]
+
+
+@pytest.mark.timeout(120)
+def test_a_throttled_read_times_out_and_the_batchs_other_videos_decode(
+    seaweed: SeaweedServer, sample_corpus: Path
+) -> None:
+    """One video served at 64 bytes/s (a throttled bucket, a congested link) through a proxy in
+    front of the server; its row names that endpoint (pyarrow's URI options), the batch's other
+    videos come from the server itself. The decode timeout ends the slow read, long before its
+    last byte, and the stage goes on."""
+    fs = seaweed.filesystem()
+    fs.create_dir("etags")  # the overwrite test's bucket: each new bucket takes volumes
+    videos = sorted((sample_corpus / "videos").glob("*.mp4"))[:3]
+    for video in videos:
+        upload(fs, f"etags/throttled/{video.name}", video.read_bytes())
+    uris = [f"s3://etags/throttled/{video.name}" for video in videos]
+    with ThrottlingProxy(seaweed.endpoint, bytes_per_s=64) as proxy:
+        uris[1] = (
+            f"s3://{KEY_ID}:{SECRET}@etags/throttled/{videos[1].name}"
+            f"?endpoint_override={proxy.address}&scheme=http&region={REGION}"
+        )
+        batch = {"video_id": np.array(["a", "slow", "c"], dtype=object), "uri": np.array(uris)}
+        with DecodeStage(
+            frames=4, image_size=32, timeout_s=5.0, storage=seaweed.storage()
+        ) as decode:
+            out = decode(batch)
+            again = decode({key: values[[0]] for key, values in batch.items()})
+
+        errors = list(out["error"])
+        assert error_category(errors[1]) == TIMEOUT and "5s" in errors[1], errors
+        assert errors[0] == errors[2] == ""
+        assert out["frames"][0].any() and out["frames"][2].any()
+        # Abandoned mid-body: the proxy never handed back the whole object.
+        assert 0 < max(proxy.sent) < videos[1].stat().st_size
+    assert list(again["error"]) == [""]
 
 
 def test_a_wrong_secret_key_fails_with_one_line_and_the_remedy(
