@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -106,6 +107,38 @@ def test_a_damaged_table_names_its_last_complete_version_and_how_to_restore_it(
     subprocess.run([sys.executable, "-c", restore["code"]], check=True, capture_output=True)
     assert index(sample_corpus, db) == 0
     assert_complete(db)
+
+
+def without_write_override() -> list[str]:
+    """The command prefix under which mode bits bind this test's user: root ignores them unless
+    its ``CAP_DAC_OVERRIDE`` is dropped (``setpriv``, util-linux)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot refuse root")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def test_a_database_folder_the_job_may_not_write_is_one_line_and_nothing_is_written(
+    sample_corpus: Path, tmp_path: Path
+) -> None:
+    """The --db folder exists but this user may not write in it: one line with the remedy, before
+    any work, and the folder is left as it was."""
+    db = tmp_path / "db"
+    db.mkdir(mode=0o555)
+    done = subprocess.run(
+        [*without_write_override(), sys.executable, "-m", "jobs.index",
+         "--manifest", str(sample_corpus / "manifest"), "--db", str(db), "--table", "videos",
+         "--model", "tiny", *CPU_ONLY],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "CENTERCLIP_LOG_DIR": str(tmp_path / "logs")},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    [line] = error_lines(done.stderr)
+    assert line.startswith("error: permission denied by the database's storage (--db)"), line
+    assert "give this user write access" in line and "Traceback" not in done.stderr
+    assert list(db.iterdir()) == []
 
 
 def test_a_table_folder_without_any_version_is_created_over(tmp_path: Path) -> None:
