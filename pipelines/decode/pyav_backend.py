@@ -332,7 +332,9 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         try:
             for target in sorted(slots, key=lambda t: (t.want, t.lo)):
                 frame = decoder.fetch(target, _skip_for(target, req.sampling, index.keyframes))
-                pixels = _resize_crop(reformatter, frame, out_w, out_h, out.shape[2])
+                pixels = _resize_crop(
+                    reformatter, frame, out_w, out_h, out.shape[2], threads=req.threads
+                )
                 time_s = float((frame.pts - index.pts[0]) * index.time_base)
                 for k, t in slots[target]:
                     out[k, t] = pixels
@@ -348,8 +350,13 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
     ], decoder.frames_decoded
 
 
-def _resize_crop(reformatter: Any, frame: Any, width: int, height: int, size: int) -> np.ndarray:
-    """``frame`` scaled to ``width x height`` RGB, then its centre ``size x size`` ``[S, S, 3]``."""
-    rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24").to_ndarray()
+def _resize_crop(
+    reformatter: Any, frame: Any, width: int, height: int, size: int, *, threads: int
+) -> np.ndarray:
+    """``frame`` scaled to ``width x height`` RGB, then its centre ``size x size`` ``[S, S, 3]``,
+    on the decoder's ``threads`` (swscale's own default is a thread per core)."""
+    rgb = reformatter.reformat(
+        frame, width=width, height=height, format="rgb24", threads=threads
+    ).to_ndarray()
     top, left = (height - size) // 2, (width - size) // 2
     return rgb[top : top + size, left : left + size]
