@@ -224,8 +224,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--decode-timeout", type=_cli.positive_float, default=60.0, help="seconds per video"
     )
     run = parser.add_argument_group("run")
+    from pipelines.resources import DEFAULT_COMMIT_ROWS
+
     run.add_argument(
-        "--commit-rows", type=_cli.positive_int, default=256, help="rows per LanceDB commit"
+        "--commit-rows",
+        type=_cli.positive_int,
+        default=DEFAULT_COMMIT_ROWS,
+        help="rows per LanceDB commit (a commit also happens every 30 s)",
     )
     run.add_argument("--rebuild", action="store_true", help="re-encode every video")
     run.add_argument(

@@ -40,6 +40,7 @@ from pipelines.lease import WriterLease, active_writer
 from pipelines.manifest import attach_fingerprints, read_manifest
 from pipelines.plan import NEW, REASON, IndexPlan, plan_index
 from pipelines.resources import (
+    DEFAULT_COMMIT_ROWS,
     NodeShape,
     ResourcePlan,
     ResourceRequest,
@@ -76,7 +77,7 @@ class IndexConfig:
     address: str | None = None
     decode_timeout_s: float = 60.0
     actor_start_timeout_s: int = 600
-    commit_rows: int = 256
+    commit_rows: int = DEFAULT_COMMIT_ROWS
     commit_seconds: float = 30.0
     rebuild: bool = False
     retry_errors: bool = False
@@ -119,7 +120,7 @@ class IndexSummary:
     """Rows of the errors table after the run."""
     fragments: tuple[int, int] = (0, 0)
     """Fragments (data files' groups) of the embeddings and errors tables after the run: what
-    the maintenance every ``maintain_every`` commits keeps bounded on long runs."""
+    the writer's maintenance during the run keeps bounded on long runs."""
     db: str = ""
     startup_rows: int = 0
     """Rows of the first result, which ends start-up."""

@@ -56,6 +56,10 @@ class StageCosts:
 # 12 frames in 0.5 ms per video (the 2,000 videos/s target). That is ~1,000 decode CPUs per GPU,
 # so by default a GPU job decodes on every CPU the cluster offers.
 DEFAULT_GPU_COSTS = StageCosts(decode_cpu_s_per_video=0.5, encode_s_per_video=1 / 2000)
+# Rows per LanceDB commit. bench/scale.py at 100k rows: the one committing driver appends 20k
+# rows/s in commits of 256 rows and 32k in commits of 4096 (upserts: 5k and 9k), and 8 GPUs make
+# 20k rows/s, so the larger commits; a slow job still commits every ``commit_seconds``.
+DEFAULT_COMMIT_ROWS = 4096
 # The decode pool gets this much more than the balance point: costs vary from video to video.
 DECODE_MARGIN = 1.25
 

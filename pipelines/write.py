@@ -19,8 +19,8 @@ Both tables carry a BTREE index on ``video_id``, which ``merge_insert`` joins th
 ``video_id IN (...)`` lookup and delete uses, and the embeddings table a BITMAP index on
 ``model_id``, which the search prefilter uses, so a commit or a query costs what it touches, not
 what the table holds. Rows added since an index was last refreshed are scanned, so the writer
-runs ``optimize`` (compaction plus index refresh) every ``maintain_every`` commits, and once more
-in :meth:`TableWriter.finish`.
+runs ``optimize`` (compaction plus index refresh) when :class:`MaintenanceSchedule` says it pays,
+at most ``maintain_every`` commits apart, and once more in :meth:`TableWriter.finish`.
 """
 
 from __future__ import annotations
@@ -42,15 +42,17 @@ from lancedb.index import FTS, IvfPq
 from pipelines import schema
 from pipelines.lease import WriterLease
 from pipelines.plan import newest_per_id, with_metadata_digests
+from pipelines.resources import DEFAULT_COMMIT_ROWS
 from pipelines.storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_MIN_ROWS = 5000
-# Commits between two compactions (which also fold new rows into every index) during a run.
-# bench/scale.py at 100k rows: each commit since the last compaction made the next one about
-# 7 ms slower (41 ms fresh, 105 ms ten commits later) and a compaction cost 11 s, so N commits
-# cost about 7 N^2 / 2 ms extra plus 11 s: least per commit near N = sqrt(2 x 11 s / 7 ms) = 56.
+# The most commits between two compactions (which also fold new rows into every index) during a
+# run, whatever :class:`MaintenanceSchedule` measures: each commit adds a fragment, a file every
+# search opens. bench/scale.py at 100k rows: each 256-row upsert since the last compaction made
+# the next one about 7 ms slower and a compaction cost 11 s, so N commits cost about 7 N^2 / 2 ms
+# extra plus 11 s: least per commit near N = sqrt(2 x 11 s / 7 ms) = 56.
 DEFAULT_MAINTAIN_EVERY = 50
 REBUILD_INDEX_FRACTION = 0.1
 _DELETE_CHUNK = 500
@@ -155,6 +157,52 @@ def ensure_scalar_indexes(
     return created
 
 
+class MaintenanceSchedule:
+    """When a run compacts its tables and refreshes their indexes: rent or buy.
+
+    Rows added since the last maintenance make commits dearer (``merge_insert`` scans the rows no
+    index covers yet) and a maintenance costs what it folds in, by amounts that differ tenfold
+    between tables (bench/scale.py: an ANN index to refresh or none, upserts or appends). So the
+    schedule measures both: after each commit it adds what the commit cost above the cheapest
+    per-row cost seen since the last maintenance, and a maintenance is due once that excess
+    reaches what the last maintenance cost. That pays at most twice what the best schedule for
+    the same costs would, without knowing them in advance. Before the run's first maintenance
+    its price is unknown, and one is due once the excess reaches what the commits would have
+    cost at their cheapest (they cost twice that): a short run on a large table, whose
+    maintenance can take minutes, does not pay one for noise. A maintenance is also due every
+    ``max_commits`` commits whatever the timings, to bound the fragments; with ``adaptive``
+    False that is the only rule (fixed cadence, for callers that need one).
+    """
+
+    def __init__(self, max_commits: int = DEFAULT_MAINTAIN_EVERY, *, adaptive: bool = True) -> None:
+        self.max_commits = max_commits
+        self.adaptive = adaptive
+        self.price_s: float | None = None
+        self._commits = 0
+        self._excess_s = 0.0
+        self._cheapest_s = 0.0
+        self._cheapest_s_per_row = math.inf
+
+    def committed(self, rows: int, seconds: float) -> bool:
+        """Record a commit of ``rows`` rows that took ``seconds``; True when maintenance is due."""
+        self._commits += 1
+        if rows > 0:
+            self._cheapest_s_per_row = min(self._cheapest_s_per_row, seconds / rows)
+            cheapest = rows * self._cheapest_s_per_row
+            self._cheapest_s += cheapest
+            self._excess_s += max(0.0, seconds - cheapest)
+        if self._commits >= self.max_commits:
+            return True
+        price = self._cheapest_s if self.price_s is None else self.price_s
+        return self.adaptive and self._excess_s > price
+
+    def maintained(self, seconds: float) -> None:
+        """Record a maintenance that took ``seconds``: the price of the next one."""
+        self.price_s = seconds
+        self._commits, self._excess_s, self._cheapest_s = 0, 0.0, 0.0
+        self._cheapest_s_per_row = math.inf
+
+
 @dataclass
 class WriteStats:
     indexed: int = 0
@@ -173,8 +221,9 @@ class TableWriter:
 
     ``manifest`` holds the manifest rows of the videos this run writes; its columns (captions,
     split, fingerprint, extra columns) join the results by ``video_id``, and extra columns become
-    columns of the table. ``storage`` says how to reach an ``s3://`` ``db_uri``. Every
-    ``maintain_every`` commits both tables are compacted and their indexes refreshed.
+    columns of the table. ``storage`` says how to reach an ``s3://`` ``db_uri``. Both tables are
+    compacted and their indexes refreshed when :class:`MaintenanceSchedule` says it pays, and at
+    least every ``maintain_every`` commits (only then, without ``adaptive_maintenance``).
     ``vector_metadata`` (:func:`pipelines.schema.vector_metadata`) describes the model to readers
     of the table; it is written as the ``vector`` field's metadata whenever it changes.
     ``lease``, the table's writer lease this process holds, is checked before every commit.
@@ -195,9 +244,10 @@ class TableWriter:
         segments: int,
         model_id: str,
         manifest: pa.Table | None = None,
-        commit_rows: int = 256,
+        commit_rows: int = DEFAULT_COMMIT_ROWS,
         commit_seconds: float = 30.0,
         maintain_every: int = DEFAULT_MAINTAIN_EVERY,
+        adaptive_maintenance: bool = True,
         storage: StorageOptions | None = None,
         vector_metadata: dict[str, str] | None = None,
         lease: WriterLease | None = None,
@@ -257,11 +307,19 @@ class TableWriter:
         ) + remove_duplicate_ids(self.errors, schema.AT)
         self.commit_rows = commit_rows
         self.commit_seconds = commit_seconds
-        self.maintain_every = maintain_every
-        self._commits_since_maintenance = 0
+        self.maintenance = MaintenanceSchedule(maintain_every, adaptive=adaptive_maintenance)
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._last_commit = time.monotonic()
+        # Each manifest id's row: about 130 bytes a row, built once (see _manifest_positions).
+        self._manifest_rows = (
+            {
+                video_id: row
+                for row, video_id in enumerate(self.manifest[schema.VIDEO_ID].to_pylist())
+            }
+            if self.manifest is not None
+            else None
+        )
         # One flag per manifest row: True while the row's video is new and not yet written.
         self._unwritten_new = (
             pc.is_in(self.manifest[schema.VIDEO_ID], value_set=new_ids).to_numpy(
@@ -282,18 +340,24 @@ class TableWriter:
         if schema.WORKER in batch.column_names:
             for worker, count in Counter(batch[schema.WORKER].to_pylist()).items():
                 self.stats.videos_by_worker[worker] += count
-        # Each row's manifest row (null where the manifest lacks it): one hash lookup per batch.
-        positions = (
-            pc.index_in(batch[schema.VIDEO_ID], value_set=self.manifest[schema.VIDEO_ID])
-            if self.manifest is not None
-            else None
-        )
+        positions = self._manifest_positions(batch[schema.VIDEO_ID])
         rows = self._with_manifest_columns(batch, positions)
         self._pending.append(self._marked_appendable(rows, positions))
         self._pending_rows += batch.num_rows
         due = time.monotonic() - self._last_commit >= self.commit_seconds
         if self._pending_rows >= self.commit_rows or due:
             self.flush()
+
+    def _manifest_positions(self, video_ids: pa.ChunkedArray) -> pa.Array | None:
+        """Each id's row in the manifest (null where the manifest lacks it). The lookup table is
+        built once: ``pc.index_in`` hashes its whole value set on every call, 24 ms a 256-row
+        block against a 164k-row manifest and 210 ms against 1M, which made the driver's cost
+        per block grow with the run."""
+        if self._manifest_rows is None:
+            return None
+        return pa.array(
+            [self._manifest_rows.get(video_id) for video_id in video_ids.to_pylist()], pa.int32()
+        )
 
     def update_metadata(self, rows: pa.Table) -> None:
         """Rewrite the manifest columns (captions, uri, split, the user's own, the metadata
@@ -351,6 +415,7 @@ class TableWriter:
         if not self._pending:
             return
         self.check_lease()
+        started = time.perf_counter()
         batch = pa.concat_tables(self._pending, promote_options="permissive")
         self._pending, self._pending_rows = [], 0
         now = pa.scalar(datetime.now(timezone.utc), schema.TIMESTAMP)
@@ -375,9 +440,6 @@ class TableWriter:
         self.stats.failed += bad.num_rows
         self.stats.commits += 1
         self._last_commit = time.monotonic()
-        self._commits_since_maintenance += 1
-        if self._commits_since_maintenance >= self.maintain_every:
-            self.maintain()
         log.info(
             "committed %d indexed, %d failed (total %d / %d)",
             good.num_rows,
@@ -385,6 +447,8 @@ class TableWriter:
             self.stats.indexed,
             self.stats.failed,
         )
+        if self.maintenance.committed(batch.num_rows, time.perf_counter() - started):
+            self.maintain()
 
     def maintain(self, cleanup_older_than: timedelta | None = None) -> None:
         """Compact both tables and fold the rows added since into every index (the ANN index
@@ -394,8 +458,9 @@ class TableWriter:
         started = time.perf_counter()
         for table in (self.table, self.errors):
             table.optimize(cleanup_older_than=cleanup_older_than)
-        self._commits_since_maintenance = 0
-        self.stats.maintenance_s += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.maintenance.maintained(seconds)
+        self.stats.maintenance_s += seconds
         self.stats.maintenance_runs += 1
         log.info("compacted: %d fragments", fragment_count(self.table))
 

@@ -136,7 +136,7 @@ def test_every_flag_has_help_and_defaults_show(job: str) -> None:
 def test_help_examples() -> None:
     parser = _cli.build_parser("python -m jobs.index", index.__doc__, index.add_arguments)
     text = " ".join(parser.format_help().split())
-    assert "rows per LanceDB commit (default: 256)" in text
+    assert "rows per LanceDB commit (a commit also happens every 30 s) (default: 4096)" in text
     assert "seconds per video (default: 60.0)" in text
     assert "fail (default 1: never)" in text and "never) (default" not in text
     assert "errors table <table>_errors;" in text

@@ -17,7 +17,13 @@ from pipelines import schema
 from pipelines.index import read_table_state
 from pipelines.plan import NEW, REASON, plan_index
 from pipelines.search import MomentsUnavailableError, check_model, model_filter, search_vectors
-from pipelines.write import TableWriter, delete_ids, fragment_count, sql_in
+from pipelines.write import (
+    MaintenanceSchedule,
+    TableWriter,
+    delete_ids,
+    fragment_count,
+    sql_in,
+)
 
 DIM, SEGMENTS = 8, 2
 
@@ -126,8 +132,9 @@ def test_deleting_ids_that_are_not_there_commits_nothing(tmp_path: Path) -> None
 def test_maintenance_every_n_commits_bounds_the_fragments(tmp_path: Path) -> None:
     """30 one-row commits: without maintenance each adds a fragment; with maintenance every 5
     commits, the table never holds more than the compacted fragment plus 5 commits' worth."""
-    unbounded = writer(tmp_path / "unbounded", commit_rows=1, maintain_every=10**9)
-    bounded = writer(tmp_path / "bounded", commit_rows=1, maintain_every=5)
+    fixed = {"commit_rows": 1, "adaptive_maintenance": False}
+    unbounded = writer(tmp_path / "unbounded", maintain_every=10**9, **fixed)
+    bounded = writer(tmp_path / "bounded", maintain_every=5, **fixed)
     most = 0
     for i in range(30):
         for target in (unbounded, bounded):
@@ -139,6 +146,55 @@ def test_maintenance_every_n_commits_bounds_the_fragments(tmp_path: Path) -> Non
     assert_indexes_valid(
         bounded.table, {schema.VIDEO_ID: "BTree"}, sql_in(schema.VIDEO_ID, ["v000", "v024"]), 2
     )
+
+
+def _commits_until_due(schedule: MaintenanceSchedule, costs: list[tuple[int, float]]) -> int:
+    """The 1-based commit of ``costs`` (rows, seconds) after which ``schedule`` calls a
+    maintenance, or 0 if none does."""
+    for number, (rows, seconds) in enumerate(costs, start=1):
+        if schedule.committed(rows, seconds):
+            return number
+    return 0
+
+
+def test_maintenance_is_due_once_the_slower_commits_cost_what_a_maintenance_costs() -> None:
+    """Rent or buy: 100-row commits at 1 ms a row, each 0.1 s dearer than the one before (rows
+    no index covers yet), after a maintenance that cost 1 s. The excess paid after commit n is
+    0.1 (1 + 2 + ... + (n - 1)) s: 1.0 s after commit 5, over 1 s after commit 6."""
+    schedule = MaintenanceSchedule(max_commits=50)
+    schedule.maintained(1.0)
+    growing = [(100, 0.1 + 0.1 * i) for i in range(20)]
+    assert _commits_until_due(schedule, growing) == 6
+    # Counting starts again after the maintenance, at its new price.
+    schedule.maintained(0.25)
+    assert _commits_until_due(schedule, growing) == 3  # 0.1 + 0.2 = 0.3 s > 0.25 s
+
+
+def test_commits_of_steady_cost_per_row_call_no_maintenance_before_the_fragment_bound() -> None:
+    """Commits whose cost per row stays the same (large and small ones alike, the cheapest
+    first) pay nothing extra: only ``max_commits`` calls a maintenance, before the first one
+    too."""
+    steady = [(rows, rows * 0.001) for rows in (4096, 100, 4096, 7, 4096)] * 4
+    assert _commits_until_due(MaintenanceSchedule(max_commits=12), steady) == 12
+    schedule = MaintenanceSchedule(max_commits=12)
+    schedule.maintained(5.0)
+    assert _commits_until_due(schedule, steady) == 12
+
+
+def test_before_the_first_maintenance_one_is_due_once_commits_cost_twice_their_cheapest() -> None:
+    """No price yet: 100-row commits at 1 ms a row (0.1 s), then dearer by 0.1 s each. After
+    commit n they cost 0.1 n s at their cheapest and 0.1 n (n - 1) / 2 s more: the excess passes
+    the cheapest cost at n = 4 (0.6 s against 0.4 s; 0.3 s against 0.3 s at n = 3)."""
+    growing = [(100, 0.1 + 0.1 * i) for i in range(20)]
+    assert _commits_until_due(MaintenanceSchedule(max_commits=50), growing) == 4
+    # Noise that never doubles the cost calls none before the bound.
+    noisy = [(100, 0.1 * (1 + 0.5 * (i % 2))) for i in range(30)]
+    assert _commits_until_due(MaintenanceSchedule(max_commits=30), noisy) == 30
+
+
+def test_a_fixed_cadence_ignores_the_timings() -> None:
+    growing = [(100, 0.1 * 2**i) for i in range(10)]
+    assert _commits_until_due(MaintenanceSchedule(max_commits=7, adaptive=False), growing) == 7
 
 
 @pytest.mark.parametrize("bad_model", ["model-z"])
