@@ -311,7 +311,8 @@ class TableWriter:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._last_commit = time.monotonic()
-        # Each manifest id's row: about 130 bytes a row, built once (see _manifest_positions).
+        # Each manifest id's row, built once (see _manifest_positions): 115 bytes a row held for
+        # 1M ids of 7 characters (tracemalloc), longer ids more.
         self._manifest_rows = (
             {
                 video_id: row
