@@ -189,6 +189,8 @@ def warn_if_random_weights(model_id: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipelines.resources import DEFAULT_COMMIT_ROWS
+
     parser.add_argument(
         "--manifest",
         required=True,
@@ -224,8 +226,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--decode-timeout", type=_cli.positive_float, default=60.0, help="seconds per video"
     )
     run = parser.add_argument_group("run")
-    from pipelines.resources import DEFAULT_COMMIT_ROWS
-
     run.add_argument(
         "--commit-rows",
         type=_cli.positive_int,
