@@ -159,7 +159,9 @@ def versions() -> dict[str, Any]:
 
 
 def git_commit() -> str | None:
-    """The checkout's HEAD commit (and ``+dirty`` with uncommitted changes), if git is there."""
+    """The checkout's HEAD commit (and ``+dirty`` with uncommitted changes), if git is there;
+    else ``BENCH_GIT_COMMIT``, which a copy of the tree made without git (a rented GPU machine)
+    is named by."""
     import subprocess
 
     try:
@@ -180,7 +182,7 @@ def git_commit() -> str | None:
             timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("BENCH_GIT_COMMIT")
     return head + ("+dirty" if dirty else "")
 
 
