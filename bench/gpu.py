@@ -610,6 +610,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             work.mkdir(parents=True, exist_ok=True)
         for section_name in args.sections:
             section(report, section_name, runs[section_name])
+            report[section_name].update(date=report["date"], git_commit=report["git_commit"])
     report = {k: v for k, v in report.items() if k not in SECTIONS} | {
         n: report[n] for n in SECTIONS if n in report
     }
