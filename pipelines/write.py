@@ -19,8 +19,9 @@ Both tables carry a BTREE index on ``video_id``, which ``merge_insert`` joins th
 ``video_id IN (...)`` lookup and delete uses, and the embeddings table a BITMAP index on
 ``model_id``, which the search prefilter uses, so a commit or a query costs what it touches, not
 what the table holds. Rows added since an index was last refreshed are scanned, so the writer
-runs ``optimize`` (compaction plus index refresh) when :class:`MaintenanceSchedule` says it pays,
-at most ``maintain_every`` commits apart, and once more in :meth:`TableWriter.finish`.
+maintains its tables (:func:`maintain_table`: compaction, index refresh, old versions removed)
+when :class:`MaintenanceSchedule` says it pays, at most ``maintain_every`` commits apart, and
+once more in :meth:`TableWriter.finish`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,18 @@ DEFAULT_INDEX_MIN_ROWS = 5000
 # extra plus 11 s: least per commit near N = sqrt(2 x 11 s / 7 ms) = 56.
 DEFAULT_MAINTAIN_EVERY = 50
 REBUILD_INDEX_FRACTION = 0.1
+# Compaction merges fragments smaller than this. Lance's default (1M rows) rewrites a whole table
+# below 1M rows at every maintenance, a cost that grows with the table; with this bound a
+# maintenance rewrites at most one partly filled fragment besides the new rows.
+COMPACT_TARGET_ROWS = 1 << 17
+# A vector index takes the rows a maintenance folds in as a segment of its own (a delta) instead
+# of merging them into its first segment: Lance 13 (under LanceDB 0.40) merges into an IVF_PQ
+# index's first segment by reading its rows back one at a time. bench/scale.py's 100k-row table
+# after 10 commits of 256 rows: that merge took 89 s for the segments' multivector index and
+# 6.5 s for the video vectors', a delta 1.1 and 0.3 s. A search visits every segment (median
+# query 17 ms with 2, 30 ms with 9, 70 ms with 26), so at this many the deltas are merged into
+# one, leaving the first segment alone (25 deltas of 2,560 rows: 3.0 and 1.4 s).
+MAX_INDEX_SEGMENTS = 8
 _DELETE_CHUNK = 500
 # The column marking queued rows that are appended rather than upserted (never written).
 _APPEND = "_append"
@@ -147,7 +160,7 @@ def ensure_scalar_indexes(
     table: lancedb.table.Table, indexes: Iterable[tuple[str, str]]
 ) -> list[str]:
     """Create each ``(column, index type)`` scalar index ``table`` lacks; returns the columns
-    indexed now. An existing index is kept: ``optimize`` folds new rows into it."""
+    indexed now. An existing index is kept: maintenance folds new rows into it."""
     indexed = {tuple(index.columns) for index in table.list_indices()}
     created = []
     for column, index_type in indexes:
@@ -458,7 +471,7 @@ class TableWriter:
         self.check_lease()
         started = time.perf_counter()
         for table in (self.table, self.errors):
-            table.optimize(cleanup_older_than=cleanup_older_than)
+            maintain_table(table, cleanup_older_than)
         seconds = time.perf_counter() - started
         self.maintenance.maintained(seconds)
         self.stats.maintenance_s += seconds
@@ -539,6 +552,32 @@ class TableWriter:
             return "updated"
         build_ann_index(self.table, rows=rows, dim=self.schema.field(schema.VECTOR).type.list_size)
         return "built"
+
+
+def maintain_table(table: lancedb.table.Table, cleanup_older_than: timedelta | None = None) -> None:
+    """Compact ``table`` (:data:`COMPACT_TARGET_ROWS`), fold the rows added since into each of
+    its indexes (into a vector index as a new segment, :data:`MAX_INDEX_SEGMENTS`), and remove
+    the versions older than ``cleanup_older_than``; with ``None`` every version is kept, as the
+    README promises (LanceDB's ``optimize`` removed those older than 7 days). Pylance's API,
+    unlike LanceDB's ``optimize``, takes the compaction and index options this needs."""
+    table.checkout_latest()
+    table.to_lance().optimize.compact_files(target_rows_per_fragment=COMPACT_TARGET_ROWS)
+    table.checkout_latest()
+    dataset = table.to_lance()
+    indexes = dataset.list_indices()  # one entry per segment
+    segments = Counter(index["name"] for index in indexes)
+    vector = {index["name"] for index in indexes if index["type"].startswith("IVF")}
+    if scalar := sorted(set(segments) - vector):
+        dataset.optimize.optimize_indices(index_names=scalar)
+    for name in sorted(vector):
+        # num_indices_to_merge counts the newest segments merged with the new rows.
+        merge = segments[name] - 1 if segments[name] >= MAX_INDEX_SEGMENTS else 0
+        dataset.optimize.optimize_indices(index_names=[name], num_indices_to_merge=merge)
+    if cleanup_older_than is not None:
+        dataset.cleanup_old_versions(
+            older_than=cleanup_older_than, error_if_tagged_old_versions=False
+        )
+    table.checkout_latest()
 
 
 def fragment_count(table: lancedb.table.Table) -> int:

@@ -4,7 +4,7 @@ change, and a long run's fragments stay bounded; new videos are appended exactly
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import lancedb
@@ -13,13 +13,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipelines import schema
+from pipelines import schema, write
 from pipelines.index import read_table_state
 from pipelines.plan import NEW, REASON, plan_index
 from pipelines.search import MomentsUnavailableError, check_model, model_filter, search_vectors
 from pipelines.write import (
+    MAX_INDEX_SEGMENTS,
     MaintenanceSchedule,
     TableWriter,
+    build_ann_index,
     delete_ids,
     fragment_count,
     sql_in,
@@ -146,6 +148,105 @@ def test_maintenance_every_n_commits_bounds_the_fragments(tmp_path: Path) -> Non
     assert_indexes_valid(
         bounded.table, {schema.VIDEO_ID: "BTree"}, sql_in(schema.VIDEO_ID, ["v000", "v024"]), 2
     )
+
+
+def index_segments(table: lancedb.table.Table) -> dict[str, list[str]]:
+    """Each index's segments (their uuids), oldest first."""
+    segments: dict[str, list[str]] = {}
+    for index in table.to_lance().list_indices():
+        segments.setdefault(index["name"], []).append(index["uuid"])
+    return segments
+
+
+def test_vector_rows_join_an_index_as_a_segment_and_the_newest_merge_at_the_bound(
+    tmp_path: Path,
+) -> None:
+    """Each maintenance folds the new rows into both vector indexes as one new segment, leaving
+    the first untouched; with ``MAX_INDEX_SEGMENTS`` segments the newest merge into one. Every
+    row stays indexed and findable by its own vectors; a maintenance with nothing new adds no
+    segment."""
+    table_writer = writer(tmp_path, maintain_every=10**9, adaptive_maintenance=False)
+    table_writer.add(encoded(ids("base", 600), seed=1))
+    table_writer.flush()
+    build_ann_index(table_writer.table, rows=600, dim=DIM)
+    indexes = table_writer.table.list_indices()
+    vector_indexes = [index.name for index in indexes if index.index_type == "IvfPq"]
+    assert len(vector_indexes) == 2  # the video vectors and the segments' multivectors
+    first = {name: index_segments(table_writer.table)[name] for name in vector_indexes}
+
+    def add_and_maintain(round_: int) -> pa.Table:
+        rows = encoded(ids(f"new{round_}-", 20), seed=100 + round_)
+        table_writer.add(rows)
+        table_writer.flush()
+        table_writer.maintain()
+        return rows
+
+    for round_ in range(1, MAX_INDEX_SEGMENTS):
+        add_and_maintain(round_)
+        for name in vector_indexes:
+            assert index_segments(table_writer.table)[name][0] == first[name][0]
+            assert len(index_segments(table_writer.table)[name]) == 1 + round_
+        if round_ == 1:
+            table_writer.maintain()  # nothing new
+            assert all(len(index_segments(table_writer.table)[n]) == 2 for n in vector_indexes)
+
+    last = add_and_maintain(MAX_INDEX_SEGMENTS)
+    table = table_writer.table
+    for name in vector_indexes:
+        assert index_segments(table)[name][0] == first[name][0]
+        assert len(index_segments(table)[name]) == 2
+        stats = table.index_stats(name)
+        assert stats.num_unindexed_rows == 0 and stats.num_indexed_rows == table.count_rows()
+    assert table.count_rows() == 600 + 20 * MAX_INDEX_SEGMENTS
+    vector = np.asarray(last[schema.VECTOR][3].as_py(), dtype=np.float32)
+    for column, query in ((schema.VECTOR, vector), (schema.SEGMENT_EMBEDDINGS, [vector])):
+        hits = (
+            table.search(query, vector_column_name=column)
+            .nprobes(64)
+            .refine_factor(100)
+            .limit(1)
+            .to_arrow()
+        )
+        assert hits[schema.VIDEO_ID].to_pylist() == [last[schema.VIDEO_ID][3].as_py()]
+
+
+def test_compaction_leaves_fragments_of_the_target_size_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two 300-row fragments: with a 300-row target a maintenance keeps both files; with the
+    default target it merges them into one."""
+    table_writer = writer(tmp_path, maintain_every=10**9, adaptive_maintenance=False)
+    for part in ("a", "b"):
+        table_writer.add(encoded(ids(part, 300), seed=ord(part)))
+        table_writer.flush()
+    before = sorted(f.fragment_id for f in table_writer.table.to_lance().get_fragments())
+    assert len(before) == 2
+    monkeypatch.setattr(write, "COMPACT_TARGET_ROWS", 300)
+    table_writer.maintain()
+    assert sorted(f.fragment_id for f in table_writer.table.to_lance().get_fragments()) == before
+    monkeypatch.undo()
+    table_writer.maintain()
+    assert fragment_count(table_writer.table) == 1
+    assert table_writer.table.count_rows() == 600
+
+
+def test_maintenance_keeps_every_version_unless_given_an_age_to_prune(tmp_path: Path) -> None:
+    """Without ``cleanup_older_than`` (the index job without ``--keep-versions-days``) every
+    version stays restorable; with one, older versions go and the table reads the same."""
+    table_writer = writer(tmp_path, maintain_every=10**9, adaptive_maintenance=False)
+    first = None
+    for part in ("a", "b", "c"):
+        table_writer.add(encoded(ids(part, 10), seed=ord(part)))
+        table_writer.flush()
+        first = first or table_writer.table.version
+    table_writer.maintain()
+    assert len(table_writer.table.list_versions()) > 3
+    table_writer.table.checkout(first)
+    assert table_writer.table.count_rows() == 10
+    table_writer.table.checkout_latest()
+    table_writer.maintain(cleanup_older_than=timedelta(0))
+    assert len(table_writer.table.list_versions()) == 1
+    assert table_writer.table.count_rows() == 30
 
 
 def _commits_until_due(schedule: MaintenanceSchedule, costs: list[tuple[int, float]]) -> int:
