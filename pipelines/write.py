@@ -19,9 +19,9 @@ Both tables carry a BTREE index on ``video_id``, which ``merge_insert`` joins th
 ``video_id IN (...)`` lookup and delete uses, and the embeddings table a BITMAP index on
 ``model_id``, which the search prefilter uses, so a commit or a query costs what it touches, not
 what the table holds. Rows added since an index was last refreshed are scanned, so the writer
-maintains its tables (:func:`maintain_table`: compaction, index refresh, old versions removed)
-when :class:`MaintenanceSchedule` says it pays, at most ``maintain_every`` commits apart, and
-once more in :meth:`TableWriter.finish`.
+maintains its tables (:func:`maintain_table`: compaction and index refresh, and old versions
+removed when asked) when :class:`MaintenanceSchedule` says it pays, at most ``maintain_every``
+commits apart, and once more in :meth:`TableWriter.finish`.
 """
 
 from __future__ import annotations
@@ -557,9 +557,9 @@ class TableWriter:
 def maintain_table(table: lancedb.table.Table, cleanup_older_than: timedelta | None = None) -> None:
     """Compact ``table`` (:data:`COMPACT_TARGET_ROWS`), fold the rows added since into each of
     its indexes (into a vector index as a new segment, :data:`MAX_INDEX_SEGMENTS`), and remove
-    the versions older than ``cleanup_older_than``; with ``None`` every version is kept, as the
-    README promises (LanceDB's ``optimize`` removed those older than 7 days). Pylance's API,
-    unlike LanceDB's ``optimize``, takes the compaction and index options this needs."""
+    the versions older than ``cleanup_older_than``; with ``None`` every version is kept (LanceDB's
+    ``optimize`` removed those older than 7 days whatever the job was told). Pylance's API, unlike
+    LanceDB's ``optimize``, takes the compaction and index options this needs."""
     table.checkout_latest()
     table.to_lance().optimize.compact_files(target_rows_per_fragment=COMPACT_TARGET_ROWS)
     table.checkout_latest()
