@@ -165,17 +165,21 @@ def test_vector_rows_join_an_index_as_a_segment_and_the_newest_merge_at_the_boun
     the first untouched; with ``MAX_INDEX_SEGMENTS`` segments the newest merge into one. Every
     row stays indexed and findable by its own vectors; a maintenance with nothing new adds no
     segment."""
-    table_writer = writer(tmp_path, maintain_every=10**9, adaptive_maintenance=False)
-    table_writer.add(encoded(ids("base", 600), seed=1))
+    # 64 dimensions: random unit vectors are near orthogonal there (cosine well below 1 between
+    # any two of these 760 rows), and 8 PQ sub-vectors code them closely enough that a row's own
+    # vector ranks it first whatever k-means' random start.
+    dim = 64
+    table_writer = writer(tmp_path, dim=dim, maintain_every=10**9, adaptive_maintenance=False)
+    table_writer.add(encoded(ids("base", 600), seed=1, dim=dim))
     table_writer.flush()
-    build_ann_index(table_writer.table, rows=600, dim=DIM)
+    build_ann_index(table_writer.table, rows=600, dim=dim)
     indexes = table_writer.table.list_indices()
     vector_indexes = [index.name for index in indexes if index.index_type == "IvfPq"]
     assert len(vector_indexes) == 2  # the video vectors and the segments' multivectors
     first = {name: index_segments(table_writer.table)[name] for name in vector_indexes}
 
     def add_and_maintain(round_: int) -> pa.Table:
-        rows = encoded(ids(f"new{round_}-", 20), seed=100 + round_)
+        rows = encoded(ids(f"new{round_}-", 20), seed=100 + round_, dim=dim)
         table_writer.add(rows)
         table_writer.flush()
         table_writer.maintain()
@@ -207,7 +211,7 @@ def test_vector_rows_join_an_index_as_a_segment_and_the_newest_merge_at_the_boun
             .limit(1)
             .to_arrow()
         )
-        assert hits[schema.VIDEO_ID].to_pylist() == [last[schema.VIDEO_ID][3].as_py()]
+        assert hits[schema.VIDEO_ID].to_pylist() == [last[schema.VIDEO_ID][3].as_py()], column
 
 
 def test_compaction_leaves_fragments_of_the_target_size_alone(
