@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -295,6 +296,15 @@ def train_memory(device: torch.device, dtype: torch.dtype | None, sizes: Sizes) 
 # 4. The index job end to end, CPU and GPU decoding
 
 
+@functools.cache
+def cpu_model(preset: str) -> Any:
+    """``preset`` built on the CPU once, for its frame count, image size and id, which the decode
+    and index sections both read."""
+    from pipelines.encode import ModelSpec
+
+    return ModelSpec(preset).build("cpu")
+
+
 def sample_corpus(sizes: Sizes, work: Path) -> Path:
     """The synthetic corpus the decode and index sections share, written on first use."""
     from pipelines.synthetic import write_sample_corpus
@@ -324,9 +334,8 @@ def decode_stage(sizes: Sizes, work: Path) -> dict[str, Any]:
 
     from pipelines import schema
     from pipelines.decode import DECODER_PYAV, DECODERS, DecodeStage, nvdec_backend
-    from pipelines.encode import ModelSpec
 
-    built = ModelSpec(sizes.index_model).build("cpu")
+    built = cpu_model(sizes.index_model)
     rows = pads.dataset(str(sample_corpus(sizes, work) / "manifest")).to_table()
     batch = {
         name: rows[name].to_numpy(zero_copy_only=False) for name in (schema.VIDEO_ID, schema.URI)
@@ -377,7 +386,7 @@ def index_runs(device: torch.device, sizes: Sizes, work: Path) -> dict[str, Any]
     results: dict[str, Any] = {
         "videos": sizes.index_videos,
         "video_side": sizes.video_side,
-        "model": model.build("cpu").model_id,
+        "model": cpu_model(sizes.index_model).model_id,
     }
 
     gpus = 1 if device.type == "cuda" else 0
