@@ -14,13 +14,16 @@ On the realistic corpus of ``bench/corpus.py`` (generated first if missing), for
 Variants are measured interleaved (every variant of every video once per repeat) and the best of
 ``--repeats`` is kept, so the ratios hold on a busy machine. Also measured: each decoder
 shortcut ``fast`` takes (skipping non-reference frames, skipping deblocking), on its own, with
-its effect on the 224-px frames; the long video's 60 clips decoded in one pass against one full
-decode pass of the file; which codecs and containers each library reads; and the broken-file
-cases of the tests under each library.
+its effect on the 224-px frames; the two ways from a decoded frame to the thumbnail (scaling into
+RGB, or in YUV and converting the small frame), their cost and their distance from CLIP's own
+PIL preprocessing; the long video's 60 clips decoded in one pass against one full decode pass of
+the file; which codecs and containers each library reads; and the broken-file cases of the
+tests under each library.
 
 Headline figures (top level of ``bench/results/decode.json``): ``uniform_over_floor`` (worst
 profile), ``fast_speedup`` and ``keyframe_speedup`` (uniform core-s over the policy's, worst
-default-x264 profile), ``clips_one_pass_ratio``, ``fast_r1_delta`` (needs a trained model and an
+default-x264 profile), ``clips_one_pass_ratio``, ``scaling_speedup_worst`` and
+``scaling_levels_from_clip_preprocessing``, ``fast_r1_delta`` (needs a trained model and an
 evaluation of both policies: ``--r1-uniform`` / ``--r1-fast`` take the two R@1 figures).
 
     python -m bench.decode --quick     # the quick corpus, 3 repeats
@@ -247,6 +250,69 @@ def measure_shortcuts(paths: list[str], repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def measure_scaling(paths: list[str], repeats: int) -> list[dict[str, Any]]:
+    """The decode stage's two ways from a decoded frame to the ``SIZE`` px thumbnail, on
+    ``FRAMES`` frames spread over each video: scaling straight into RGB (swscale, as before),
+    against scaling in the frame's own YUV format and converting only the small result
+    (``pyav_backend._Thumbnailer``, today's). CPU seconds per frame of each, and each one's mean
+    distance (levels) from what CLIP's own preprocessing sees: the full-size RGB frame
+    (converted at 16 bits) resized by PIL's bicubic filter."""
+    return [_scaling_of(path, repeats) for path in paths]
+
+
+def _scaling_of(path: str, repeats: int) -> dict[str, Any]:
+    import av
+    from av.video.reformatter import VideoReformatter
+    from PIL import Image
+
+    from pipelines.decode.pyav_backend import _Thumbnailer
+    from pipelines.decode.source import output_size
+
+    with av.open(path) as container:
+        decoded = list(container.decode(video=0))
+    frames = [decoded[int((i + 0.5) * len(decoded) / FRAMES)] for i in range(FRAMES)]
+    width, height = output_size(frames[0].width, frames[0].height, SIZE)
+    top, left = (height - SIZE) // 2, (width - SIZE) // 2
+    full_size, direct_scaler = VideoReformatter(), VideoReformatter()
+
+    def reference(frame: Any) -> np.ndarray:
+        rgb = (full_size.reformat(frame, format="rgb48le").to_ndarray() >> 8).astype(np.uint8)
+        small = Image.fromarray(rgb).resize((width, height), Image.BICUBIC)
+        return np.asarray(small)[top : top + SIZE, left : left + SIZE].astype(np.int16)
+
+    def direct(frame: Any) -> np.ndarray:
+        rgb = direct_scaler.reformat(
+            frame, width=width, height=height, format="rgb24", threads=1
+        ).to_ndarray()
+        return rgb[top : top + SIZE, left : left + SIZE]
+
+    variants = {"rgb": direct, "yuv_then_rgb": _Thumbnailer(width, height, SIZE, threads=1)}
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for label, thumbnail in variants.items():
+            began = time.process_time()
+            for frame in frames:
+                thumbnail(frame)
+            seconds = (time.process_time() - began) / len(frames)
+            best[label] = min(best.get(label, math.inf), seconds)
+    references = [reference(frame) for frame in frames]
+    distance = {
+        label: float(
+            np.mean(
+                [np.abs(thumbnail(f) - r).mean() for f, r in zip(frames, references, strict=True)]
+            )
+        )
+        for label, thumbnail in variants.items()
+    }
+    return {
+        "video": Path(path).name,
+        "pixel_format": frames[0].format.name,
+        "core_s_per_frame": best,
+        "speedup": best["rgb"] / best["yuv_then_rgb"],
+        "mean_abs_levels_from_clip_preprocessing": distance,
+    }
+
+
 def check_robustness() -> dict[str, dict[str, bool]]:
     """Each library on the tests' broken files: does every one become the expected error?"""
     from pipelines import schema, synthetic
@@ -335,6 +401,7 @@ def main() -> None:
     long_video = measure_long_video(corpus[long_name], args.repeats)
     default_x264 = [n for n in results if corpus[n].get("default_x264")]
     shortcuts = measure_shortcuts([corpus[n]["path"] for n in default_x264], args.repeats)
+    scaling = measure_scaling([corpus[n]["path"] for n in results], args.repeats)
     robustness = check_robustness()
 
     table = []
@@ -370,6 +437,23 @@ def main() -> None:
         ],
         title=f"decode core-seconds per video, best of {args.repeats}, {FRAMES} frames at {SIZE}",
     )
+    print_table(
+        [
+            [
+                row["video"],
+                row["pixel_format"],
+                *(f"{row['core_s_per_frame'][k] * 1000:.2f}" for k in ("rgb", "yuv_then_rgb")),
+                f"{row['speedup']:.1f}",
+                *(
+                    f"{row['mean_abs_levels_from_clip_preprocessing'][k]:.2f}"
+                    for k in ("rgb", "yuv_then_rgb")
+                ),
+            ]
+            for row in scaling
+        ],
+        ["video", "format", "RGB ms", "YUV then RGB ms", "speedup", "RGB dist", "YUV dist"],
+        title="frame to thumbnail, per frame, and mean levels from CLIP's PIL preprocessing",
+    )
     fast = _speedup(results, default_x264, "fast")
     keyframe = _speedup(results, default_x264, "keyframe")
     r1_delta = (
@@ -401,6 +485,13 @@ def main() -> None:
         else "not measured in this run: pass --r1-uniform/--r1-fast from jobs.evaluate of the "
         "demo's fine-tuned model indexed with --sampling uniform and fast",
         "clips_one_pass_ratio": long_video["ratio"],
+        "scaling_speedup_worst": min(row["speedup"] for row in scaling),
+        "scaling_levels_from_clip_preprocessing": {
+            label: float(
+                np.mean([row["mean_abs_levels_from_clip_preprocessing"][label] for row in scaling])
+            )
+            for label in ("rgb", "yuv_then_rgb")
+        },
         "targets": {
             "uniform_over_floor": f"<= {FLOOR_TARGET} on every profile",
             "fast_speedup": f">= {FAST_TARGET} on default-x264 profiles",
@@ -413,13 +504,14 @@ def main() -> None:
         "profiles": {name: {**corpus[name], **result} for name, result in results.items()},
         "long_video": long_video,
         "fast_shortcuts": shortcuts,
+        "scaling": scaling,
         "decoder_reads": supported,
         "broken_files_become_expected_errors": robustness,
         "seconds": time.perf_counter() - began,
     }
     path = write_results("decode", payload, directory=args.output)
     print(
-        json.dumps({k: payload[k] for k in list(payload)[5:14] if k != "targets"}, indent=1),
+        json.dumps({k: payload[k] for k in list(payload)[5:16] if k != "targets"}, indent=1),
         f"\nwritten to {path}",
     )
 

