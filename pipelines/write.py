@@ -470,13 +470,18 @@ class TableWriter:
         compacted table."""
         self.check_lease()
         started = time.perf_counter()
-        for table in (self.table, self.errors):
-            maintain_table(table, cleanup_older_than)
+        steps = maintain_table(self.table, cleanup_older_than)
+        maintain_table(self.errors, cleanup_older_than)
         seconds = time.perf_counter() - started
         self.maintenance.maintained(seconds)
         self.stats.maintenance_s += seconds
         self.stats.maintenance_runs += 1
-        log.info("compacted: %d fragments", fragment_count(self.table))
+        log.info(
+            "compacted: %d fragments in %.1f s (%s)",
+            fragment_count(self.table),
+            seconds,
+            ", ".join(f"{step} {s:.1f} s" for step, s in steps.items()),
+        )
 
     @staticmethod
     def _upsert(table: lancedb.table.Table, rows: pa.Table) -> None:
@@ -554,30 +559,46 @@ class TableWriter:
         return "built"
 
 
-def maintain_table(table: lancedb.table.Table, cleanup_older_than: timedelta | None = None) -> None:
+def maintain_table(
+    table: lancedb.table.Table, cleanup_older_than: timedelta | None = None
+) -> dict[str, float]:
     """Compact ``table`` (:data:`COMPACT_TARGET_ROWS`), fold the rows added since into each of
     its indexes (into a vector index as a new segment, :data:`MAX_INDEX_SEGMENTS`), and remove
     the versions older than ``cleanup_older_than``; with ``None`` every version is kept (LanceDB's
     ``optimize`` removed those older than 7 days whatever the job was told). Pylance's API, unlike
-    LanceDB's ``optimize``, takes the compaction and index options this needs."""
+    LanceDB's ``optimize``, takes the compaction and index options this needs.
+
+    Returns the seconds of each step: ``compaction``, ``scalar_indexes``, one entry per vector
+    index (``<name>`` for a new segment, ``<name> (merge)`` when segments were merged), and
+    ``cleanup`` when versions were removed."""
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
     table.checkout_latest()
     table.to_lance().optimize.compact_files(target_rows_per_fragment=COMPACT_TARGET_ROWS)
     table.checkout_latest()
     dataset = table.to_lance()
+    seconds["compaction"] = time.perf_counter() - started
     indexes = dataset.list_indices()  # one entry per segment
     segments = Counter(index["name"] for index in indexes)
     vector = {index["name"] for index in indexes if index["type"].startswith("IVF")}
     if scalar := sorted(set(segments) - vector):
+        started = time.perf_counter()
         dataset.optimize.optimize_indices(index_names=scalar)
+        seconds["scalar_indexes"] = time.perf_counter() - started
     for name in sorted(vector):
         # num_indices_to_merge counts the newest segments merged with the new rows.
         merge = segments[name] - 1 if segments[name] >= MAX_INDEX_SEGMENTS else 0
+        started = time.perf_counter()
         dataset.optimize.optimize_indices(index_names=[name], num_indices_to_merge=merge)
+        seconds[f"{name} (merge)" if merge else name] = time.perf_counter() - started
     if cleanup_older_than is not None:
+        started = time.perf_counter()
         dataset.cleanup_old_versions(
             older_than=cleanup_older_than, error_if_tagged_old_versions=False
         )
+        seconds["cleanup"] = time.perf_counter() - started
     table.checkout_latest()
+    return seconds
 
 
 def fragment_count(table: lancedb.table.Table) -> int:

@@ -24,6 +24,7 @@ from pipelines.write import (
     build_ann_index,
     delete_ids,
     fragment_count,
+    maintain_table,
     sql_in,
 )
 
@@ -178,15 +179,16 @@ def test_vector_rows_join_an_index_as_a_segment_and_the_newest_merge_at_the_boun
     assert len(vector_indexes) == 2  # the video vectors and the segments' multivectors
     first = {name: index_segments(table_writer.table)[name] for name in vector_indexes}
 
-    def add_and_maintain(round_: int) -> pa.Table:
+    def add_and_maintain(round_: int) -> tuple[pa.Table, set[str]]:
+        """The round's new rows, and the steps the maintenance reports."""
         rows = encoded(ids(f"new{round_}-", 20), seed=100 + round_, dim=dim)
         table_writer.add(rows)
         table_writer.flush()
-        table_writer.maintain()
-        return rows
+        return rows, set(maintain_table(table_writer.table))
 
     for round_ in range(1, MAX_INDEX_SEGMENTS):
-        add_and_maintain(round_)
+        _, steps = add_and_maintain(round_)
+        assert steps == {"compaction", "scalar_indexes", *vector_indexes}
         for name in vector_indexes:
             assert index_segments(table_writer.table)[name][0] == first[name][0]
             assert len(index_segments(table_writer.table)[name]) == 1 + round_
@@ -194,7 +196,8 @@ def test_vector_rows_join_an_index_as_a_segment_and_the_newest_merge_at_the_boun
             table_writer.maintain()  # nothing new
             assert all(len(index_segments(table_writer.table)[n]) == 2 for n in vector_indexes)
 
-    last = add_and_maintain(MAX_INDEX_SEGMENTS)
+    last, steps = add_and_maintain(MAX_INDEX_SEGMENTS)
+    assert steps == {"compaction", "scalar_indexes", *(f"{n} (merge)" for n in vector_indexes)}
     table = table_writer.table
     for name in vector_indexes:
         assert index_segments(table)[name][0] == first[name][0]
