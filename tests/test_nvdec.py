@@ -107,8 +107,9 @@ def test_a_damaged_file_fails_as_on_the_cpu_before_the_gpu_is_asked(uris: list[s
 def test_gpu_scaling_and_crop_match_the_cpu_decoders_frames(tmp_path: Path) -> None:
     """The GPU path's pixel arithmetic (run here on CPU tensors): scaled so the shorter side is
     the output size, the centre cut. PyAV's scaler works on the YUV planes (chroma at half
-    resolution), the GPU path on RGB, so they differ by a few levels: 4.2 on this colourful
-    texture, against 10 to 12 for a crop one pixel off."""
+    resolution, scaled before their conversion to RGB), the GPU path on RGB, so they differ by a
+    few levels: 5.6 on this colourful texture (4.2 when PyAV scaled into RGB), against 10 to 12
+    for a crop one pixel off."""
     generator = np.random.default_rng(0)
     coarse = generator.integers(0, 255, (1, 3, 6, 10)).astype(np.float32)
     smooth = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(96, 160),
