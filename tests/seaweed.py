@@ -75,6 +75,9 @@ class SeaweedServer:
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
             # Each bucket grows volumes of its own: many small ones, so buckets do not run out.
             "-master.volumeSizeLimitMB=64", "-volume.max=64", "-volume.preStopSeconds=0",
+            # A restarted master waits out one election timeout before it leads (18 s with the
+            # default 10 s, 4 s with 1 s); a lone master has no peer to wait for.
+            "-master.electionTimeout=1s",
             *self.flags,
         ]  # fmt: skip
         log = (self.folder / "weed.log").open("ab")

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,10 +256,10 @@ def encode_actors(*, busy: bool = False) -> list[int]:
     return [pid for pid, command in descendants().items() if command.startswith(titles)]
 
 
-@pytest.fixture(autouse=True)
-def _no_leftover_encode_actors() -> Iterator[None]:
-    """A test that kills drivers leaves no encode actor behind for the next one to see."""
-    yield
+@pytest.fixture
+def no_encode_actors_left() -> None:
+    """Waits until earlier tests' encode actors are gone, for a test that watches for busy ones:
+    those of a SIGKILLed driver can finish their batch after it died."""
     deadline = time.monotonic() + 30
     while encode_actors() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -308,7 +308,7 @@ KILL_POINTS: dict[str, Callable[[int], bool]] = {
 
 @pytest.mark.parametrize("kill_point", list(KILL_POINTS))
 def test_sigkilled_reindex_rerun_ends_with_exactly_the_clean_result(
-    ray_session: dict, scenario: Scenario, tmp_path: Path, kill_point: str
+    ray_session: dict, scenario: Scenario, tmp_path: Path, kill_point: str, no_encode_actors_left
 ) -> None:
     db = copy_db(scenario.base_db, tmp_path)
     driver = start_driver(
@@ -394,7 +394,7 @@ def test_model_switch_to_another_shape_replaces_the_table_and_can_be_rolled_back
 
 
 def test_encode_actor_killed_mid_run_is_replaced_and_every_video_indexed(
-    ray_session: dict, scenario: Scenario, tmp_path: Path
+    ray_session: dict, scenario: Scenario, tmp_path: Path, no_encode_actors_left
 ) -> None:
     # Each video three times under different ids: enough batches that the actor is still busy.
     rows = pads.dataset(str(scenario.manifest)).to_table()
