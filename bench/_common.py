@@ -45,6 +45,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_identity() -> dict[str, Any]:
+    """Family, model and stepping, and the widest vector extension (Linux only; empty elsewhere).
+
+    A cloud VM's "model name" may hide which CPU it runs on, and figures (speed, and the bits of
+    a trained model: kernels differ per vector width) differ between hosts of one name."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    flags = set(fields.get("flags", "").split())
+    widest = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), None)
+    return {
+        "family": fields.get("cpu family"),
+        "model": fields.get("model"),
+        "stepping": fields.get("stepping"),
+        "widest_vector_extension": widest,
+    }
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (the affinity mask, else ``os.cpu_count``)."""
     try:
@@ -114,6 +139,7 @@ def machine_info() -> dict[str, Any]:
         "hostname": platform.node(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
+        "cpu_identity": cpu_identity(),
         "cores": usable_cores(),
         "memory_gib": memory_gib(),
         "load_average_1_5_15min": load_average(),
