@@ -34,22 +34,8 @@ def now_iso() -> str:
     return _datetime.datetime.now(_datetime.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_identity() -> dict[str, Any]:
-    """Family, model and stepping, and the widest vector extension (Linux only; empty elsewhere).
-
-    A cloud VM's "model name" may hide which CPU it runs on, and figures (speed, and the bits of
-    a trained model: kernels differ per vector width) differ between hosts of one name."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (empty where there is no such file)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -57,9 +43,25 @@ def cpu_identity() -> dict[str, Any]:
     fields: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():
-            break  # the first processor's block is enough
+            break  # every processor's block repeats the first's identity
         key, _, value = line.partition(":")
         fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_identity() -> dict[str, Any]:
+    """Family, model and stepping, and the widest vector extension (Linux only; empty elsewhere).
+
+    A cloud VM's "model name" may hide which CPU it runs on, and figures (speed, and the bits of
+    a trained model: kernels differ per vector width) differ between hosts of one name."""
+    fields = _cpuinfo()
+    if not fields:
+        return {}
     flags = set(fields.get("flags", "").split())
     widest = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), None)
     return {
