@@ -3,7 +3,13 @@
 Knows nothing of Ray or LanceDB. Start with :func:`create_model`.
 """
 
-from centerclip import _torchvision_compat  # noqa: F401  # must run before open_clip is imported
+from centerclip import _deferred_dynamo
+
+with _deferred_dynamo.dynamo_deferred():
+    # _torchvision_compat must run before open_clip imports torchvision.
+    from centerclip import _torchvision_compat  # noqa: F401, I001
+    import open_clip  # noqa: F401
+
 from centerclip.cluster import kmedoids, spectral
 from centerclip.config import CenterCLIPConfig, Preset, get_preset, list_presets, register_preset
 from centerclip.factory import (

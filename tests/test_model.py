@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -216,3 +219,29 @@ def test_text_positions_read_are_the_end_of_text_tokens() -> None:
 def _text_model(preset: str) -> centerclip.VideoCLIP:
     """One random-initialised model per preset for the text tests (ViT-B/32 takes seconds)."""
     return create_model(preset).eval()
+
+
+def test_importing_centerclip_leaves_torchs_compiler_unloaded_and_working() -> None:
+    """``centerclip`` defers ``torch._dynamo`` (1.2 CPU-s of every encoding process's start);
+    what torchvision and timm bound meanwhile still reaches the real compiler when called."""
+    probe = """
+import sys
+import centerclip, torch
+assert "torch._dynamo" not in sys.modules, "torch._dynamo was imported"
+from torch._dynamo import eval_frame
+assert torch.compiler.disable.__module__ == "torch.compiler", torch.compiler.disable
+roi_align = sys.modules["torchvision.ops.roi_align"]
+assert roi_align.is_compile_supported("cpu") is True
+from timm.layers import disable_compiler
+def double(x):
+    return 2 * x
+disabled = disable_compiler(double)
+assert disabled(torch.ones(2)).tolist() == [2.0, 2.0]
+assert isinstance(sys.modules["torch._dynamo.utils"].counters, dict)
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
