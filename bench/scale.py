@@ -16,9 +16,11 @@ maintenance (compaction) and an IVF_PQ index) it measures:
 * **evaluation** (sizes up to ``--eval-max-videos``): exact ranks of ``--eval-captions`` random
   caption vectors against the table's videos, chunked, in a fresh process (peak RSS).
 
-Sizes above ``--ann-max-rows`` get no IVF_PQ index (a 1M-row table's takes about an hour on 2
-cores): search is not measured there, and the 1% re-index's writes leave the index out. Their
-figures say so (``ann_index``), and the run's ``not_measured`` lists them.
+Sizes above ``--ann-max-rows`` get no IVF_PQ index (a 1M-row table's two take about an hour on
+2 cores, most of it the segments' index over 4M vectors): search is not measured there, and the
+1% re-index's writes leave the index out. Their figures say so (``ann_index``), and the run's
+``not_measured`` lists them. ``--search-only --ann-columns vector`` measures search alone at
+every size, on the index of ``vector`` only (the column a search by text queries; 125 s at 1M).
 
 Once, at the largest size: **driver ingest**, rows per second one committing driver takes in
 commits of 256 and of 4096 new rows, appended (the index job's path for new videos) and
@@ -31,6 +33,8 @@ Writes ``bench/results/scale.json`` and ``scale.png``.
     python -m bench.scale                                  # 10k and 100k rows
     python -m bench.scale --sizes 10000,100000,1000000     # needs ~10 GB of disk per 1M rows
     python -m bench.scale --sizes 10000,1000000 --ann-max-rows 100000 --name scale-1m
+    python -m bench.scale --sizes 10000,1000000 --search-only --ann-columns vector \
+        --name scale-1m-search
 """
 
 from __future__ import annotations
@@ -114,11 +118,13 @@ def fingerprints(ids: np.ndarray, generation: int = 0) -> pa.Array:
     )
 
 
-def build_table(db: Path, rows: int, model_id: str, *, ann: bool = True) -> dict[str, Any]:
+def build_table(
+    db: Path, rows: int, model_id: str, *, ann: bool = True, ann_columns: list[str] | None = None
+) -> dict[str, Any]:
     """``rows`` rows written with LanceDB in large batches, compacted as the writer's
     maintenance leaves a table (a 25,000-row fragment per batch would otherwise burden the
-    commits timed on it: 40 of them at 1M rows), then the writer's indexes (the IVF_PQ one
-    only with ``ann``)."""
+    commits timed on it: 40 of them at 1M rows), then the writer's indexes (the IVF_PQ ones
+    only with ``ann``, on ``ann_columns`` only where given)."""
     import lancedb
 
     from pipelines import schema
@@ -166,8 +172,12 @@ def build_table(db: Path, rows: int, model_id: str, *, ann: bool = True) -> dict
     if not ann:
         return {**built, "ann_index_s": None}
     started = time.perf_counter()
-    build_ann_index(writer.table, rows=rows, dim=DIM)
-    return {**built, "ann_index_s": time.perf_counter() - started}
+    build_ann_index(writer.table, rows=rows, dim=DIM, columns=ann_columns)
+    return {
+        **built,
+        "ann_index_s": time.perf_counter() - started,
+        "ann_columns": ann_columns or "all",
+    }
 
 
 def write_manifest(folder: Path, rows: int, changed: np.ndarray | None = None) -> Path:
@@ -503,10 +513,17 @@ def cli_unchanged_s(manifest: Path, db: Path, *, ann: bool = True) -> float:
 def _search_headline(per_size: dict[int, dict[str, Any]], searched: list[int]) -> dict[str, Any]:
     """Search figures at the largest size searched, and its p50 over the smallest's."""
     first, last = per_size[searched[0]]["search"], per_size[searched[-1]]["search"]
+    ratio = (
+        {
+            f"search_p50_ratio_{searched[-1]}_over_{searched[0]}": last["search_p50_ms"]
+            / first["search_p50_ms"]
+        }
+        if len(searched) > 1
+        else {}
+    )
     return {
         f"search_p50_ms_{searched[-1]}": last["search_p50_ms"],
-        f"search_p50_ratio_{searched[-1]}_over_{searched[0]}": last["search_p50_ms"]
-        / first["search_p50_ms"],
+        **ratio,
         f"search_p50_ms_full_context_{searched[-1]}": last["full_context_search_p50_ms"],
         f"text_encode_p50_ms_{searched[-1]}": last["text_encode_p50_ms"],
         f"text_encode_p50_ms_full_context_{searched[-1]}": last["full_context_text_encode_p50_ms"],
@@ -516,19 +533,20 @@ def _search_headline(per_size: dict[int, dict[str, Any]], searched: list[int]) -
 def _issue_headline(per_size: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """The figures issue 14 names, at 1M rows against 10k: ``None`` where the run lacks either
     size or the figure. ``unchanged_rerun_1m_s`` is the CLI's wall, as its target counts it."""
-    large, small = per_size.get(1_000_000), per_size.get(10_000)
-    both = large is not None and small is not None
-    searched = both and large["search"] is not None and small["search"] is not None
+    large, small = per_size.get(1_000_000, {}), per_size.get(10_000, {})
+    commits = large.get("commit"), small.get("commit")
+    searches = large.get("search"), small.get("search")
     return {
-        "commit_ratio_1m_over_10k": large["commit"]["commit_ms"] / small["commit"]["commit_ms"]
-        if both
+        "commit_ratio_1m_over_10k": commits[0]["commit_ms"] / commits[1]["commit_ms"]
+        if all(commits)
         else None,
-        "unchanged_rerun_1m_s": large.get("cli_unchanged_s") if large is not None else None,
-        "reindex_1pct_share": large["reindex_1pct"]["share_of_encode"] if large else None,
-        "search_p50_ms_1m": large["search"]["search_p50_ms"] if searched else None,
-        "search_p50_ratio_1m_over_10k": large["search"]["search_p50_ms"]
-        / small["search"]["search_p50_ms"]
-        if searched
+        "unchanged_rerun_1m_s": large.get("cli_unchanged_s"),
+        "reindex_1pct_share": large["reindex_1pct"]["share_of_encode"]
+        if "reindex_1pct" in large
+        else None,
+        "search_p50_ms_1m": searches[0]["search_p50_ms"] if searches[0] else None,
+        "search_p50_ratio_1m_over_10k": searches[0]["search_p50_ms"] / searches[1]["search_p50_ms"]
+        if all(searches)
         else None,
     }
 
@@ -565,11 +583,29 @@ def main() -> None:
         type=int,
         help="sizes above this get no IVF_PQ index, and no search figures (default: every size)",
     )
+    parser.add_argument(
+        "--search-only",
+        action="store_true",
+        help="at each size, build the table and measure search only (no commits, re-index, "
+        "evaluation or ingest)",
+    )
+    parser.add_argument(
+        "--ann-columns",
+        choices=("all", "vector"),
+        default="all",
+        help="vector: the IVF_PQ index on `vector` only, the column a search by text queries "
+        "(the segments' index, over 4 vectors a row, is most of a build); with --search-only",
+    )
     parser.add_argument("--name", default="scale", help="results as bench/results/NAME.json/png")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
+    if args.ann_columns != "all" and not args.search_only:
+        parser.error(
+            "--ann-columns vector: only with --search-only (a re-index would build the rest)"
+        )
     sizes = sorted(int(size) for size in args.sizes.split(","))
     with_ann = {rows: args.ann_max_rows is None or rows <= args.ann_max_rows for rows in sizes}
+    ann_columns = None if args.ann_columns == "all" else [args.ann_columns]
 
     from pipelines.encode import ModelSpec
 
@@ -581,13 +617,18 @@ def main() -> None:
         for rows in sizes:
             db = work / f"db-{rows}"
             ann = with_ann[rows]
-            result: dict[str, Any] = {"build": build_table(db, rows, model.model_id, ann=ann)}
+            result: dict[str, Any] = {"build": build_table(db, rows, model.model_id, ann=ann,
+                                                           ann_columns=ann_columns)}  # fmt: skip
+            result["search"] = search_latency(db, model) if ann else None
+            per_size[rows] = result
+            if args.search_only:
+                print(f"{rows} rows done", flush=True)
+                continue
             manifest = write_manifest(work / f"manifest-{rows}", rows)
             with spawn.Pool(1) as pool:
                 result["unchanged"] = pool.apply(
                     _diff_in_fresh_process, (str(manifest), str(db), model.model_id)
                 )
-            result["search"] = search_latency(db, model) if ann else None
             result["commit"] = commit_ms(db, rows, model.model_id)
             result["reindex_1pct"] = reindex_1pct(work, db, rows, model.model_id, ann=ann)
             if rows <= args.eval_max_videos:
@@ -601,40 +642,15 @@ def main() -> None:
                     work / f"manifest-1pct-{rows}", db, ann=ann
                 )
                 result["ingest"] = ingest(db, model.model_id, 100 * rows)
-            per_size[rows] = result
             print(f"{rows} rows done", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    small, large = per_size[sizes[0]], per_size[sizes[-1]]
     searched = [rows for rows in sizes if per_size[rows]["search"] is not None]
-    sustained = large["ingest"]["sustained"]
-    evaluations = [r["evaluation"] for r in per_size.values() if "evaluation" in r]
-    headline = {
-        f"commit_ratio_{sizes[-1]}_over_{sizes[0]}": large["commit"]["commit_ms"]
-        / small["commit"]["commit_ms"],
-        f"unchanged_rerun_{sizes[-1]}_s": large["unchanged"]["total_s"],
-        f"unchanged_rerun_cli_{sizes[-1]}_s": large["cli_unchanged_s"],
-        f"reindex_1pct_share_{sizes[-1]}": large["reindex_1pct"]["share_of_encode"],
-        **(_search_headline(per_size, searched) if searched else {}),
-        "eval_peak_rss_gib": max(e["peak_rss_gib"] for e in evaluations) if evaluations else None,
-        "eval_shape": [evaluations[-1]["captions"], evaluations[-1]["videos"]]
-        if evaluations
-        else None,
-        # What the job's writer sustains with its defaults, maintenance included.
-        "ingest_rows_per_s": sustained["first_index"]["rows_per_s"],
-        "ingest_rows_per_s_previous_defaults": sustained["first_index_previous_defaults"][
-            "rows_per_s"
-        ],
-        "ingest_over_previous_defaults": sustained["first_index_over_previous_defaults"],
-        "ingest_rows_per_s_into_indexed_table": sustained["indexed_table"]["rows_per_s"],
-        # Commits alone, no maintenance.
-        "commit_rows_per_s_append_256": large["ingest"]["ingest_rows_per_s_append_commit_256"],
-        "commit_rows_per_s_append_4096": large["ingest"]["ingest_rows_per_s_append_commit_4096"],
-        "commit_rows_per_s_upsert_256": large["ingest"]["ingest_rows_per_s_upsert_commit_256"],
-        "commit_rows_per_s_upsert_4096": large["ingest"]["ingest_rows_per_s_upsert_commit_4096"],
-    }
+    headline = _search_headline(per_size, searched) if searched else {}
+    if not args.search_only:
+        headline.update(_work_headline(per_size, sizes, with_ann))
     headline.update(_issue_headline(per_size))
     not_measured = []
     if sizes[-1] < 1_000_000:
@@ -648,6 +664,13 @@ def main() -> None:
         for rows in sizes
         if not with_ann[rows]
     ]
+    if args.search_only:
+        not_measured.append("search only (--search-only): no commits, re-index, evaluation, ingest")
+    if ann_columns is not None:
+        not_measured.append(
+            f"IVF_PQ on {', '.join(ann_columns)} only (--ann-columns): searches by moments "
+            "(the segments' column) not measured"
+        )
     results = {
         **run_metadata(),
         "model": MODEL,
@@ -657,34 +680,21 @@ def main() -> None:
         "per_size": {str(k): v for k, v in per_size.items()},
     }
     path = write_results(args.name, results)
-    plot(
-        RESULTS_DIR / f"{args.name}.png",
-        {
-            "256-row commit": (sizes, [per_size[s]["commit"]["commit_ms"] / 1000 for s in sizes]),
-            "unchanged re-run (plan)": (
-                sizes,
-                [per_size[s]["unchanged"]["total_s"] for s in sizes],
-            ),
-            "1% re-index plan + writes": (
-                sizes,
-                [
-                    per_size[s]["reindex_1pct"]["plan_s"] + per_size[s]["reindex_1pct"]["writes_s"]
-                    for s in sizes
-                ],
-            ),
-            "search p50": (
-                searched,
-                [per_size[s]["search"]["search_p50_ms"] / 1000 for s in searched],
-            ),
-        },
-    )
+    figures = {
+        "search p50": (searched, [per_size[s]["search"]["search_p50_ms"] / 1000 for s in searched])
+    }
+    if not args.search_only:
+        figures.update(_work_figures(per_size, sizes))
+    plot(RESULTS_DIR / f"{args.name}.png", figures)
     print_table(
         [
             [
                 rows,
-                f"{r['commit']['commit_ms']:.0f}",
-                f"{r['unchanged']['total_s']:.2f} ({r['unchanged']['peak_rss_gib']:.2f} GiB)",
-                f"{r['reindex_1pct']['share_of_encode']:.2%}",
+                f"{r['commit']['commit_ms']:.0f}" if "commit" in r else "-",
+                f"{r['unchanged']['total_s']:.2f} ({r['unchanged']['peak_rss_gib']:.2f} GiB)"
+                if "unchanged" in r
+                else "-",
+                f"{r['reindex_1pct']['share_of_encode']:.2%}" if "reindex_1pct" in r else "-",
                 f"{r['search']['search_p50_ms']:.0f} / {r['search']['search_p95_ms']:.0f}"
                 if r["search"] is not None
                 else "-",
@@ -697,6 +707,56 @@ def main() -> None:
     )
     print({k: v for k, v in headline.items() if v is not None})
     print(f"wrote {path}")
+
+
+def _work_headline(
+    per_size: dict[int, dict[str, Any]], sizes: list[int], with_ann: dict[int, bool]
+) -> dict[str, Any]:
+    """Commits, re-runs, evaluation and ingest: the largest size against the smallest."""
+    small, large = per_size[sizes[0]], per_size[sizes[-1]]
+    sustained = large["ingest"]["sustained"]
+    evaluations = [r["evaluation"] for r in per_size.values() if "evaluation" in r]
+    # The ingest into the largest table: its IVF_PQ indexes take the new rows, where it has them.
+    into_existing = "indexed_table" if with_ann[sizes[-1]] else "table_without_ann_index"
+    return {
+        f"commit_ratio_{sizes[-1]}_over_{sizes[0]}": large["commit"]["commit_ms"]
+        / small["commit"]["commit_ms"],
+        f"unchanged_rerun_{sizes[-1]}_s": large["unchanged"]["total_s"],
+        f"unchanged_rerun_cli_{sizes[-1]}_s": large["cli_unchanged_s"],
+        f"reindex_1pct_share_{sizes[-1]}": large["reindex_1pct"]["share_of_encode"],
+        "eval_peak_rss_gib": max(e["peak_rss_gib"] for e in evaluations) if evaluations else None,
+        "eval_shape": [evaluations[-1]["captions"], evaluations[-1]["videos"]]
+        if evaluations
+        else None,
+        # What the job's writer sustains with its defaults, maintenance included.
+        "ingest_rows_per_s": sustained["first_index"]["rows_per_s"],
+        "ingest_rows_per_s_previous_defaults": sustained["first_index_previous_defaults"][
+            "rows_per_s"
+        ],
+        "ingest_over_previous_defaults": sustained["first_index_over_previous_defaults"],
+        f"ingest_rows_per_s_into_{into_existing}": sustained["indexed_table"]["rows_per_s"],
+        # Commits alone, no maintenance.
+        "commit_rows_per_s_append_256": large["ingest"]["ingest_rows_per_s_append_commit_256"],
+        "commit_rows_per_s_append_4096": large["ingest"]["ingest_rows_per_s_append_commit_4096"],
+        "commit_rows_per_s_upsert_256": large["ingest"]["ingest_rows_per_s_upsert_commit_256"],
+        "commit_rows_per_s_upsert_4096": large["ingest"]["ingest_rows_per_s_upsert_commit_4096"],
+    }
+
+
+def _work_figures(
+    per_size: dict[int, dict[str, Any]], sizes: list[int]
+) -> dict[str, tuple[list[int], list[float]]]:
+    return {
+        "256-row commit": (sizes, [per_size[s]["commit"]["commit_ms"] / 1000 for s in sizes]),
+        "unchanged re-run (plan)": (sizes, [per_size[s]["unchanged"]["total_s"] for s in sizes]),
+        "1% re-index plan + writes": (
+            sizes,
+            [
+                per_size[s]["reindex_1pct"]["plan_s"] + per_size[s]["reindex_1pct"]["writes_s"]
+                for s in sizes
+            ],
+        ),
+    }
 
 
 if __name__ == "__main__":

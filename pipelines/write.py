@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -663,16 +663,21 @@ def build_caption_index(table: lancedb.table.Table) -> None:
         table.create_index(schema.CAPTION, config=FTS(), name=schema.CAPTION_FTS_INDEX)
 
 
-def build_ann_index(table: lancedb.table.Table, *, rows: int, dim: int) -> None:
+def build_ann_index(
+    table: lancedb.table.Table, *, rows: int, dim: int, columns: Collection[str] | None = None
+) -> None:
     """IVF_PQ with cosine distance on ``vector`` and, where the table has it, on the segments'
     multivector column (LanceDB indexes each of its vectors; cosine is the only distance it
-    supports there); about sqrt(vectors) partitions and 8-float sub-vectors."""
+    supports there); about sqrt(vectors) partitions and 8-float sub-vectors. ``columns`` keeps
+    to those of the two (``None``: both)."""
     sub_vectors = next(n for n in (dim // 8, dim // 4, dim // 2, dim, 1) if n and dim % n == 0)
-    columns = [(schema.VECTOR, rows)]
+    indexed = [(schema.VECTOR, rows)]
     if schema.SEGMENT_EMBEDDINGS in table.schema.names:
         segments = table.schema.field(schema.SEGMENT_START_S).type.list_size
-        columns.append((schema.SEGMENT_EMBEDDINGS, rows * segments))
-    for column, vectors in columns:
+        indexed.append((schema.SEGMENT_EMBEDDINGS, rows * segments))
+    if columns is not None:
+        indexed = [(column, vectors) for column, vectors in indexed if column in columns]
+    for column, vectors in indexed:
         partitions = max(1, int(math.sqrt(vectors)))
         log.info(
             "building IVF_PQ index on %s: %d partitions, %d sub-vectors",
