@@ -19,8 +19,9 @@ maintenance (compaction) and an IVF_PQ index) it measures:
 Sizes above ``--ann-max-rows`` get no IVF_PQ index (a 1M-row table's two take about an hour on
 2 cores, most of it the segments' index over 4M vectors): search is not measured there, and the
 1% re-index's writes leave the index out. Their figures say so (``ann_index``), and the run's
-``not_measured`` lists them. ``--search-only --ann-columns vector`` measures search alone at
-every size, on the index of ``vector`` only (the column a search by text queries; 125 s at 1M).
+``not_measured`` lists them. ``--only search --ann-columns vector`` measures search alone at
+every size, on the index of ``vector`` only (the column a search by text queries; 125 s at 1M);
+``--only evaluation`` the evaluation alone, on tables without IVF_PQ indexes.
 
 Once, at the largest size: **driver ingest**, rows per second one committing driver takes in
 commits of 256 and of 4096 new rows, appended (the index job's path for new videos) and
@@ -33,8 +34,10 @@ Writes ``bench/results/scale.json`` and ``scale.png``.
     python -m bench.scale                                  # 10k and 100k rows
     python -m bench.scale --sizes 10000,100000,1000000     # needs ~10 GB of disk per 1M rows
     python -m bench.scale --sizes 10000,1000000 --ann-max-rows 100000 --name scale-1m
-    python -m bench.scale --sizes 10000,1000000 --search-only --ann-columns vector \
+    python -m bench.scale --sizes 10000,1000000 --only search --ann-columns vector \
         --name scale-1m-search
+    python -m bench.scale --sizes 100000 --only evaluation --eval-max-videos 100000 \
+        --name scale-eval-100k
 """
 
 from __future__ import annotations
@@ -372,6 +375,7 @@ def _evaluate_in_fresh_process(db: str, captions: int) -> dict[str, Any]:
     }
 
 
+ONLY = ("search", "evaluation")
 INGEST_PATHS = ("upsert", "append")
 INGEST_REPEATS = 3
 
@@ -531,11 +535,13 @@ def _search_headline(per_size: dict[int, dict[str, Any]], searched: list[int]) -
 
 
 def _issue_headline(per_size: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """The figures issue 14 names, at 1M rows against 10k: ``None`` where the run lacks either
-    size or the figure. ``unchanged_rerun_1m_s`` is the CLI's wall, as its target counts it."""
+    """The figures issue 14 names, at 1M rows against 10k (the evaluation: 100k captions against
+    100k videos): ``None`` where the run lacks a size or the figure. ``unchanged_rerun_1m_s`` is
+    the CLI's wall, as its target counts it."""
     large, small = per_size.get(1_000_000, {}), per_size.get(10_000, {})
     commits = large.get("commit"), small.get("commit")
     searches = large.get("search"), small.get("search")
+    evaluation = per_size.get(100_000, {}).get("evaluation")
     return {
         "commit_ratio_1m_over_10k": commits[0]["commit_ms"] / commits[1]["commit_ms"]
         if all(commits)
@@ -547,6 +553,9 @@ def _issue_headline(per_size: dict[int, dict[str, Any]]) -> dict[str, Any]:
         "search_p50_ms_1m": searches[0]["search_p50_ms"] if searches[0] else None,
         "search_p50_ratio_1m_over_10k": searches[0]["search_p50_ms"] / searches[1]["search_p50_ms"]
         if all(searches)
+        else None,
+        "eval_100k_peak_rss_gib": evaluation["peak_rss_gib"]
+        if evaluation and evaluation["captions"] == evaluation["videos"] == 100_000
         else None,
     }
 
@@ -584,27 +593,30 @@ def main() -> None:
         help="sizes above this get no IVF_PQ index, and no search figures (default: every size)",
     )
     parser.add_argument(
-        "--search-only",
-        action="store_true",
-        help="at each size, build the table and measure search only (no commits, re-index, "
-        "evaluation or ingest)",
+        "--only",
+        choices=ONLY,
+        help="at each size, build the table and measure this alone (evaluation: no IVF_PQ "
+        "index is built, the exact ranks need none; sizes up to --eval-max-videos)",
     )
     parser.add_argument(
         "--ann-columns",
         choices=("all", "vector"),
         default="all",
         help="vector: the IVF_PQ index on `vector` only, the column a search by text queries "
-        "(the segments' index, over 4 vectors a row, is most of a build); with --search-only",
+        "(the segments' index, over 4 vectors a row, is most of a build); with --only search",
     )
     parser.add_argument("--name", default="scale", help="results as bench/results/NAME.json/png")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
-    if args.ann_columns != "all" and not args.search_only:
+    if args.ann_columns != "all" and args.only != "search":
         parser.error(
-            "--ann-columns vector: only with --search-only (a re-index would build the rest)"
+            "--ann-columns vector: only with --only search (a re-index would build the rest)"
         )
     sizes = sorted(int(size) for size in args.sizes.split(","))
-    with_ann = {rows: args.ann_max_rows is None or rows <= args.ann_max_rows for rows in sizes}
+    with_ann = {
+        rows: args.only != "evaluation" and (args.ann_max_rows is None or rows <= args.ann_max_rows)
+        for rows in sizes
+    }
     ann_columns = None if args.ann_columns == "all" else [args.ann_columns]
 
     from pipelines.encode import ModelSpec
@@ -619,9 +631,15 @@ def main() -> None:
             ann = with_ann[rows]
             result: dict[str, Any] = {"build": build_table(db, rows, model.model_id, ann=ann,
                                                            ann_columns=ann_columns)}  # fmt: skip
-            result["search"] = search_latency(db, model) if ann else None
             per_size[rows] = result
-            if args.search_only:
+            if args.only != "evaluation":
+                result["search"] = search_latency(db, model) if ann else None
+            if args.only != "search" and rows <= args.eval_max_videos:
+                with spawn.Pool(1) as pool:
+                    result["evaluation"] = pool.apply(
+                        _evaluate_in_fresh_process, (str(db), args.eval_captions)
+                    )
+            if args.only:
                 print(f"{rows} rows done", flush=True)
                 continue
             manifest = write_manifest(work / f"manifest-{rows}", rows)
@@ -631,11 +649,6 @@ def main() -> None:
                 )
             result["commit"] = commit_ms(db, rows, model.model_id)
             result["reindex_1pct"] = reindex_1pct(work, db, rows, model.model_id, ann=ann)
-            if rows <= args.eval_max_videos:
-                with spawn.Pool(1) as pool:
-                    result["evaluation"] = pool.apply(
-                        _evaluate_in_fresh_process, (str(db), args.eval_captions)
-                    )
             if rows == sizes[-1]:
                 # The manifest with 1% changed was just indexed: it is the unchanged one now.
                 result["cli_unchanged_s"] = cli_unchanged_s(
@@ -647,9 +660,13 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
-    searched = [rows for rows in sizes if per_size[rows]["search"] is not None]
+    searched = [rows for rows in sizes if per_size[rows].get("search") is not None]
     headline = _search_headline(per_size, searched) if searched else {}
-    if not args.search_only:
+    evaluations = [r["evaluation"] for r in per_size.values() if "evaluation" in r]
+    if evaluations:
+        headline["eval_peak_rss_gib"] = max(e["peak_rss_gib"] for e in evaluations)
+        headline["eval_shape"] = [evaluations[-1]["captions"], evaluations[-1]["videos"]]
+    if not args.only:
         headline.update(_work_headline(per_size, sizes, with_ann))
     headline.update(_issue_headline(per_size))
     not_measured = []
@@ -662,10 +679,12 @@ def main() -> None:
         f"{rows} rows: no IVF_PQ index (--ann-max-rows {args.ann_max_rows}), so no search "
         "figures, and the 1% re-index's writes leave the index out"
         for rows in sizes
-        if not with_ann[rows]
+        if not with_ann[rows] and args.only != "evaluation"
     ]
-    if args.search_only:
-        not_measured.append("search only (--search-only): no commits, re-index, evaluation, ingest")
+    if args.only:
+        not_measured.append(f"{args.only} only (--only): nothing else")
+    if args.only == "evaluation":
+        not_measured.append("no IVF_PQ index: the exact ranks need none")
     if ann_columns is not None:
         not_measured.append(
             f"IVF_PQ on {', '.join(ann_columns)} only (--ann-columns): searches by moments "
@@ -683,9 +702,10 @@ def main() -> None:
     figures = {
         "search p50": (searched, [per_size[s]["search"]["search_p50_ms"] / 1000 for s in searched])
     }
-    if not args.search_only:
+    if not args.only:
         figures.update(_work_figures(per_size, sizes))
-    plot(RESULTS_DIR / f"{args.name}.png", figures)
+    if any(sizes for sizes, _ in figures.values()):
+        plot(RESULTS_DIR / f"{args.name}.png", figures)
     print_table(
         [
             [
@@ -696,7 +716,7 @@ def main() -> None:
                 else "-",
                 f"{r['reindex_1pct']['share_of_encode']:.2%}" if "reindex_1pct" in r else "-",
                 f"{r['search']['search_p50_ms']:.0f} / {r['search']['search_p95_ms']:.0f}"
-                if r["search"] is not None
+                if r.get("search") is not None
                 else "-",
                 f"{r['evaluation']['peak_rss_gib']:.2f}" if "evaluation" in r else "-",
             ]
@@ -715,7 +735,6 @@ def _work_headline(
     """Commits, re-runs, evaluation and ingest: the largest size against the smallest."""
     small, large = per_size[sizes[0]], per_size[sizes[-1]]
     sustained = large["ingest"]["sustained"]
-    evaluations = [r["evaluation"] for r in per_size.values() if "evaluation" in r]
     # The ingest into the largest table: its IVF_PQ indexes take the new rows, where it has them.
     into_existing = "indexed_table" if with_ann[sizes[-1]] else "table_without_ann_index"
     return {
@@ -724,10 +743,6 @@ def _work_headline(
         f"unchanged_rerun_{sizes[-1]}_s": large["unchanged"]["total_s"],
         f"unchanged_rerun_cli_{sizes[-1]}_s": large["cli_unchanged_s"],
         f"reindex_1pct_share_{sizes[-1]}": large["reindex_1pct"]["share_of_encode"],
-        "eval_peak_rss_gib": max(e["peak_rss_gib"] for e in evaluations) if evaluations else None,
-        "eval_shape": [evaluations[-1]["captions"], evaluations[-1]["videos"]]
-        if evaluations
-        else None,
         # What the job's writer sustains with its defaults, maintenance included.
         "ingest_rows_per_s": sustained["first_index"]["rows_per_s"],
         "ingest_rows_per_s_previous_defaults": sustained["first_index_previous_defaults"][
