@@ -2,8 +2,8 @@
 
 This project never compiles, yet two of open_clip's imports load the compiler at import time:
 torchvision's ``ops.roi_align`` binds ``torch._dynamo.utils.is_compile_supported``, and timm
-(open_clip's timm towers) decorates methods with ``torch.compiler.disable``. That is 1.2 of the
-2.0 CPU-seconds ``import open_clip`` costs after ``import torch`` (2 cores, torch 2.13), paid at
+(open_clip's timm towers) decorates methods with ``torch.compiler.disable``. That is 1.15 of the
+2.02 CPU-seconds importing the encoder costs after ``import torch`` (``bench/startup.py``), paid at
 the start of every process that encodes: each encode actor of an index job, each job, each Ray
 Train worker, each search replica.
 
