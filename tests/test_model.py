@@ -222,7 +222,7 @@ def _text_model(preset: str) -> centerclip.VideoCLIP:
 
 
 def test_importing_centerclip_leaves_torchs_compiler_unloaded_and_working() -> None:
-    """``centerclip`` defers ``torch._dynamo`` (1.2 CPU-s of every encoding process's start);
+    """``centerclip`` defers ``torch._dynamo`` (1.15 CPU-s of every encoding process's start);
     what torchvision and timm bound meanwhile still reaches the real compiler when called."""
     probe = """
 import sys
