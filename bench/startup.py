@@ -1,11 +1,13 @@
-"""What importing the encoder costs a new process, with and without torch's compiler.
+"""What importing the encoder costs a new process, with and without what ``centerclip`` defers.
 
 Every encode actor, job, Ray Train worker and search replica starts by importing
-``pipelines.encode`` (torch, open_clip, the model). ``import centerclip`` keeps ``torch._dynamo``
-unimported (``centerclip/_deferred_dynamo.py``); importing ``torch._dynamo`` first, as open_clip's
-own imports did before, gives the cost without that. Each repeat runs both in fresh interpreters,
-alternating which goes first, and counts the CPU seconds of the imports after ``import torch``
-(whose own cost is reported apart). The medians count.
+``pipelines.encode`` (torch, open_clip, the model). ``import centerclip`` imports open_clip without
+``torch._dynamo`` and ``timm`` (``centerclip/_deferred_imports.py``). Importing them first gives the
+cost without each deferral: ``with_dynamo`` imports ``torch._dynamo`` first, ``eager`` imports
+``torch._dynamo`` first and ``timm`` after (the cost of open_clip's own imports; timm after,
+because ``centerclip``'s torchvision shim must run before timm imports torchvision). Each repeat
+runs every variant in fresh interpreters, rotating which goes first, and counts the CPU seconds
+of the imports after ``import torch`` (whose own cost is reported apart). The medians count.
 
     python -m bench.startup               # 5 repeats (~1 min on 2 cores)
 """
@@ -26,13 +28,15 @@ began = time.process_time()
 import torch
 torch_s = time.process_time() - began
 began = time.process_time()
-if sys.argv[1] == "with_dynamo":
+if sys.argv[1] in ("with_dynamo", "eager"):
     import torch._dynamo
 import pipelines.encode
+if sys.argv[1] == "eager":
+    import timm  # after: centerclip's torchvision shim must come before timm's torchvision
 print(json.dumps({"torch_s": torch_s, "encoder_s": time.process_time() - began,
-                  "dynamo_loaded": "torch._dynamo" in sys.modules}))
+                  "deferred_loaded": "torch._dynamo" in sys.modules or "timm" in sys.modules}))
 """
-VARIANTS = ("deferred", "with_dynamo")
+VARIANTS = ("deferred", "with_dynamo", "eager")
 
 
 def measure(variant: str) -> dict[str, float]:
@@ -52,26 +56,30 @@ def main() -> None:
 
     runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     for repeat in range(args.repeats):
-        order = VARIANTS if repeat % 2 == 0 else VARIANTS[::-1]
-        for variant in order:
+        shift = repeat % len(VARIANTS)
+        for variant in VARIANTS[shift:] + VARIANTS[:shift]:
             runs[variant].append(measure(variant))
-    assert not any(r["dynamo_loaded"] for r in runs["deferred"]), "torch._dynamo was imported"
+    assert not any(r["deferred_loaded"] for r in runs["deferred"]), "a deferred module was imported"
     median = {
         variant: {
             key: statistics.median(r[key] for r in results) for key in ("torch_s", "encoder_s")
         }
         for variant, results in runs.items()
     }
-    saved = median["with_dynamo"]["encoder_s"] - median["deferred"]["encoder_s"]
+    deferred = median["deferred"]["encoder_s"]
+    saved = median["eager"]["encoder_s"] - deferred
     results = {
         **run_metadata(),
         "repeats": args.repeats,
         "headline": {
-            "encoder_import_cpu_s": median["deferred"]["encoder_s"],
+            "encoder_import_cpu_s": deferred,
             "encoder_import_cpu_s_with_dynamo": median["with_dynamo"]["encoder_s"],
+            "encoder_import_cpu_s_eager": median["eager"]["encoder_s"],
             "saved_cpu_s_per_process": saved,
-            "with_dynamo_over_deferred": median["with_dynamo"]["encoder_s"]
-            / median["deferred"]["encoder_s"],
+            "saved_by_deferring_dynamo_cpu_s": median["with_dynamo"]["encoder_s"] - deferred,
+            "saved_by_deferring_timm_cpu_s": median["eager"]["encoder_s"]
+            - median["with_dynamo"]["encoder_s"],
+            "eager_over_deferred": median["eager"]["encoder_s"] / deferred,
         },
         "median": median,
         "runs": runs,
@@ -82,7 +90,7 @@ def main() -> None:
         ["variant", "import torch, CPU s", "then pipelines.encode, CPU s"],
         title=f"median of {args.repeats} fresh processes each",
     )
-    print(f"saved per process: {saved:.2f} CPU-s; wrote {path}")
+    print(f"saved per process against open_clip's own imports: {saved:.2f} CPU-s; wrote {path}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 Knows nothing of Ray or LanceDB. Start with :func:`create_model`.
 """
 
-from centerclip import _deferred_dynamo
+from centerclip import _deferred_imports
 
-with _deferred_dynamo.dynamo_deferred():
+with _deferred_imports.deferred_imports():
     # _torchvision_compat must run before open_clip imports torchvision.
     from centerclip import _torchvision_compat  # noqa: F401, I001
     import open_clip  # noqa: F401

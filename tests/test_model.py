@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -221,27 +222,48 @@ def _text_model(preset: str) -> centerclip.VideoCLIP:
     return create_model(preset).eval()
 
 
-def test_importing_centerclip_leaves_torchs_compiler_unloaded_and_working() -> None:
-    """``centerclip`` defers ``torch._dynamo`` (1.15 CPU-s of every encoding process's start);
-    what torchvision and timm bound meanwhile still reaches the real compiler when called."""
+# An open_clip config with a timm vision tower (open_clip's ``TimmModel``), small and untrained.
+TIMM_TOWER_PRESET = {
+    "open_clip_config": {
+        "embed_dim": 64,
+        "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224", "timm_pool": "",
+                       "timm_proj": "linear", "image_size": 64},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2,
+                     "layers": 1},
+    },
+    "settings": {"frames": 4, "cluster_block": 2, "segments": 2, "centers": 8},
+}  # fmt: skip
+
+
+def test_importing_centerclip_defers_torchs_compiler_and_timm_which_still_work(
+    tmp_path: Path,
+) -> None:
+    """``centerclip`` imports open_clip without ``torch._dynamo`` and ``timm`` (most of every
+    encoding process's import, ``bench/startup.py``); what torchvision bound meanwhile still
+    reaches the real compiler, and a config with a timm tower still gets its tower built."""
+    preset = tmp_path / "timm-tower.json"
+    preset.write_text(json.dumps(TIMM_TOWER_PRESET))
     probe = """
 import sys
 import centerclip, torch
 assert "torch._dynamo" not in sys.modules, "torch._dynamo was imported"
+assert "timm" not in sys.modules, "timm was imported"
 import torch._dynamo  # the real compiler, imported after centerclip
-assert torch.compiler.disable.__module__ == "torch.compiler", torch.compiler.disable
 roi_align = sys.modules["torchvision.ops.roi_align"]
 assert roi_align.is_compile_supported("cpu") is True
-from timm.layers import disable_compiler
-def double(x):
-    return 2 * x
-disabled = disable_compiler(double)
-assert disabled(torch.ones(2)).tolist() == [2.0, 2.0]
 assert isinstance(sys.modules["torch._dynamo.utils"].counters, dict)
+name = centerclip.register_preset(sys.argv[1])
+try:
+    centerclip.create_model(name)
+except TypeError as err:  # CenterCLIP patches open_clip's own ViT, not a timm tower
+    assert "got TimmModel" in str(err), err
+else:
+    raise AssertionError("a timm tower was patched")
+assert "timm" in sys.modules
 print("ok")
 """
     done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", probe, str(preset)], capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )  # fmt: skip
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
