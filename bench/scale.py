@@ -11,17 +11,20 @@ maintenance (compaction) and an IVF_PQ index) it measures:
   manifest whose fingerprints changed for 1% of the rows, against the encode work of those
   videos at the ViT-B/32 encode rate ``bench/results/pipeline.json`` measured on this machine;
 * **search**: one text query end to end (text encode with a warm ViT-B-32-center, the model
-  check, an IVF_PQ search prefiltered on ``model_id``, the hits), p50 and p95 of 40, beside the
-  same with the text encoded over CLIP's full 77-token context (the path before);
+  check, an IVF_PQ search prefiltered on ``model_id``, the hits), p50 and p95 of 40, in a fresh
+  process as ``jobs.search`` and the service run (the process that has just built the table
+  searched 30% slower at 1M rows, its text encode included), beside the same with the text
+  encoded over CLIP's full 77-token context (the path before), and the same query searched by
+  moments (MaxSim through the segments' IVF_PQ index);
 * **evaluation** (sizes up to ``--eval-max-videos``): exact ranks of ``--eval-captions`` random
   caption vectors against the table's videos, chunked, in a fresh process (peak RSS).
 
-Sizes above ``--ann-max-rows`` get no IVF_PQ index (a 1M-row table's two take about an hour on
-2 cores, most of it the segments' index over 4M vectors): search is not measured there, and the
+Sizes above ``--ann-max-rows`` get no IVF_PQ index (a 1M-row table's two took 438-453 s on 2
+cores, most of it the segments' index over 4M vectors): search is not measured there, and the
 1% re-index's writes leave the index out. Their figures say so (``ann_index``), and the run's
-``not_measured`` lists them. ``--only search --ann-columns vector`` measures search alone at
-every size, on the index of ``vector`` only (the column a search by text queries; 125 s at 1M);
-``--only evaluation`` the evaluation alone, on tables without IVF_PQ indexes.
+``not_measured`` lists them. ``--only search`` measures search alone at every size
+(``--ann-columns vector``: on the index of ``vector`` only, the column a search by text queries,
+125 s at 1M); ``--only evaluation`` the evaluation alone, on tables without IVF_PQ indexes.
 
 Once, at the largest size: **driver ingest**, rows per second one committing driver takes in
 commits of 256 and of 4096 new rows, appended (the index job's path for new videos) and
@@ -34,8 +37,7 @@ Writes ``bench/results/scale.json`` and ``scale.png``.
     python -m bench.scale                                  # 10k and 100k rows
     python -m bench.scale --sizes 10000,100000,1000000     # needs ~10 GB of disk per 1M rows
     python -m bench.scale --sizes 10000,1000000 --ann-max-rows 100000 --name scale-1m
-    python -m bench.scale --sizes 10000,1000000 --only search --ann-columns vector \
-        --name scale-1m-search
+    python -m bench.scale --sizes 10000,1000000 --only search --name scale-1m-search
     python -m bench.scale --sizes 100000 --only evaluation --eval-max-videos 100000 \
         --name scale-eval-100k
 """
@@ -307,13 +309,17 @@ def search_latency(db: Path, model: Any) -> dict[str, Any]:
     ``QUERY_TORCH_THREADS`` torch threads as the search job and service run. Each iteration
     also encodes the query over CLIP's full context (open_clip's ``encode_text``, the path
     before ``encode_text_prefix``), alternating which goes first, so both are measured under
-    the same load: ``full_context_*`` is what search cost before."""
+    the same load: ``full_context_*`` is what search cost before. Where the segments' column
+    has its IVF_PQ index, each iteration also searches by moments (MaxSim over the segments)
+    with the same query embedding: ``moments_*``."""
     import torch
 
+    from pipelines import schema
     from pipelines.resources import QUERY_TORCH_THREADS
-    from pipelines.search import encode_queries, open_index, search_vectors
+    from pipelines.search import BY_MOMENTS, encode_queries, open_index, search_vectors
 
     table = open_index(str(db), TABLE)
+    by_moments = any(schema.SEGMENT_EMBEDDINGS in index.columns for index in table.list_indices())
     threads = torch.get_num_threads()
     torch.set_num_threads(QUERY_TORCH_THREADS)
 
@@ -324,6 +330,7 @@ def search_latency(db: Path, model: Any) -> dict[str, Any]:
     encoders = {"prefix": lambda query: encode_queries(model, [query]), "full": full_context}
     encode: dict[str, list[float]] = {"prefix": [], "full": []}
     lookup: dict[str, list[float]] = {"prefix": [], "full": []}
+    moments: list[float] = []
     try:
         for i in range(SEARCHES + 3):
             order = ("prefix", "full") if i % 2 == 0 else ("full", "prefix")
@@ -336,9 +343,25 @@ def search_latency(db: Path, model: Any) -> dict[str, Any]:
                     encode[name].append(encoded - started)
                     lookup[name].append(time.perf_counter() - encoded)
                 assert len(hits[0]) == 10
+                if by_moments and name == "prefix":
+                    started = time.perf_counter()
+                    hits = search_vectors(
+                        table, vectors, model_id=model.model_id, k=10, by=BY_MOMENTS
+                    )
+                    if i >= 3:
+                        moments.append(time.perf_counter() - started)
+                    assert len(hits[0]) == 10
     finally:
         torch.set_num_threads(threads)
     total = {name: np.add(encode[name], lookup[name]) for name in encode}
+    by_moments_figures = {}
+    if moments:
+        moments_total = np.add(encode["prefix"], moments)
+        by_moments_figures = {
+            "moments_search_p50_ms": float(np.percentile(moments_total, 50) * 1000),
+            "moments_search_p95_ms": float(np.percentile(moments_total, 95) * 1000),
+            "moments_table_search_p50_ms": float(np.percentile(moments, 50) * 1000),
+        }
     return {
         "search_p50_ms": float(np.percentile(total["prefix"], 50) * 1000),
         "search_p95_ms": float(np.percentile(total["prefix"], 95) * 1000),
@@ -348,7 +371,17 @@ def search_latency(db: Path, model: Any) -> dict[str, Any]:
         "full_context_search_p50_ms": float(np.percentile(total["full"], 50) * 1000),
         "full_context_text_encode_p50_ms": float(np.percentile(encode["full"], 50) * 1000),
         "torch_threads": QUERY_TORCH_THREADS,
+        **by_moments_figures,
     }
+
+
+def _search_in_fresh_process(db: str) -> dict[str, Any]:
+    """:func:`search_latency` in a process of its own with the model built there, as
+    ``jobs.search`` and the service run: not in the process that has just built and indexed the
+    table (its heap, Lance's caches and threads)."""
+    from pipelines.encode import ModelSpec
+
+    return search_latency(Path(db), ModelSpec(MODEL).build())
 
 
 def _evaluate_in_fresh_process(db: str, captions: int) -> dict[str, Any]:
@@ -526,13 +559,21 @@ def _search_headline(per_size: dict[int, dict[str, Any]], searched: list[int]) -
         if len(searched) > 1
         else {}
     )
-    return {
+    headline = {
         f"search_p50_ms_{searched[-1]}": last["search_p50_ms"],
         **ratio,
         f"search_p50_ms_full_context_{searched[-1]}": last["full_context_search_p50_ms"],
         f"text_encode_p50_ms_{searched[-1]}": last["text_encode_p50_ms"],
         f"text_encode_p50_ms_full_context_{searched[-1]}": last["full_context_text_encode_p50_ms"],
     }
+    if "moments_search_p50_ms" in last:
+        headline[f"moments_search_p50_ms_{searched[-1]}"] = last["moments_search_p50_ms"]
+        headline[f"moments_search_p95_ms_{searched[-1]}"] = last["moments_search_p95_ms"]
+    if "moments_search_p50_ms" in last and "moments_search_p50_ms" in first and len(searched) > 1:
+        headline[f"moments_search_p50_ratio_{searched[-1]}_over_{searched[0]}"] = (
+            last["moments_search_p50_ms"] / first["moments_search_p50_ms"]
+        )
+    return headline
 
 
 def _issue_headline(per_size: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -634,7 +675,10 @@ def main() -> None:
                                                            ann_columns=ann_columns)}  # fmt: skip
             per_size[rows] = result
             if args.only != "evaluation":
-                result["search"] = search_latency(db, model) if ann else None
+                result["search"] = None
+                if ann:
+                    with spawn.Pool(1) as pool:
+                        result["search"] = pool.apply(_search_in_fresh_process, (str(db),))
             if args.only != "search" and rows <= args.eval_max_videos:
                 with spawn.Pool(1) as pool:
                     result["evaluation"] = pool.apply(
@@ -674,7 +718,7 @@ def main() -> None:
     if sizes[-1] < 1_000_000:
         not_measured.append(
             f"no 1M-row table: largest size {sizes[-1]} (1M rows of the real schema are ~10 GB, "
-            "and their IVF_PQ index takes about an hour on 2 cores)"
+            "and their IVF_PQ indexes take 7-8 minutes on 2 cores)"
         )
     not_measured += [
         f"{rows} rows: no IVF_PQ index (--ann-max-rows {args.ann_max_rows}), so no search "
