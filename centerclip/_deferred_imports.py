@@ -12,13 +12,14 @@ index job, each job, each Ray Train worker, each search replica.
 
 While :func:`deferred_imports` is open, ``torch._dynamo.utils`` is a stand-in whose
 ``is_compile_supported`` loads the real module on first call, and ``import timm`` fails, which
-open_clip takes as "timm not installed". :func:`load_timm_towers` gives open_clip timm back, for a
-model config that names a timm tower.
+open_clip takes as "timm not installed". Afterwards open_clip's ``TimmModel`` imports timm when it
+is first built, so every caller of open_clip still gets its timm towers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.abc
 import sys
@@ -58,14 +59,24 @@ def deferred_imports() -> Iterator[None]:
     finally:
         if refuse_timm is not None:
             sys.meta_path.remove(refuse_timm)
+            _load_timm_at_first_tower()
         if stand_in is not None and sys.modules.get(_UTILS) is stand_in:
             del sys.modules[_UTILS]
 
 
-def load_timm_towers() -> None:
-    """Re-runs open_clip's timm adapter module so that it binds timm, where its first import (in
-    :func:`deferred_imports`) found none; open_clip itself reports a timm that is not installed."""
-    from open_clip import timm_model
+def _load_timm_at_first_tower() -> None:
+    """Where open_clip's timm adapter was imported without timm, its ``TimmModel`` re-runs the
+    adapter's module (which then binds timm) before it first builds a tower; without timm
+    installed, open_clip reports it as before."""
+    adapter = sys.modules.get("open_clip.timm_model")
+    if adapter is None or adapter.timm is not None:
+        return
+    build = adapter.TimmModel.__init__
 
-    if timm_model.timm is None:
-        importlib.reload(timm_model)
+    @functools.wraps(build)
+    def build_with_timm(self: Any, *args: Any, **kwargs: Any) -> None:
+        if adapter.timm is None:
+            importlib.reload(adapter)
+        build(self, *args, **kwargs)
+
+    adapter.TimmModel.__init__ = build_with_timm

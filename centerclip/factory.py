@@ -16,7 +16,6 @@ import open_clip
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-from centerclip._deferred_imports import load_timm_towers
 from centerclip.config import Preset, get_preset
 from centerclip.model import VideoCLIP
 
@@ -133,17 +132,13 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _open_clip_config(preset: Preset) -> dict[str, Any]:
-    """The preset's open_clip model config; a timm vision tower gets timm loaded first."""
     if preset.open_clip_config is not None:
-        config = dict(preset.open_clip_config)
-    else:
-        config = open_clip.get_model_config(preset.open_clip_model)
+        return dict(preset.open_clip_config)
+    config = open_clip.get_model_config(preset.open_clip_model)
     if config is None:
         raise ValueError(
             f"preset {preset.name!r}: open_clip knows no model {preset.open_clip_model!r}"
         )
-    if config.get("vision_cfg", {}).get("timm_model_name"):
-        load_timm_towers()
     return config
 
 
@@ -182,7 +177,6 @@ def _load_pretrained_tag(preset: Preset, tag: str | None) -> open_clip.CLIP:
     try:
         # Without a reachable hub, huggingface_hub retries for about a minute before it gives
         # up; in offline mode it answers from the local cache at once.
-        _open_clip_config(preset)  # loads timm first where the model's vision tower needs it
         with _hub_offline(not _hub_reachable()):
             return open_clip.create_model(preset.open_clip_model, pretrained=tag)
     except Exception as err:

@@ -240,7 +240,8 @@ def test_importing_centerclip_defers_torchs_compiler_and_timm_which_still_work(
 ) -> None:
     """``centerclip`` imports open_clip without ``torch._dynamo`` and ``timm`` (most of every
     encoding process's import, ``bench/startup.py``); what torchvision bound meanwhile still
-    reaches the real compiler, and a config with a timm tower still gets its tower built."""
+    reaches the real compiler, and a config with a timm tower still gets its tower built, by
+    open_clip called directly and through ``create_model``."""
     preset = tmp_path / "timm-tower.json"
     preset.write_text(json.dumps(TIMM_TOWER_PRESET))
     probe = """
@@ -252,6 +253,10 @@ import torch._dynamo  # the real compiler, imported after centerclip
 roi_align = sys.modules["torchvision.ops.roi_align"]
 assert roi_align.is_compile_supported("cpu") is True
 assert isinstance(sys.modules["torch._dynamo.utils"].counters, dict)
+import json, open_clip
+config = json.load(open(sys.argv[1]))["open_clip_config"]
+assert type(open_clip.CLIP(**config).visual).__name__ == "TimmModel"  # open_clip called directly
+assert "timm" in sys.modules
 name = centerclip.register_preset(sys.argv[1])
 try:
     centerclip.create_model(name)
