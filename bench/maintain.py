@@ -73,7 +73,7 @@ def add_rows(
 ) -> int:
     """``commits`` commits of ``COMMIT_ROWS`` rows through the index job's writer, no
     maintenance: new videos (appended) and, ``update_share`` of each commit, videos already in
-    the table re-encoded (``merge_insert``, which deletes their old rows). Returns the next free
+    the table re-encoded (upserted, which deletes their old rows). Returns the next free
     id."""
     from pipelines import schema
     from pipelines.write import TableWriter

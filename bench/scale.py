@@ -28,9 +28,9 @@ cores, most of it the segments' index over 4M vectors): search is not measured t
 
 Once, at the largest size: **driver ingest**, rows per second one committing driver takes in
 commits of 256 and of 4096 new rows, appended (the index job's path for new videos) and
-upserted (``merge_insert``, the path of rows the plan does not know to be new), alternating;
-then what the writer sustains with its defaults, maintenance included, into a new table (a
-first index) against its previous defaults, and into the ANN-indexed table
+upserted (:mod:`pipelines.upsert`, the path of rows the plan does not know to be new),
+alternating; then what the writer sustains with its defaults, maintenance included, into a new
+table (a first index) against its previous defaults, and into the ANN-indexed table
 (:func:`_sustained_ingest`). The headline ``ingest_rows_per_s`` is the first of these.
 Writes ``bench/results/scale.json`` and ``scale.png``.
 
@@ -415,13 +415,13 @@ INGEST_REPEATS = 3
 
 
 def ingest(db: Path, model_id: str, start_id: int) -> dict[str, Any]:
-    """Rows per second one driver commits, new rows in commits of 256 and of 4096, by both
-    write paths: ``upsert`` (every row a ``merge_insert``, as for rows the plan does not know
-    to be new) and ``append`` (the index job's path for new videos: ``TableWriter(new_ids=)``).
-    The paths alternate, ``INGEST_REPEATS`` times each; the best repeat of each counts (the
-    machine is shared). The table is compacted before each pair, as a run's maintenance leaves
-    it, and the upsert goes first: its best case, since ``merge_insert`` joins through the
-    ``video_id`` index only while no fragment is unindexed."""
+    """Rows per second one driver commits, new rows in commits of 256 and of 4096, by both write
+    paths: ``upsert`` (every row upserted, as for rows the plan does not know to be new) and
+    ``append`` (the index job's path for new videos: ``TableWriter(new_ids=)``). The paths
+    alternate, ``INGEST_REPEATS`` times each; the best repeat of each counts (the machine is
+    shared). The table is compacted before each pair, as a run's maintenance leaves it, and the
+    upsert goes first: its best case, since its lookups scan the fragments the ``video_id``
+    index does not cover yet."""
     from pipelines import schema
     from pipelines.write import TableWriter
 

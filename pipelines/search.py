@@ -24,7 +24,8 @@ from lancedb.table import Table
 
 import centerclip
 from pipelines import schema
-from pipelines.write import connect, open_table, sql_in
+from pipelines.upsert import sql_in
+from pipelines.write import connect, open_table
 
 # Candidates re-ranked by exact distance per result when an ANN index answers (LanceDB's
 # refine_factor): PQ distances alone misorder close neighbours.

@@ -1,13 +1,15 @@
 """Write stage: the one process that commits to LanceDB.
 
-Encoded batches stream into :class:`TableWriter` in the driver. It buffers them and commits with
-``merge_insert`` keyed on ``video_id`` (an upsert), every ``commit_rows`` rows or
-``commit_seconds`` seconds, so a killed job keeps what it committed and a rerun that writes the
-same videos again replaces rows instead of duplicating them. Rows of videos the plan found in
-neither table (``new_ids``: most of a first index) are appended instead, the first time this run
-writes them: an append joins nothing, so it costs what it writes, where a ``merge_insert`` joins
-the table (through the ``video_id`` index only while no fragment is unindexed). The append stays
-exactly-once: a rerun's plan sees the appended rows as indexed and does not write them again.
+Encoded batches stream into :class:`TableWriter` in the driver. It buffers them and commits an
+upsert keyed on ``video_id`` every ``commit_rows`` rows or ``commit_seconds`` seconds, so a killed
+job keeps what it committed and a rerun that writes the same videos again replaces rows instead of
+duplicating them. Each upsert is one Lance commit that finds the rows it replaces through the
+``video_id`` index (:mod:`pipelines.upsert`, whose cost does not grow with the table, unlike
+LanceDB's ``merge_insert``). Rows of videos
+the plan found in neither table (``new_ids``: most of a first index) are appended instead, the
+first time this run writes them: an append looks nothing up, so it costs what it writes. The
+append stays exactly-once: a rerun's plan sees the appended rows as indexed and does not write them
+again.
 Only this process writes, because
 two LanceDB writers upserting the same keys at once can both insert: the index job holds the
 table's writer lease (:mod:`pipelines.lease`) while it writes, and the writer checks it before
@@ -15,7 +17,7 @@ every commit. A table that holds duplicate ids anyway (written by an older versi
 jobs at once before the lease existed) is repaired when the writer opens it
 (:func:`remove_duplicate_ids`).
 
-Both tables carry a BTREE index on ``video_id``, which ``merge_insert`` joins through and every
+Both tables carry a BTREE index on ``video_id``, which upserts find their rows through and every
 ``video_id IN (...)`` lookup and delete uses, and the embeddings table a BITMAP index on
 ``model_id``, which the search prefilter uses, so a commit or a query costs what it touches, not
 what the table holds. Rows added since an index was last refreshed are scanned, so the writer
@@ -45,6 +47,7 @@ from pipelines.lease import WriterLease
 from pipelines.plan import newest_per_id, with_metadata_digests
 from pipelines.resources import DEFAULT_COMMIT_ROWS
 from pipelines.storage import StorageOptions
+from pipelines.upsert import IndexedUpsert, sql_in
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +102,6 @@ def open_table(
     if drop_unfinished:
         db.drop_table(name)
     return None
-
-
-def sql_in(column: str, values: Iterable[str]) -> str:
-    """A SQL ``column IN (...)`` filter with the values quoted."""
-    quoted = ",".join("'" + str(value).replace("'", "''") + "'" for value in values)
-    return f"{column} IN ({quoted})"
 
 
 def remove_duplicate_ids(table: lancedb.table.Table, time_column: str) -> int:
@@ -173,18 +170,18 @@ def ensure_scalar_indexes(
 class MaintenanceSchedule:
     """When a run compacts its tables and refreshes their indexes: rent or buy.
 
-    Rows added since the last maintenance make commits dearer (``merge_insert`` scans the rows no
-    index covers yet) and a maintenance costs what it folds in, by amounts that differ tenfold
-    between tables (bench/scale.py: an ANN index to refresh or none, upserts or appends). So the
-    schedule measures both: after each commit it adds what the commit cost above the cheapest
-    per-row cost seen since the last maintenance, and a maintenance is due once that excess
-    reaches what the last maintenance cost. That pays at most twice what the best schedule for
-    the same costs would, without knowing them in advance. Before the run's first maintenance
-    its price is unknown, and one is due once the excess reaches what the commits would have
-    cost at their cheapest (they cost twice that): a short run on a large table, whose
-    maintenance can take minutes, does not pay one for noise. A maintenance is also due every
-    ``max_commits`` commits whatever the timings, to bound the fragments; with ``adaptive``
-    False that is the only rule (fixed cadence, for callers that need one).
+    Rows added since the last maintenance make commits dearer (lookups scan the rows no index covers
+    yet, and each fragment is one file more) and a maintenance costs what it folds in, by amounts
+    that differ tenfold between tables (bench/scale.py: an ANN index to refresh or none, upserts or
+    appends). So the schedule measures both: after each commit it adds what the commit cost above
+    the cheapest per-row cost seen since the last maintenance, and a maintenance is due once that
+    excess reaches what the last maintenance cost. That pays at most twice what the best schedule
+    for the same costs would, without knowing them in advance. Before the run's first maintenance
+    its price is unknown, and one is due once the excess reaches what the commits would have cost at
+    their cheapest (they cost twice that): a short run on a large table, whose maintenance can take
+    minutes, does not pay one for noise. A maintenance is also due every ``max_commits`` commits
+    whatever the timings, to bound the fragments; with ``adaptive`` False that is the only rule
+    (fixed cadence, for callers that need one).
     """
 
     def __init__(self, max_commits: int = DEFAULT_MAINTAIN_EVERY, *, adaptive: bool = True) -> None:
@@ -244,7 +241,7 @@ class TableWriter:
 
     ``new_ids`` (ids of ``manifest`` that the plan found in neither table) are appended rather
     than upserted when the first row of theirs this run writes is a success; any later row of
-    the same id in this run (a replayed block) goes through ``merge_insert`` and replaces it.
+    the same id in this run (a replayed block) is upserted and replaces it.
     Without ``new_ids`` every row is upserted.
     """
 
@@ -269,6 +266,7 @@ class TableWriter:
         if new_ids is not None and manifest is None:
             raise ValueError("new_ids needs the manifest that holds them")
         self.lease = lease
+        storage = storage if storage is not None else StorageOptions.from_env()
         self.db = connect(db_uri, storage)
         self.model_id = model_id
         self.schema = schema.embeddings_schema(dim, segments)
@@ -311,6 +309,9 @@ class TableWriter:
         if errors is None:
             errors = self.db.create_table(errors_name, schema=schema.ERRORS_SCHEMA)
         self.errors = errors
+        options = storage.lancedb_options(db_uri) or None
+        self._upsert_embeddings = IndexedUpsert(self.table, schema.VIDEO_ID, options)
+        self._upsert_errors = IndexedUpsert(self.errors, schema.VIDEO_ID, options)
         self.check_lease()
         ensure_scalar_indexes(self.table, EMBEDDINGS_SCALAR_INDEXES)
         ensure_scalar_indexes(self.errors, ERRORS_SCALAR_INDEXES)
@@ -442,10 +443,10 @@ class TableWriter:
                 # New videos: in neither table, so nothing to join and no error row to delete.
                 self.table.add(self._embedding_rows(appended, now))
             if upserted.num_rows:
-                self._upsert(self.table, self._embedding_rows(upserted, now))
+                self._upsert_embeddings(self._embedding_rows(upserted, now))
                 delete_ids(self.errors, upserted[schema.VIDEO_ID].to_pylist())
         if bad.num_rows:
-            self._upsert(self.errors, self._error_rows(bad, now))
+            self._upsert_errors(self._error_rows(bad, now))
             # A video that no longer encodes has no valid vector: drop a stale one.
             delete_ids(self.table, bad[schema.VIDEO_ID].to_pylist())
             for error in bad[schema.ERROR].to_pylist():
@@ -481,15 +482,6 @@ class TableWriter:
             fragment_count(self.table),
             seconds,
             ", ".join(f"{step} {s:.1f} s" for step, s in steps.items()),
-        )
-
-    @staticmethod
-    def _upsert(table: lancedb.table.Table, rows: pa.Table) -> None:
-        (
-            table.merge_insert(schema.VIDEO_ID)
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(rows)
         )
 
     def _embedding_rows(self, good: pa.Table, now: pa.Scalar) -> pa.Table:

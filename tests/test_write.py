@@ -17,6 +17,7 @@ from pipelines import schema, write
 from pipelines.index import read_table_state
 from pipelines.plan import NEW, REASON, plan_index
 from pipelines.search import MomentsUnavailableError, check_model, model_filter, search_vectors
+from pipelines.upsert import sql_in
 from pipelines.write import (
     MAX_INDEX_SEGMENTS,
     MaintenanceSchedule,
@@ -25,7 +26,6 @@ from pipelines.write import (
     delete_ids,
     fragment_count,
     maintain_table,
-    sql_in,
 )
 
 DIM, SEGMENTS = 8, 2
@@ -504,3 +504,45 @@ def test_a_run_killed_after_appending_reruns_without_duplicates(tmp_path: Path) 
 def test_new_ids_without_a_manifest_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="new_ids needs the manifest"):
         writer(tmp_path, new_ids=pa.array(["v000"]))
+
+
+def test_an_upsert_replaces_and_inserts_in_one_version_found_through_the_index(
+    tmp_path: Path,
+) -> None:
+    """Replacing rows and inserting others is one commit: the version before holds every old
+    row, the next one every new row; a fragment whose rows were all replaced is dropped; the
+    rows to replace are looked up with a filter the ``video_id`` index answers; a video twice in
+    one batch keeps its last row."""
+    run = writer(tmp_path, commit_rows=10**9, maintain_every=10**9, adaptive_maintenance=False)
+    run.add(encoded(ids("a", 3), seed=0))
+    run.flush()
+    run.add(encoded(ids("b", 3), seed=1))
+    run.flush()
+    first_fragment, second_fragment = (f.fragment_id for f in run.table.to_lance().get_fragments())
+    before = run.table.version
+    replacing = [*ids("a", 3), "b001", "c000", "b001"]
+    run.add(encoded(replacing, seed=2))
+    run.flush()
+
+    table = run.table
+    assert table.version == before + 1
+    stored = vectors_by_id(table)
+    assert sorted(stored) == sorted([*ids("a", 3), *ids("b", 3), "c000"])
+    written = encoded(replacing, seed=2)[schema.VECTOR].to_pylist()
+    latest = {**dict(zip(replacing, written, strict=True)), "b001": written[-1]}
+    for video_id, vector in latest.items():
+        np.testing.assert_allclose(stored[video_id], vector, rtol=1e-6)
+    np.testing.assert_allclose(
+        stored["b000"], encoded(ids("b", 3), seed=1)[schema.VECTOR].to_pylist()[0], rtol=1e-6
+    )
+    fragments = [f.fragment_id for f in table.to_lance().get_fragments()]
+    assert first_fragment not in fragments and second_fragment in fragments
+
+    table.checkout(before)
+    assert sorted(vectors_by_id(table)) == sorted(ids("a", 3) + ids("b", 3))
+    table.checkout_latest()
+    maintain_table(table)  # the index covers every row
+    lookup = table.to_lance().scanner(
+        columns=[], filter=sql_in(schema.VIDEO_ID, replacing), with_row_address=True
+    )
+    assert "ScalarIndexQuery" in lookup.explain_plan()

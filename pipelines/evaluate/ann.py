@@ -18,7 +18,8 @@ from pipelines.evaluate.gallery import Gallery
 from pipelines.evaluate.ranks import AnnRanks, ann_ranks
 from pipelines.evaluate.vectors import to_fixed_size_list
 from pipelines.search import nearest
-from pipelines.write import build_ann_index, sql_in
+from pipelines.upsert import sql_in
+from pipelines.write import build_ann_index
 
 
 def gallery_filter(table: Table, model_where: str, split: str | None, gallery: pa.Table) -> str:

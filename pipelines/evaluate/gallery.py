@@ -13,7 +13,7 @@ from lancedb.table import Table
 
 from pipelines import schema
 from pipelines.evaluate.vectors import to_matrix
-from pipelines.write import sql_in
+from pipelines.upsert import sql_in
 
 # Video ids per SQL ``IN`` filter when reading the table: one scan per chunk.
 _IDS_PER_FILTER = 2000

@@ -33,7 +33,7 @@ from pipelines.search import (
 )
 from pipelines.serve.media import ByteRange, MediaReader
 from pipelines.storage import StorageOptions
-from pipelines.write import sql_in
+from pipelines.upsert import sql_in
 
 MAX_K = 100
 MAX_QUERY_CHARS = 1000
