@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 # Keys per lookup filter: one ``IN`` list of a commit's keys, kept short enough to plan quickly.
 _KEYS_PER_LOOKUP = 1000
+# Tries of an upsert that another writer's commit preempts (Lance's ``CommitConflictError``).
+_ATTEMPTS = 5
 _FRAGMENT_BITS = 32
 
 
@@ -76,21 +78,37 @@ class IndexedUpsert:
     def __call__(self, rows: pa.Table) -> None:
         # Pylance warns at every later fork of the process that imports it: imported here, as
         # LanceDB's ``to_lance`` does, it stays out of processes that never upsert.
+        from lance.commit import CommitConflictError
+
+        rows = last_row_per_key(rows, self.key)
+        for attempt in range(1, _ATTEMPTS + 1):
+            dataset = self._latest()
+            if dataset.has_stable_row_ids:
+                (
+                    self.table.merge_insert(self.key)
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .execute(rows)
+                )
+                return
+            try:
+                self._dataset = self._commit(dataset, conform(rows, dataset.schema))
+                break
+            except CommitConflictError:
+                # Another writer committed first (a maintenance, an index build): what this
+                # attempt wrote is left unreferenced, and the next one starts from that version.
+                if attempt == _ATTEMPTS:
+                    raise
+                self._dataset = None
+        self.table.checkout_latest()
+
+    def _commit(self, dataset: lance.LanceDataset, rows: pa.Table) -> lance.LanceDataset:
+        """Replace the rows of ``rows``' keys in ``dataset`` and add the others, in one commit
+        on top of ``dataset``'s version; returns the version it made."""
         import lance
         from lance import LanceOperation
         from lance.fragment import write_fragments
 
-        rows = last_row_per_key(rows, self.key)
-        dataset = self._latest()
-        if dataset.has_stable_row_ids:
-            (
-                self.table.merge_insert(self.key)
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute(rows)
-            )
-            return
-        rows = conform(rows, dataset.schema)
         removed, updated = self._deleted_in_fragments(dataset, rows[self.key].to_pylist())
         added = write_fragments(
             rows,
@@ -99,7 +117,7 @@ class IndexedUpsert:
             data_storage_version=dataset.data_storage_version,
             storage_options=self.storage_options,
         )
-        self._dataset = lance.LanceDataset.commit(
+        return lance.LanceDataset.commit(
             dataset,
             LanceOperation.Update(
                 removed_fragment_ids=removed, updated_fragments=updated, new_fragments=added
@@ -107,7 +125,6 @@ class IndexedUpsert:
             read_version=dataset.version,
             storage_options=self.storage_options,
         )
-        self.table.checkout_latest()
 
     def _latest(self) -> lance.LanceDataset:
         """The table's latest version, through a handle whose cache holds the key's index whole.

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipelines import schema, write
+from pipelines import schema, upsert, write
 from pipelines.index import read_table_state
 from pipelines.plan import NEW, REASON, plan_index
 from pipelines.search import MomentsUnavailableError, check_model, model_filter, search_vectors
@@ -546,3 +546,37 @@ def test_an_upsert_replaces_and_inserts_in_one_version_found_through_the_index(
         columns=[], filter=sql_in(schema.VIDEO_ID, replacing), with_row_address=True
     )
     assert "ScalarIndexQuery" in lookup.explain_plan()
+
+
+def test_an_upsert_preempted_by_another_writers_commit_starts_again_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process compacts the table between an upsert's lookup and its commit (Lance's
+    retryable ``CommitConflictError``): the upsert is redone on the compacted version."""
+    run = writer(tmp_path, commit_rows=10**9, maintain_every=10**9, adaptive_maintenance=False)
+    for block in range(3):
+        run.add(encoded(ids(f"b{block}", 3), seed=block))
+        run.flush()
+    lookup = upsert.IndexedUpsert._deleted_in_fragments
+    compactions = []
+
+    def lookup_then_another_writer_compacts(self, dataset, keys):
+        found = lookup(self, dataset, keys)
+        if not compactions:
+            other = lancedb.connect(str(tmp_path)).open_table("videos")
+            maintain_table(other)
+            compactions.append(other.version)
+        return found
+
+    monkeypatch.setattr(
+        upsert.IndexedUpsert, "_deleted_in_fragments", lookup_then_another_writer_compacts
+    )
+    replacing = [*ids("b0", 3), "c000"]
+    run.add(encoded(replacing, seed=9))
+    run.flush()
+
+    assert compactions and run.table.version > compactions[0]
+    stored = vectors_by_id(run.table)
+    assert sorted(stored) == sorted([*ids("b0", 3), *ids("b1", 3), *ids("b2", 3), "c000"])
+    for video_id, vector in vectors_by_id_of(encoded(replacing, seed=9)).items():
+        np.testing.assert_allclose(stored[video_id], vector, rtol=1e-6)
