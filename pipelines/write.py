@@ -5,17 +5,14 @@ upsert keyed on ``video_id`` every ``commit_rows`` rows or ``commit_seconds`` se
 job keeps what it committed and a rerun that writes the same videos again replaces rows instead of
 duplicating them. Each upsert is one Lance commit that finds the rows it replaces through the
 ``video_id`` index (:mod:`pipelines.upsert`, whose cost does not grow with the table, unlike
-LanceDB's ``merge_insert``). Rows of videos
-the plan found in neither table (``new_ids``: most of a first index) are appended instead, the
-first time this run writes them: an append looks nothing up, so it costs what it writes. The
-append stays exactly-once: a rerun's plan sees the appended rows as indexed and does not write them
-again.
-Only this process writes, because
-two LanceDB writers upserting the same keys at once can both insert: the index job holds the
-table's writer lease (:mod:`pipelines.lease`) while it writes, and the writer checks it before
-every commit. A table that holds duplicate ids anyway (written by an older version, or by two
-jobs at once before the lease existed) is repaired when the writer opens it
-(:func:`remove_duplicate_ids`).
+LanceDB's ``merge_insert``). Rows of videos the plan found in neither table (``new_ids``: most of a
+first index) are appended instead, the first time this run writes them: an append looks nothing up,
+so it costs what it writes. The append stays exactly-once: a rerun's plan sees the appended rows as
+indexed and does not write them again. Only this process writes, because two LanceDB writers
+upserting the same keys at once can both insert: the index job holds the table's writer lease
+(:mod:`pipelines.lease`) while it writes, and the writer checks it before every commit. A table that
+holds duplicate ids anyway (written by an older version, or by two jobs at once before the lease
+existed) is repaired when the writer opens it (:func:`remove_duplicate_ids`).
 
 Both tables carry a BTREE index on ``video_id``, which upserts find their rows through and every
 ``video_id IN (...)`` lookup and delete uses, and the embeddings table a BITMAP index on
@@ -440,7 +437,7 @@ class TableWriter:
             appended = good.filter(good[_APPEND])
             upserted = good.filter(pc.invert(good[_APPEND]))
             if appended.num_rows:
-                # New videos: in neither table, so nothing to join and no error row to delete.
+                # New videos: in neither table, so nothing to look up and no error row to delete.
                 self.table.add(self._embedding_rows(appended, now))
             if upserted.num_rows:
                 self._upsert_embeddings(self._embedding_rows(upserted, now))
