@@ -22,6 +22,9 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 
+from pipelines import schema
+from pipelines.plan import newest_per_id
+
 if TYPE_CHECKING:
     import lance
 
@@ -38,15 +41,6 @@ def sql_in(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({quoted})"
 
 
-def last_row_per_key(rows: pa.Table, key: str) -> pa.Table:
-    """``rows`` with one row per ``key``, the last of each (the newest result), in order."""
-    keys = rows[key].to_numpy(zero_copy_only=False)
-    _, last_from_end = np.unique(keys[::-1], return_index=True)
-    if len(last_from_end) == rows.num_rows:
-        return rows
-    return rows.take(np.sort(rows.num_rows - 1 - last_from_end))
-
-
 def conform(rows: pa.Table, target: pa.Schema) -> pa.Table:
     """``rows`` in ``target``'s column order and types; a column ``rows`` lacks is null, as
     ``merge_insert`` leaves it."""
@@ -60,17 +54,22 @@ def conform(rows: pa.Table, target: pa.Schema) -> pa.Table:
 
 
 class IndexedUpsert:
-    """Upserts into ``table`` keyed on ``key``, each in one commit (see the module's text).
+    """Upserts into ``table`` keyed on ``video_id``, each in one commit (see the module's text).
 
-    ``storage_options`` reach the table's object store (``None`` for a local folder). A table with
-    stable row ids is upserted with ``merge_insert``, which carries them over.
+    Of the rows of one id in a batch, the newest by ``time_column`` is kept, the last of equal
+    times (:func:`pipelines.plan.newest_per_id`). ``storage_options`` reach the table's object
+    store (``None`` for a local folder). A table with stable row ids is upserted with
+    ``merge_insert``, which carries them over.
     """
 
     def __init__(
-        self, table: lancedb.table.Table, key: str, storage_options: dict[str, str] | None = None
+        self,
+        table: lancedb.table.Table,
+        time_column: str,
+        storage_options: dict[str, str] | None = None,
     ) -> None:
         self.table = table
-        self.key = key
+        self.time_column = time_column
         self.storage_options = storage_options
         self._dataset: lance.LanceDataset | None = None
         self._prewarmed: tuple[str, ...] = ()  # the key's index in this handle's cache
@@ -80,12 +79,12 @@ class IndexedUpsert:
         # LanceDB's ``to_lance`` does, it stays out of processes that never upsert.
         from lance.commit import CommitConflictError
 
-        rows = last_row_per_key(rows, self.key)
+        rows = newest_per_id(rows, self.time_column)
         for attempt in range(1, _ATTEMPTS + 1):
             dataset = self._latest()
             if dataset.has_stable_row_ids:
                 (
-                    self.table.merge_insert(self.key)
+                    self.table.merge_insert(schema.VIDEO_ID)
                     .when_matched_update_all()
                     .when_not_matched_insert_all()
                     .execute(rows)
@@ -109,7 +108,7 @@ class IndexedUpsert:
         from lance import LanceOperation
         from lance.fragment import write_fragments
 
-        removed, updated = self._deleted_in_fragments(dataset, rows[self.key].to_pylist())
+        removed, updated = self._deleted_in_fragments(dataset, rows[schema.VIDEO_ID].to_pylist())
         added = write_fragments(
             rows,
             dataset,
@@ -153,7 +152,7 @@ class IndexedUpsert:
     def _key_index(self, dataset: lance.LanceDataset) -> tuple[str, ...]:
         """The name and segment ids of the index on the key (empty without one)."""
         for index in dataset.describe_indices():
-            if index.field_names == [self.key]:
+            if index.field_names == [schema.VIDEO_ID]:
                 return (index.name, *(str(segment.uuid) for segment in index.segments))
         return ()
 
@@ -166,7 +165,7 @@ class IndexedUpsert:
             [
                 dataset.to_table(
                     columns=[],
-                    filter=sql_in(self.key, keys[start : start + _KEYS_PER_LOOKUP]),
+                    filter=sql_in(schema.VIDEO_ID, keys[start : start + _KEYS_PER_LOOKUP]),
                     with_row_address=True,
                 )["_rowaddr"].to_numpy()
                 for start in range(0, len(keys), _KEYS_PER_LOOKUP)

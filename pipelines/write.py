@@ -307,8 +307,8 @@ class TableWriter:
             errors = self.db.create_table(errors_name, schema=schema.ERRORS_SCHEMA)
         self.errors = errors
         options = storage.lancedb_options(db_uri) or None
-        self._upsert_embeddings = IndexedUpsert(self.table, schema.VIDEO_ID, options)
-        self._upsert_errors = IndexedUpsert(self.errors, schema.VIDEO_ID, options)
+        self._upsert_embeddings = IndexedUpsert(self.table, schema.INDEXED_AT, options)
+        self._upsert_errors = IndexedUpsert(self.errors, schema.AT, options)
         self.check_lease()
         ensure_scalar_indexes(self.table, EMBEDDINGS_SCALAR_INDEXES)
         ensure_scalar_indexes(self.errors, ERRORS_SCALAR_INDEXES)
