@@ -41,7 +41,7 @@ from pipelines.finetune import (
     run_finetune,
     training_schedule,
 )
-from pipelines.finetune.run import FinetuneSummary
+from pipelines.finetune.run import FinetuneSummary, ray_train_settings
 from pipelines.manifest import read_manifest
 from pipelines.storage import StorageOptions
 
@@ -190,6 +190,7 @@ class InterruptedRun:
     model_file_after_stop: bool
     summary: FinetuneSummary  # the second run, which finished the first one
     killed: dict[str, object]  # the worker SIGKILLed during the second run
+    actor_classes: list[str]  # every actor this session ran by then, dead ones included
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +253,10 @@ def full_run(
     killer.start()
     resumed = run_finetune(_config(sample_corpus, out, storage=storage, max_failures=1))
     killer.join(timeout=60)
-    return InterruptedRun(out, storage, fs, root, stopped, model_file_after_stop, resumed, killed)
+    classes = [actor["ActorClassName"] for actor in actors().values()]
+    return InterruptedRun(
+        out, storage, fs, root, stopped, model_file_after_stop, resumed, killed, classes
+    )
 
 
 def _exists(fs: pafs.FileSystem, path: str) -> bool:
@@ -404,6 +408,24 @@ def test_a_stopped_run_resumes_and_a_killed_worker_is_replaced(full_run: Interru
     assert resumed.finished and resumed.step == resumed.total_steps
     # One record per epoch: none repeated by the resume or by the workers' restart.
     assert [r["epoch"] for r in resumed.history] == list(range(TRAIN.epochs + 1))
+
+
+def testray_train_settings_apply_to_the_run_only_and_yield_to_the_users(
+    full_run: InterruptedRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On this one-node cluster no run started a preemption watcher (three worker groups ran).
+    assert full_run.actor_classes.count("RayTrainWorker") >= 3 * WORKERS
+    assert "PreemptionWatcher" not in full_run.actor_classes
+    for name in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
+        assert name not in os.environ  # set for the fit only
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
+    with ray_train_settings(nodes=2):
+        assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+        assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ  # several nodes: Ray's
+    with ray_train_settings(nodes=1):
+        assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ
 
 
 def test_a_finished_run_is_not_trained_again(full_run: InterruptedRun, sample_corpus: Path):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,34 @@ def _fit(
         datasets=datasets,
         dataset_config=data_config(),
     )
-    return trainer.fit()
+    with ray_train_settings(nodes=sum(node["Alive"] for node in ray.nodes())):
+        return trainer.fit()
+
+
+# Ray Train's controller checks on its workers every 2 s by default, so the run's start, its end
+# and each restart after a failure wait up to 2 s more than they need; at 0.5 s the checks cost
+# nothing measurable (README, Fine-tuning: what the job sets).
+_TRAIN_SETTINGS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# A watcher actor per worker group that lets workers on a draining node checkpoint first: on a
+# one-node cluster the run ends with the node anyway, so it only costs a process per start.
+_ONE_NODE_SETTINGS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+@contextlib.contextmanager
+def ray_train_settings(*, nodes: int) -> Iterator[None]:
+    """Ray Train's settings for one ``fit``, each only where the user's environment sets none.
+
+    Ray Train reads them from the driver's environment and hands them to its controller and
+    workers, so they are set in ``os.environ`` for the call and removed after it.
+    """
+    wanted = {**_TRAIN_SETTINGS, **(_ONE_NODE_SETTINGS if nodes == 1 else {})}
+    added = [name for name in wanted if name not in os.environ]
+    os.environ.update({name: wanted[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 StepCallback = Callable[[int, int, float | None], None]
