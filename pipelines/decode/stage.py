@@ -133,8 +133,9 @@ class DecodeStage:
         self._rng = np.random.default_rng(seed)
         # Passes over files so far: one per distinct uri of a batch (tests count them).
         self.passes = 0
-        # Started now rather than on the first video: under Ray this is actor start-up, which
-        # overlaps the encode actors loading their models, instead of the first batch's time.
+        # Started now rather than on the first video: under Ray this is actor start-up, done
+        # before the job streams its first batch, instead of that batch's time. (Ray Data starts
+        # the encode pool only once this pool is ready, so it does not overlap their loading.)
         self._decoder: _DecoderProcess | None = _DecoderProcess(self._buffer_bytes)
         self._decoded_by_child = 0
 
