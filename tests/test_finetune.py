@@ -410,7 +410,7 @@ def test_a_stopped_run_resumes_and_a_killed_worker_is_replaced(full_run: Interru
     assert [r["epoch"] for r in resumed.history] == list(range(TRAIN.epochs + 1))
 
 
-def testray_train_settings_apply_to_the_run_only_and_yield_to_the_users(
+def test_ray_train_settings_apply_to_the_run_only_and_yield_to_the_users(
     full_run: InterruptedRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # On this one-node cluster no run started a preemption watcher (three worker groups ran).
