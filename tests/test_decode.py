@@ -262,6 +262,21 @@ def test_a_crashed_decoder_is_an_error_row(fifo: str, videos: list[str]) -> None
         assert decode.decoder_pid not in (None, pid)
 
 
+def test_a_decoder_process_that_cannot_start_fails_the_first_batch_not_the_constructor(
+    videos: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage does not wait for its decoder process to start (its owner goes on loading
+    meanwhile); a process that never starts is an installation problem, raised at first use
+    rather than turned into error rows, and the stage recovers once the cause is gone."""
+    monkeypatch.setattr("sys.executable", "/bin/false")  # the child exits at once, status 1
+    with DecodeStage(frames=FRAMES, image_size=SIZE) as decode:
+        failed = r"decoder process failed to start \(exit status 1\)"
+        with pytest.raises(RuntimeError, match=failed):
+            decode(batch([videos[0]]))
+        monkeypatch.undo()
+        assert decode(batch([videos[0]]))[schema.ERROR][0] == ""
+
+
 # --- sampling policies, decoder libraries, clips of one file ----------------------------------
 
 CLIP_FPS = 24

@@ -83,7 +83,10 @@ def _child_main(fd: int, buffer_fd: int, buffer_bytes: int) -> None:
     av.logging.set_level(av.logging.PANIC)
     buffer = mmap.mmap(buffer_fd, buffer_bytes)
     conn = Connection(fd)
-    conn.send(os.getpid())
+    try:
+        conn.send(os.getpid())
+    except OSError:  # the stage was closed before it needed this process
+        return
     while True:
         try:
             req = conn.recv()
@@ -125,6 +128,18 @@ class _DecoderProcess:
                 env=env,
             )
         self.conn = Connection(parent_sock.detach())
+        self._started = False
+
+    def wait_started(self) -> None:
+        """Returns once the child has announced itself (at once after the first time); not done
+        in ``__init__``, so the owner carries on starting (an actor loading its model) while the
+        child's interpreter imports the decoders.
+
+        Raises:
+            RuntimeError: the child exited, or did not start within ``_STARTUP_TIMEOUT_S``.
+        """
+        if self._started:
+            return
         if not self.conn.poll(_STARTUP_TIMEOUT_S):
             self.kill()
             raise RuntimeError(f"decoder process did not start within {_STARTUP_TIMEOUT_S:g}s")
@@ -133,6 +148,7 @@ class _DecoderProcess:
         except EOFError:
             code = self.process.wait()
             raise RuntimeError(f"decoder process failed to start (exit status {code})") from None
+        self._started = True
 
     @property
     def pid(self) -> int:

@@ -133,9 +133,10 @@ class DecodeStage:
         self._rng = np.random.default_rng(seed)
         # Passes over files so far: one per distinct uri of a batch (tests count them).
         self.passes = 0
-        # Started now rather than on the first video: under Ray this is actor start-up, done
-        # before the job streams its first batch, instead of that batch's time. (Ray Data starts
-        # the encode pool only once this pool is ready, so it does not overlap their loading.)
+        # Started now rather than on the first video, and not waited for until then: its
+        # interpreter imports the decoders while this actor finishes starting (a DecodeEncodeStage
+        # builds its model; in a decode pool, Ray Data starts the encode pool once this pool is
+        # ready), instead of during the first batch or before the actor counts as ready.
         self._decoder: _DecoderProcess | None = _DecoderProcess(self._buffer_bytes)
         self._decoded_by_child = 0
 
@@ -229,6 +230,11 @@ class DecodeStage:
                 self._decoder = _DecoderProcess(self._buffer_bytes)
                 self._decoded_by_child = 0
             decoder = self._decoder
+            try:
+                decoder.wait_started()
+            except RuntimeError:  # the next call starts another process
+                self._discard(kill=True)
+                raise
             try:
                 decoder.conn.send(req)
                 break
