@@ -136,12 +136,12 @@ class _DecoderProcess:
         child's interpreter imports the decoders.
 
         Raises:
-            RuntimeError: the child exited, or did not start within ``_STARTUP_TIMEOUT_S``.
+            RuntimeError: the child exited, or did not start within ``_STARTUP_TIMEOUT_S``; the
+                owner then kills it (:meth:`kill`).
         """
         if self._started:
             return
         if not self.conn.poll(_STARTUP_TIMEOUT_S):
-            self.kill()
             raise RuntimeError(f"decoder process did not start within {_STARTUP_TIMEOUT_S:g}s")
         try:
             self.conn.recv()
