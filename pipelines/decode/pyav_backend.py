@@ -30,6 +30,7 @@ from pipelines.decode.sampling import (
 from pipelines.decode.source import _damaged, _open_video, output_size
 
 FAST_CODEC_OPTIONS = {"skip_loop_filter": "all"}
+SCALER_INTERPOLATION = "AREA"
 # Pixel formats (planar and semi-planar YUV, grey) scaled before their conversion to RGB.
 _SCALED_IN_OWN_FORMAT = ("yuv", "nv", "gray")
 _TIMESTAMP_DISCONTINUITIES = 0x200  # AVFMT_TS_DISCONT: the formats without a seek index
@@ -352,10 +353,12 @@ class _Thumbnailer:
 
     A YUV frame is scaled in its own format first and only the small result converted to RGB:
     swscale scales into RGB on a slow path, and scaling then converting costs a quarter to a half
-    as much at 480p to 720p. The thumbnails are about as close to what CLIP's own preprocessing
-    sees (PIL's bicubic resize of the full-size RGB frame) on real footage, though chroma is
-    scaled at half the output's resolution, which tiny frames with saturated colour texture show
-    (bench/decode.py measures cost and distance of both ways). Each step keeps its own scaler: a
+    as much at 480p to 720p; chroma is then scaled at half the output's resolution, which tiny
+    frames with saturated colour texture show. Frames of more than 8 bits (10-bit HEVC, ProRes)
+    are scaled into 8-bit planar RGB instead: cheaper than scaling them in their own format, and
+    closer. The scaler averages areas (``AREA``): cheaper than bilinear when shrinking, and closer
+    to what CLIP's own preprocessing sees (PIL's bicubic resize of the full-size RGB frame;
+    bench/decode.py measures cost and distance of each way). Each step keeps its own scaler: a
     frame's own reformat() sets up a new one each time, which costs more than scaling a 360p
     frame.
     """
@@ -369,12 +372,30 @@ class _Thumbnailer:
     def __call__(self, frame: Any) -> np.ndarray:
         if frame.format.name.startswith(_SCALED_IN_OWN_FORMAT):
             small = self._scaler.reformat(
-                frame, width=self.width, height=self.height, threads=self.threads
+                frame,
+                width=self.width,
+                height=self.height,
+                format=_scaled_format(frame.format),
+                interpolation=SCALER_INTERPOLATION,
+                threads=self.threads,
             )
             rgb = self._converter.reformat(small, format="rgb24", threads=self.threads)
         else:
             rgb = self._scaler.reformat(
-                frame, width=self.width, height=self.height, format="rgb24", threads=self.threads
+                frame,
+                width=self.width,
+                height=self.height,
+                format="rgb24",
+                interpolation=SCALER_INTERPOLATION,
+                threads=self.threads,
             )
         top, left = (self.height - self.size) // 2, (self.width - self.size) // 2
         return rgb.to_ndarray()[top : top + self.size, left : left + self.size]
+
+
+def _scaled_format(pixel_format: Any) -> str | None:
+    """The format a YUV or grey frame of ``pixel_format`` (an ``av.VideoFormat``) is scaled
+    into: its own (``None``) at 8 bits; 8-bit planar RGB (or grey) at more bits."""
+    if max(c.bits for c in pixel_format.components) <= 8:
+        return None
+    return "gray" if len(pixel_format.components) == 1 else "gbrp"
