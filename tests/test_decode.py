@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -292,26 +294,31 @@ ENCODINGS = {
 }
 
 
+def textured_frame(i: int) -> np.ndarray:
+    """Frame ``i`` ``[64, 96, 3]`` uint8 RGB of a smooth texture panning and changing."""
+    y, x = np.mgrid[0:64, 0:96].astype(np.float32)
+    phase = i / 4
+    return np.stack(
+        [
+            128 + 100 * np.sin((x + 3 * i) / 9 + phase),
+            128 + 100 * np.cos((y - 2 * i) / 7),
+            128 + 100 * np.sin((x + y) / 13 - phase),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
+
+
 def write_textured_clip(
     path: Path, codec: str, options: dict[str, str], pix_fmt: str = "yuv420p"
 ) -> None:
     """96x64, 2 s at 24 fps: smooth texture panning and changing, so every frame differs."""
-    y, x = np.mgrid[0:64, 0:96].astype(np.float32)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=Fraction(CLIP_FPS))
         stream.width, stream.height, stream.pix_fmt = 96, 64, pix_fmt
         stream.options = options
         for i in range(CLIP_FRAMES):
-            phase = i / 4
-            rgb = np.stack(
-                [
-                    128 + 100 * np.sin((x + 3 * i) / 9 + phase),
-                    128 + 100 * np.cos((y - 2 * i) / 7),
-                    128 + 100 * np.sin((x + y) / 13 - phase),
-                ],
-                axis=-1,
-            ).astype(np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+            frame = av.VideoFrame.from_ndarray(textured_frame(i), format="rgb24")
+            container.mux(stream.encode(frame))
         container.mux(stream.encode())
 
 
@@ -428,6 +435,74 @@ def test_frames_of_more_than_8_bits_are_scaled_at_full_chroma(
         full = frames[index].to_ndarray(format="rgb48le").astype(np.float64) / 257
         means = full.reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))[:, 8:40]
         assert np.abs(got - means).mean() < 1.0, (index, np.abs(got - means).mean())
+
+
+# x265's names of the HDR transfers: PQ (SMPTE ST 2084) and HLG (ARIB STD-B67), by FFmpeg's tag.
+X265_TRANSFERS = {16: "smpte2084", 18: "arib-std-b67"}
+
+
+@functools.cache
+def hdr_converter(transfer: int) -> Any:
+    """One scaler per transfer for the whole module: each takes seconds to set up."""
+    from av.video.reformatter import VideoReformatter
+
+    return VideoReformatter()
+
+
+def write_hdr_clip(path: Path, transfer: int, *, tag_gamut: bool) -> None:
+    """The textured clip mastered as HDR: each SDR BT.709 frame converted by swscale to
+    ``transfer`` and BT.2020 primaries, then encoded losslessly as 10-bit 4:4:4 HEVC tagged with
+    the transfer (and the primaries, if ``tag_gamut``), so the decoder returns exactly the HDR
+    frames."""
+    to_hdr = hdr_converter(transfer)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx265", rate=Fraction(CLIP_FPS))
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv444p10le"
+        gamut = "colorprim=bt2020:" if tag_gamut else ""
+        stream.options = {
+            "x265-params": f"log-level=none:lossless=1:{gamut}"
+            f"transfer={X265_TRANSFERS[transfer]}:colormatrix=bt2020nc"
+        }
+        for i in range(CLIP_FRAMES):
+            sdr = av.VideoFrame.from_ndarray(textured_frame(i), format="rgb24")
+            sdr.color_trc, sdr.color_primaries = 1, 1  # BT.709
+            hdr = to_hdr.reformat(
+                sdr, format="rgb48le", dst_color_trc=transfer, dst_color_primaries=9
+            )
+            container.mux(
+                stream.encode(hdr.reformat(format="yuv444p10le", dst_colorspace="bt2020"))
+            )
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize(
+    ("transfer", "tag_gamut"),
+    [(16, True), (18, True), (16, False)],
+    ids=["pq", "hlg", "pq-no-gamut"],
+)
+def test_hdr_frames_are_tone_mapped_to_the_sdr_they_show(
+    tmp_path: Path, transfer: int, tag_gamut: bool
+) -> None:
+    """An HDR clip (PQ or HLG, BT.2020, the gamut tagged or not) made from SDR frames comes back
+    as those frames: each 32-px thumbnail is within 1.5 levels on average of the SDR frame's 2x2
+    means. Its HDR values read as SDR, as before, are tens of levels away."""
+    uri = str(tmp_path / f"hdr-{transfer}.mp4")
+    write_hdr_clip(Path(uri), transfer, tag_gamut=tag_gamut)
+    with DecodeStage(frames=FRAMES, image_size=32) as stage:
+        out = stage(batch([uri]))
+    assert list(out[schema.ERROR]) == [""]
+
+    with av.open(uri) as container:
+        frames = list(container.decode(video=0))
+    assert (frames[0].color_trc, frames[0].color_primaries) == (transfer, 9 if tag_gamut else 2)
+    indices = np.round(out[schema.FRAME_TIMES_S][0] * CLIP_FPS).astype(int)
+    for got, index in zip(out[schema.FRAMES][0], indices, strict=True):
+        shown = textured_frame(int(index)).astype(np.float64)
+        shown = shown.reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))[:, 8:40]
+        assert np.abs(got - shown).mean() < 1.5, (index, np.abs(got - shown).mean())
+        coded = frames[index].to_ndarray(format="rgb48le").astype(np.float64) / 257
+        coded = coded.reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))[:, 8:40]
+        assert np.abs(coded - shown).mean() > 10
 
 
 def test_exact_sampling_without_an_index(clips: dict[str, str]) -> None:
