@@ -63,6 +63,8 @@ class Profile:
     # Default-settings x264: the profiles the ``fast`` and ``keyframe`` targets are measured on.
     default_x264: bool = False
     clips: int = 0  # > 0: a long video cut into this many start_s/end_s rows
+    # HDR: the transfer (FFmpeg's tag: 16 PQ, 18 HLG) the footage is mastered to, in BT.2020.
+    hdr_transfer: int | None = None
 
 
 PROFILES = (
@@ -97,9 +99,14 @@ PROFILES = (
     Profile("long_360p_600s_30", 640, 360, 600, 30, options={"preset": "veryfast"}, clips=60),
     Profile("long_180p_600s_30", 320, 180, 600, 30, options={"preset": "veryfast"}, clips=60,
             quick=True),
-    # 10-bit HEVC, as phones record it (last: a profile's seed is its place in this list).
+    # 10-bit HEVC, as phones record it, in SDR and in HLG (last: a profile's seed is its place
+    # in this list).
     Profile("hevc10_480p_3s_30", 854, 480, 3, 30, codec="libx265", pix_fmt="yuv420p10le",
             quick=True),
+    Profile("hevc10hlg_480p_10s_30", 854, 480, 10, 30, codec="libx265", pix_fmt="yuv420p10le",
+            options={"x265-params": "log-level=none:colorprim=bt2020:transfer=arib-std-b67:"
+                                    "colormatrix=bt2020nc"},
+            hdr_transfer=18, quick=True),
 )  # fmt: skip
 
 
@@ -139,8 +146,10 @@ def _camera(footage: list[np.ndarray], profile: Profile, seed: int) -> Iterator[
     pans and zooms smoothly, cut to another place in it every 3 to 12 seconds (where an encoder
     places keyframes, as in real edits)."""
     import av
+    from av.video.reformatter import VideoReformatter
 
     rng = np.random.default_rng(seed)
+    to_hdr = VideoReformatter()  # one scaler for the video: it takes seconds to set up
     count = round(profile.seconds * profile.fps)
     shot_frames = int(profile.fps * rng.uniform(3, 12))
     at, offset = 0, int(rng.integers(len(footage)))
@@ -158,8 +167,23 @@ def _camera(footage: list[np.ndarray], profile: Profile, seed: int) -> Iterator[
         top = int((h - win_h) * (0.5 + 0.5 * np.cos(0.6 * t)))
         window = np.ascontiguousarray(source[top : top + win_h, left : left + win_w])
         frame = av.VideoFrame.from_ndarray(window, format="rgb24")
-        yield frame.reformat(width=profile.width, height=profile.height, format=profile.pix_fmt)
+        if profile.hdr_transfer is None:
+            yield frame.reformat(width=profile.width, height=profile.height, format=profile.pix_fmt)
+        else:
+            yield _mastered_hdr(frame, profile, to_hdr)
         at += 1
+
+
+def _mastered_hdr(frame: Any, profile: Profile, to_hdr: Any) -> Any:
+    """An SDR BT.709 frame as ``profile``'s HDR: scaled to its size, converted by swscale to its
+    transfer and BT.2020 (by ``to_hdr``, always at that size: a new size costs a new set-up),
+    then in its pixel format with the BT.2020 matrix."""
+    sdr = frame.reformat(width=profile.width, height=profile.height)
+    sdr.color_trc, sdr.color_primaries = 1, 1  # BT.709
+    hdr = to_hdr.reformat(
+        sdr, format="rgb48le", dst_color_trc=profile.hdr_transfer, dst_color_primaries=9
+    )
+    return hdr.reformat(format=profile.pix_fmt, dst_colorspace="bt2020")
 
 
 def write_profile(path: Path, profile: Profile, footage: list[np.ndarray], seed: int) -> None:
