@@ -475,21 +475,27 @@ def write_hdr_clip(path: Path, transfer: int, *, tag_gamut: bool) -> None:
         container.mux(stream.encode())
 
 
+@pytest.fixture(scope="module")
+def hdr_stage() -> Iterator[DecodeStage]:
+    """One stage for the HDR cases: its decoder process sets each tone-mapping scaler up once."""
+    with DecodeStage(frames=FRAMES, image_size=32) as stage:
+        yield stage
+
+
 @pytest.mark.parametrize(
     ("transfer", "tag_gamut"),
     [(16, True), (18, True), (16, False)],
     ids=["pq", "hlg", "pq-no-gamut"],
 )
 def test_hdr_frames_are_tone_mapped_to_the_sdr_they_show(
-    tmp_path: Path, transfer: int, tag_gamut: bool
+    tmp_path: Path, hdr_stage: DecodeStage, transfer: int, tag_gamut: bool
 ) -> None:
     """An HDR clip (PQ or HLG, BT.2020, the gamut tagged or not) made from SDR frames comes back
     as those frames: each 32-px thumbnail is within 1.5 levels on average of the SDR frame's 2x2
     means. Its HDR values read as SDR, as before, are tens of levels away."""
     uri = str(tmp_path / f"hdr-{transfer}.mp4")
     write_hdr_clip(Path(uri), transfer, tag_gamut=tag_gamut)
-    with DecodeStage(frames=FRAMES, image_size=32) as stage:
-        out = stage(batch([uri]))
+    out = hdr_stage(batch([uri]))
     assert list(out[schema.ERROR]) == [""]
 
     with av.open(uri) as container:
