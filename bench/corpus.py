@@ -107,6 +107,10 @@ PROFILES = (
             options={"x265-params": "log-level=none:colorprim=bt2020:transfer=arib-std-b67:"
                                     "colormatrix=bt2020nc"},
             hdr_transfer=18, quick=True),
+    # ProRes 422 HQ at 1080p, as editing masters hold it: 23 MB a second, so reading the whole
+    # file to index it would cost a quarter of its decode floor (bench/decode.py).
+    Profile("prores_1080p_10s_30", 1920, 1080, 10, 30, codec="prores_ks", suffix=".mov",
+            pix_fmt="yuv422p10le", options={"profile": "3"}, quick=True),
 )  # fmt: skip
 
 

@@ -269,12 +269,14 @@ def _scaling_of(path: str, repeats: int) -> dict[str, Any]:
     from av.video.reformatter import VideoReformatter
     from PIL import Image
 
-    from pipelines.decode.pyav_backend import _Thumbnailer
+    from pipelines.decode.pyav_backend import _index_frames, _Thumbnailer
     from pipelines.decode.source import output_size
 
     with av.open(path) as container:
-        decoded = list(container.decode(video=0))
-    frames = [decoded[int((i + 0.5) * len(decoded) / FRAMES)] for i in range(FRAMES)]
+        count = len(_index_frames(container, container.streams.video[0]).pts)
+    picked = {int((i + 0.5) * count / FRAMES) for i in range(FRAMES)}
+    with av.open(path) as container:
+        frames = [f for i, f in enumerate(container.decode(video=0)) if i in picked]
     width, height = output_size(frames[0].width, frames[0].height, SIZE)
     top, left = (height - SIZE) // 2, (width - SIZE) // 2
     full_size, direct_scaler = VideoReformatter(), VideoReformatter()

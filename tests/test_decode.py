@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 import signal
@@ -30,11 +31,12 @@ from pipelines.decode import (
     SAMPLING_RANDOM,
     SAMPLING_UNIFORM,
     TIMEOUT,
+    TRUNCATED,
     DecodeStage,
     error_category,
     sample_indices,
 )
-from pipelines.decode.pyav_backend import _Thumbnailer
+from pipelines.decode.pyav_backend import _demuxed_frames, _listed_frames, _Thumbnailer
 from pipelines.decode.sampling import choose_targets, frames_to_reach
 from pipelines.manifest import read_manifest
 
@@ -309,10 +311,14 @@ def textured_frame(i: int) -> np.ndarray:
 
 
 def write_textured_clip(
-    path: Path, codec: str, options: dict[str, str], pix_fmt: str = "yuv420p"
+    path: Path,
+    codec: str,
+    options: dict[str, str],
+    pix_fmt: str = "yuv420p",
+    container_options: dict[str, str] | None = None,
 ) -> None:
     """96x64, 2 s at 24 fps: smooth texture panning and changing, so every frame differs."""
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=Fraction(CLIP_FPS))
         stream.width, stream.height, stream.pix_fmt = 96, 64, pix_fmt
         stream.options = options
@@ -435,6 +441,59 @@ def test_frames_of_more_than_8_bits_are_scaled_at_full_chroma(
         full = frames[index].to_ndarray(format="rgb48le").astype(np.float64) / 257
         means = full.reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))[:, 8:40]
         assert np.abs(got - means).mean() < 1.0, (index, np.abs(got - means).mean())
+
+
+class CountingReader(io.FileIO):
+    """A file that counts the bytes read from it."""
+
+    bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "pix_fmt"),
+    [
+        ("prores.mov", "prores_ks", "yuv422p10le"),
+        ("mjpeg.mov", "mjpeg", "yuvj420p"),
+        ("mjpeg.avi", "mjpeg", "yuvj420p"),
+    ],
+)
+def test_intra_only_files_are_indexed_from_their_containers_list(
+    tmp_path: Path, clips: dict[str, str], name: str, codec: str, pix_fmt: str
+) -> None:
+    """ProRes and MJPEG in MOV and AVI are indexed from the container's list of frames, without
+    reading a frame: the index demuxing the whole file gives. A copy cut short, whose list names
+    frames it lost, is demuxed instead and becomes a truncated row; other codecs are demuxed."""
+    intact, cut = tmp_path / name, tmp_path / f"cut-{name}"
+    # The MOV's list in front of its frames (faststart), so the cut copy still opens.
+    write_textured_clip(intact, codec, {}, pix_fmt, container_options={"movflags": "+faststart"})
+    data = intact.read_bytes()
+    cut.write_bytes(data[: len(data) * 3 // 5])
+
+    with CountingReader(intact) as file, av.open(file) as container:
+        stream = container.streams.video[0]
+        opened = file.bytes_read
+        listed = _listed_frames(container, stream)
+        assert listed is not None and file.bytes_read == opened
+        demuxed = _demuxed_frames(container, stream)
+        assert file.bytes_read > opened
+    np.testing.assert_array_equal(listed.pts, demuxed.pts)
+    np.testing.assert_array_equal(listed.keyframes, demuxed.keyframes)
+    assert (listed.time_base, listed.end_pts) == (demuxed.time_base, demuxed.end_pts)
+    for unlisted in (cut, Path(clips["x264-no-bframes.mp4"])):
+        with av.open(str(unlisted)) as container:
+            assert _listed_frames(container, container.streams.video[0]) is None
+
+    with DecodeStage(frames=FRAMES, image_size=32) as stage:
+        out = stage(batch([str(intact), str(cut)]))
+    assert out[schema.ERROR][0] == ""
+    indices = np.round(out[schema.FRAME_TIMES_S][0] * CLIP_FPS).astype(int)
+    assert indices.tolist() == [int((i + 0.5) * CLIP_FRAMES / FRAMES) for i in range(FRAMES)]
+    assert error_category(out[schema.ERROR][1]) == TRUNCATED, out[schema.ERROR][1]
 
 
 # x265's names of the HDR transfers: PQ (SMPTE ST 2084) and HLG (ARIB STD-B67), by FFmpeg's tag.

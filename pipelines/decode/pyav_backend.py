@@ -1,7 +1,9 @@
 """The PyAV backend: decodes only the frames the sampled ones need, in one pass per file.
 
 Demuxing (reading packets without decoding them) is cheap, so the file is first demuxed whole to
-learn every frame's timestamp and which frames are keyframes. From that each clip's targets are
+learn every frame's timestamp and which frames are keyframes; files of intra-only codecs in
+containers that list every frame (ProRes and MJPEG in MOV or AVI) are not read for that at all,
+their container's list is exact (:func:`_listed_frames`). From that each clip's targets are
 chosen (:func:`~pipelines.decode.sampling.choose_targets`), and one forward pass over the file
 fetches all of them: it seeks to the keyframe before a target when that keyframe lies beyond the
 decoder's position (so groups of pictures holding no target are never decoded), and otherwise
@@ -72,6 +74,43 @@ class _FrameIndex:
 
 
 def _index_frames(container: Any, stream: Any) -> _FrameIndex:
+    listed = _listed_frames(container, stream)
+    return listed if listed is not None else _demuxed_frames(container, stream)
+
+
+def _listed_frames(container: Any, stream: Any) -> _FrameIndex | None:
+    """The index from the list of frames the container holds (MOV/MP4's sample tables, AVI's
+    index), where that list is exact: for intra-only codecs (ProRes, MJPEG, DNxHD), whose every
+    frame is a keyframe shown in the order it is stored, so the decoding timestamps the list gives
+    are the presentation timestamps. None where it is not: other codecs (the list has no
+    presentation timestamps), containers that list only some frames (Matroska's cues) or
+    another count than they claim, and a file cut short of what its list names (demuxing then
+    finds where it ends).
+
+    Demuxing a ProRes file to index it reads all of it, a quarter of the decode floor at 1080p
+    (bench/decode.py); the list costs a microsecond a frame.
+    """
+    claimed = stream.frames
+    if claimed <= 0 or not stream.codec_context.codec.intra_only:
+        return None
+    entries = stream.index_entries
+    if len(entries) != claimed:
+        return None
+    pts = np.empty(claimed, np.int64)
+    end_of_data = 0
+    for i, entry in enumerate(entries):
+        if entry.size <= 0 or entry.pos < 0 or entry.is_discard or not entry.is_keyframe:
+            return None
+        pts[i] = entry.timestamp
+        end_of_data = max(end_of_data, entry.pos + entry.size)
+    if end_of_data > container.size:
+        return None
+    pts.sort(kind="stable")
+    step = int(np.median(np.diff(pts))) if claimed > 1 else 1
+    return _FrameIndex(pts, np.arange(claimed), stream.time_base, int(pts[-1]) + step)
+
+
+def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
     pts, keys, durations = [], [], []
     for packet in container.demux(stream):
         stamp = packet.pts if packet.pts is not None else packet.dts
