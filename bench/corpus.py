@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from bench._common import REPO_ROOT
+from pipelines.colour import mastered_hdr
 
 DEFAULT_OUT = REPO_ROOT / "bench" / ".corpus"
 REAL_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")
@@ -150,10 +151,8 @@ def _camera(footage: list[np.ndarray], profile: Profile, seed: int) -> Iterator[
     pans and zooms smoothly, cut to another place in it every 3 to 12 seconds (where an encoder
     places keyframes, as in real edits)."""
     import av
-    from av.video.reformatter import VideoReformatter
 
     rng = np.random.default_rng(seed)
-    to_hdr = VideoReformatter()  # one scaler for the video: it takes seconds to set up
     count = round(profile.seconds * profile.fps)
     shot_frames = int(profile.fps * rng.uniform(3, 12))
     at, offset = 0, int(rng.integers(len(footage)))
@@ -174,20 +173,15 @@ def _camera(footage: list[np.ndarray], profile: Profile, seed: int) -> Iterator[
         if profile.hdr_transfer is None:
             yield frame.reformat(width=profile.width, height=profile.height, format=profile.pix_fmt)
         else:
-            yield _mastered_hdr(frame, profile, to_hdr)
+            yield _mastered_hdr(frame, profile)
         at += 1
 
 
-def _mastered_hdr(frame: Any, profile: Profile, to_hdr: Any) -> Any:
-    """An SDR BT.709 frame as ``profile``'s HDR: scaled to its size, converted by swscale to its
-    transfer and BT.2020 (by ``to_hdr``, always at that size: a new size costs a new set-up),
-    then in its pixel format with the BT.2020 matrix."""
+def _mastered_hdr(frame: Any, profile: Profile) -> Any:
+    """An SDR BT.709 frame as ``profile``'s HDR, at its size (mastered at one size: each new
+    size costs swscale a new set-up of its colour tables)."""
     sdr = frame.reformat(width=profile.width, height=profile.height)
-    sdr.color_trc, sdr.color_primaries = 1, 1  # BT.709
-    hdr = to_hdr.reformat(
-        sdr, format="rgb48le", dst_color_trc=profile.hdr_transfer, dst_color_primaries=9
-    )
-    return hdr.reformat(format=profile.pix_fmt, dst_colorspace="bt2020")
+    return mastered_hdr(sdr, profile.hdr_transfer, profile.pix_fmt)
 
 
 def write_profile(path: Path, profile: Profile, footage: list[np.ndarray], seed: int) -> None:

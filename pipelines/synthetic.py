@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import decode, schema
+from pipelines.colour import TRANSFER_HLG, TRANSFER_PQ, mastered_hdr
 
 SPLIT_TRAIN = "train"
 SPLIT_TEST = "test"
@@ -211,6 +212,32 @@ def write_mp4(path: Path, video: np.ndarray, *, fps: int = 10, crf: int = 18) ->
         stream.options = {"preset": "veryfast", "crf": str(crf), "x264-params": "asm=0"}
         for frame in video:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+# x265's names of the HDR transfers, by FFmpeg's tag.
+X265_TRANSFERS = {TRANSFER_PQ: "smpte2084", TRANSFER_HLG: "arib-std-b67"}
+
+
+def write_hdr_mp4(
+    path: Path, video: np.ndarray, *, transfer: int, fps: int = 10, tag_gamut: bool = True
+) -> None:
+    """Master ``video`` ``[T, H, W, 3]`` uint8 SDR BT.709 RGB as HDR (``transfer``, BT.2020
+    primaries; :func:`pipelines.colour.mastered_hdr`) and encode it losslessly as 10-bit 4:4:4
+    HEVC tagged with the transfer (and the primaries, if ``tag_gamut``), so a decoder returns
+    exactly the HDR frames."""
+    gamut = "colorprim=bt2020:" if tag_gamut else ""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx265", rate=Fraction(fps))
+        stream.height, stream.width = video.shape[1:3]
+        stream.pix_fmt = "yuv444p10le"
+        stream.options = {
+            "x265-params": f"log-level=none:lossless=1:{gamut}"
+            f"transfer={X265_TRANSFERS[transfer]}:colormatrix=bt2020nc"
+        }
+        for frame in video:
+            sdr = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            container.mux(stream.encode(mastered_hdr(sdr, transfer, stream.pix_fmt)))
         container.mux(stream.encode())
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import os
@@ -12,7 +11,6 @@ import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
@@ -496,42 +494,11 @@ def test_intra_only_files_are_indexed_from_their_containers_list(
     assert error_category(out[schema.ERROR][1]) == TRUNCATED, out[schema.ERROR][1]
 
 
-# x265's names of the HDR transfers: PQ (SMPTE ST 2084) and HLG (ARIB STD-B67), by FFmpeg's tag.
-X265_TRANSFERS = {16: "smpte2084", 18: "arib-std-b67"}
-
-
-@functools.cache
-def hdr_converter(transfer: int) -> Any:
-    """One scaler per transfer for the whole module: each takes seconds to set up."""
-    from av.video.reformatter import VideoReformatter
-
-    return VideoReformatter()
-
-
 def write_hdr_clip(path: Path, transfer: int, *, tag_gamut: bool) -> None:
-    """The textured clip mastered as HDR: each SDR BT.709 frame converted by swscale to
-    ``transfer`` and BT.2020 primaries, then encoded losslessly as 10-bit 4:4:4 HEVC tagged with
-    the transfer (and the primaries, if ``tag_gamut``), so the decoder returns exactly the HDR
+    """The textured clip mastered as HDR, losslessly: the decoder returns exactly the HDR
     frames."""
-    to_hdr = hdr_converter(transfer)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx265", rate=Fraction(CLIP_FPS))
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv444p10le"
-        gamut = "colorprim=bt2020:" if tag_gamut else ""
-        stream.options = {
-            "x265-params": f"log-level=none:lossless=1:{gamut}"
-            f"transfer={X265_TRANSFERS[transfer]}:colormatrix=bt2020nc"
-        }
-        for i in range(CLIP_FRAMES):
-            sdr = av.VideoFrame.from_ndarray(textured_frame(i), format="rgb24")
-            sdr.color_trc, sdr.color_primaries = 1, 1  # BT.709
-            hdr = to_hdr.reformat(
-                sdr, format="rgb48le", dst_color_trc=transfer, dst_color_primaries=9
-            )
-            container.mux(
-                stream.encode(hdr.reformat(format="yuv444p10le", dst_colorspace="bt2020"))
-            )
-        container.mux(stream.encode())
+    video = np.stack([textured_frame(i) for i in range(CLIP_FRAMES)])
+    synthetic.write_hdr_mp4(path, video, transfer=transfer, fps=CLIP_FPS, tag_gamut=tag_gamut)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -32,9 +33,11 @@ from PIL import Image
 from jobs import index as index_job
 from jobs import serve as serve_job
 from pipelines import schema
+from pipelines.colour import TRANSFER_HLG, TRANSFER_PQ
 from pipelines.encode import ModelSpec
 from pipelines.search import encode_queries, open_index, search_vectors
-from pipelines.synthetic import COLOURS, write_two_part_videos
+from pipelines.serve.media import MediaReader
+from pipelines.synthetic import COLOURS, write_hdr_mp4, write_two_part_videos
 
 TWO_PART_VIDEOS = 2
 HYBRID_WORD = "zanzibar"
@@ -436,3 +439,30 @@ def test_serve_job_runs_until_sigterm_and_stops_cleanly(indexed: tuple) -> None:
             job.wait(timeout=30)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+@pytest.mark.parametrize("transfer", [TRANSFER_PQ, TRANSFER_HLG], ids=["pq", "hlg"])
+def test_hdr_thumbnails_show_the_sdr_frame(tmp_path: Path, transfer: int) -> None:
+    """The thumbnail of an HDR clip (the search page's and the evaluation report's) is
+    tone-mapped: it shows the SDR frame the clip was mastered from, scaled, within a few levels
+    (JPEG's loss included), where the HDR values read as SDR are tens of levels away."""
+    y, x = np.mgrid[0:64, 0:96].astype(np.float32)
+    video = np.stack(
+        [
+            np.stack([40 + 2 * x, 30 + 3 * y, 200 - x - y + 8 * i], axis=-1).astype(np.uint8)
+            for i in range(10)
+        ]
+    )
+    uri = tmp_path / "hdr.mp4"
+    write_hdr_mp4(uri, video, transfer=transfer, fps=10)
+
+    jpeg = MediaReader().thumbnail(str(uri), 0.5, max_side=48)
+    shown = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), np.float64)
+    assert shown.shape == (32, 48, 3)
+    expected = video[5].astype(np.float64).reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))
+    assert np.abs(shown - expected).mean() < 3.0, np.abs(shown - expected).mean()
+    with av.open(str(uri)) as container:
+        coded = next(f for f in container.decode(video=0) if f.pts is not None and f.time >= 0.5)
+    read_as_sdr = coded.to_ndarray(format="rgb24").astype(np.float64)
+    read_as_sdr = read_as_sdr.reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))
+    assert np.abs(read_as_sdr - expected).mean() > 10

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.colour import is_hdr, tone_mapped
 from pipelines.decode.errors import TRUNCATED, _Failure
 from pipelines.decode.protocol import _ClipResult, _Request
 from pipelines.decode.sampling import (
@@ -36,14 +37,6 @@ SCALER_INTERPOLATION = "AREA"
 # Pixel formats (planar and semi-planar YUV, grey) scaled before their conversion to RGB.
 _SCALED_IN_OWN_FORMAT = ("yuv", "nv", "gray")
 _TIMESTAMP_DISCONTINUITIES = 0x200  # AVFMT_TS_DISCONT: the formats without a seek index
-# FFmpeg's colour tags (AVColorTransferCharacteristic, AVColorPrimaries): the transfers of HDR
-# video, PQ (SMPTE ST 2084) and HLG (ARIB STD-B67), and the two gamuts involved.
-_HDR_TRANSFERS = (16, 18)
-_SDR_TRANSFER = 1  # BT.709
-_PRIMARIES_BT709, _PRIMARIES_BT2020 = 1, 9
-# The gamuts AVColorPrimaries defines; swscale refuses to convert from the unspecified and
-# reserved values.
-_PRIMARIES_DEFINED = (1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 22)
 # Containers may count a frame or two more than the file holds (edit lists, a final frame with
 # no duration); only a larger shortfall means the file lost frames.
 _FRAME_SHORTFALL_SLACK = 0.02
@@ -411,7 +404,7 @@ class _Thumbnailer:
 
     HDR frames (PQ or HLG) are tone-mapped to SDR BT.709, which is what CLIP was trained on:
     scaled to 16-bit RGB in their own transfer, then their centre converted by swscale's colour
-    management (:func:`_sdr_converter`).
+    management (:func:`pipelines.colour.tone_mapped`).
     """
 
     def __init__(self, width: int, height: int, size: int, *, threads: int) -> None:
@@ -421,7 +414,7 @@ class _Thumbnailer:
         self._scaler, self._converter = VideoReformatter(), VideoReformatter()
 
     def __call__(self, frame: Any) -> np.ndarray:
-        if frame.color_trc in _HDR_TRANSFERS:
+        if is_hdr(frame):
             return self._tone_mapped(frame)
         if frame.format.name.startswith(_SCALED_IN_OWN_FORMAT):
             small = self._scale(frame, _scaled_format(frame.format))
@@ -446,39 +439,10 @@ class _Thumbnailer:
         return pixels[top : top + self.size, left : left + self.size]
 
     def _tone_mapped(self, frame: Any) -> np.ndarray:
-        import av
-
-        transfer, primaries = frame.color_trc, frame.color_primaries
-        wide = self._scale(frame, "rgb48le")
-        hdr = av.VideoFrame.from_ndarray(
-            np.ascontiguousarray(self._centre(wide.to_ndarray())), format="rgb48le"
+        wide = self._scale(frame, "rgb48le").to_ndarray()
+        return tone_mapped(
+            self._centre(wide), frame.color_trc, frame.color_primaries, threads=self.threads
         )
-        hdr.color_trc = transfer
-        # HDR video without a (valid) gamut tag is BT.2020 in practice.
-        hdr.color_primaries = primaries if primaries in _PRIMARIES_DEFINED else _PRIMARIES_BT2020
-        sdr = _sdr_converter(self.size, transfer, hdr.color_primaries, self.threads).reformat(
-            hdr,
-            format="rgb24",
-            dst_color_trc=_SDR_TRANSFER,
-            dst_color_primaries=_PRIMARIES_BT709,
-            threads=self.threads,
-        )
-        return sdr.to_ndarray()
-
-
-# Tone-mapping scalers, kept for the life of the process: swscale spends about 2.5 CPU-seconds
-# setting one up (its colour-management tables), then under a millisecond a 224-px frame.
-_SDR_CONVERTERS: dict[tuple[int, int, int, int], Any] = {}
-
-
-def _sdr_converter(size: int, transfer: int, primaries: int, threads: int) -> Any:
-    """The process's scaler from ``size``-px HDR RGB of ``transfer`` and ``primaries`` to SDR."""
-    key = (size, transfer, primaries, threads)
-    if key not in _SDR_CONVERTERS:
-        from av.video.reformatter import VideoReformatter
-
-        _SDR_CONVERTERS[key] = VideoReformatter()
-    return _SDR_CONVERTERS[key]
 
 
 def _scaled_format(pixel_format: Any) -> str | None:

@@ -12,6 +12,7 @@ import av
 import pyarrow.fs as pafs
 from PIL import Image
 
+from pipelines.colour import is_hdr, tone_mapped
 from pipelines.storage import StorageOptions
 
 # The most bytes one range response carries: a browser asks for ``bytes=0-`` and then for what
@@ -99,7 +100,8 @@ class MediaReader:
 
     def thumbnail(self, uri: str, t: float, *, max_side: int = THUMBNAIL_MAX_SIDE) -> bytes:
         """A JPEG of the frame shown at ``t`` seconds (the last frame beyond the end), scaled
-        down to at most ``max_side`` pixels on its longer side (never up).
+        down to at most ``max_side`` pixels on its longer side (never up); HDR frames are
+        tone-mapped to SDR, as the decode stage shows them to the model.
 
         Raises:
             FileNotFoundError: nothing at ``uri``.
@@ -109,15 +111,29 @@ class MediaReader:
         if filesystem.get_file_info(path).type != pafs.FileType.File:
             raise FileNotFoundError(f"{uri} does not exist")
         with filesystem.open_input_file(path) as file:
-            image = _frame_at(file, t)
-        image.thumbnail((max_side, max_side))
+            image = _image_at(file, t, max_side)
         out = io.BytesIO()
         image.save(out, format="JPEG", quality=85)
         return out.getvalue()
 
 
-def _frame_at(file: object, t: float) -> Image.Image:
-    """The frame on screen at ``t`` seconds: the last one starting at or before ``t``."""
+def _image(frame: av.VideoFrame, max_side: int) -> Image.Image:
+    """``frame`` as an SDR image of at most ``max_side`` pixels on its longer side."""
+    if not is_hdr(frame):
+        image = frame.to_image()
+        image.thumbnail((max_side, max_side))
+        return image
+    # Scaled first: tone mapping sets swscale up for each frame size, and the thumbnail's is one
+    # a serving process meets again.
+    scale = min(1.0, max_side / max(frame.width, frame.height))
+    width, height = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
+    wide = frame.reformat(width=width, height=height, format="rgb48le", interpolation="AREA")
+    return Image.fromarray(tone_mapped(wide.to_ndarray(), frame.color_trc, frame.color_primaries))
+
+
+def _image_at(file: object, t: float, max_side: int) -> Image.Image:
+    """The frame on screen at ``t`` seconds (the last one starting at or before ``t``), as
+    :func:`_image` makes it."""
     try:
         with av.open(file, "r") as container:
             if not container.streams.video:
@@ -133,6 +149,6 @@ def _frame_at(file: object, t: float) -> Image.Image:
                 shown = frame
             if shown is None:
                 raise ValueError("no decodable frame")
-            return shown.to_image()
+            return _image(shown, max_side)
     except av.FFmpegError as err:
         raise ValueError(f"cannot decode: {err}") from err

@@ -1,0 +1,73 @@
+"""HDR and SDR video: telling HDR frames apart, tone-mapping them to the SDR BT.709 that CLIP was
+trained on and browsers show, and mastering SDR frames as HDR (the tests' and benchmark's HDR
+footage).
+
+swscale's colour management does both conversions. Each of its scalers spends about 2.5
+CPU-seconds on its tables when set up, and again for each new frame size, then under a
+millisecond on a 224-px frame; so scalers are kept for the life of the process, one per size and
+kind of conversion. PyAV is imported on first use: the decode stage's own process never needs it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import av
+
+# FFmpeg's colour tags (AVColorTransferCharacteristic, AVColorPrimaries): the transfers of HDR
+# video, PQ (SMPTE ST 2084) and HLG (ARIB STD-B67), and the two gamuts involved.
+TRANSFER_PQ, TRANSFER_HLG = 16, 18
+HDR_TRANSFERS = (TRANSFER_PQ, TRANSFER_HLG)
+SDR_TRANSFER = 1  # BT.709
+PRIMARIES_BT709, PRIMARIES_BT2020 = 1, 9
+# The gamuts AVColorPrimaries defines; swscale refuses to convert from the unspecified and
+# reserved values.
+_PRIMARIES_DEFINED = (1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 22)
+
+_SCALERS: dict[tuple[Any, ...], Any] = {}  # av.video.reformatter.VideoReformatter
+
+
+def is_hdr(frame: av.VideoFrame) -> bool:
+    """Whether ``frame`` is tagged with an HDR transfer (PQ or HLG)."""
+    return frame.color_trc in HDR_TRANSFERS
+
+
+def tone_mapped(rgb: np.ndarray, transfer: int, primaries: int, *, threads: int = 1) -> np.ndarray:
+    """``rgb`` ``[H, W, 3]`` uint16, RGB in HDR ``transfer`` and ``primaries``, as SDR BT.709
+    ``[H, W, 3]`` uint8. A missing or reserved gamut tag is taken as BT.2020, which is what HDR
+    video without one holds in practice."""
+    import av
+
+    hdr = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb48le")
+    hdr.color_trc = transfer
+    hdr.color_primaries = primaries if primaries in _PRIMARIES_DEFINED else PRIMARIES_BT2020
+    key = ("to_sdr", rgb.shape[:2], transfer, hdr.color_primaries, threads)
+    sdr = _scaler(key).reformat(
+        hdr,
+        format="rgb24",
+        dst_color_trc=SDR_TRANSFER,
+        dst_color_primaries=PRIMARIES_BT709,
+        threads=threads,
+    )
+    return sdr.to_ndarray()
+
+
+def mastered_hdr(frame: av.VideoFrame, transfer: int, pixel_format: str) -> av.VideoFrame:
+    """An SDR BT.709 ``frame`` as HDR: converted to ``transfer`` and BT.2020 primaries, in
+    ``pixel_format`` with the BT.2020 matrix (to be encoded with those tags)."""
+    frame.color_trc, frame.color_primaries = SDR_TRANSFER, PRIMARIES_BT709
+    hdr = _scaler(("to_hdr", frame.width, frame.height, transfer)).reformat(
+        frame, format="rgb48le", dst_color_trc=transfer, dst_color_primaries=PRIMARIES_BT2020
+    )
+    return hdr.reformat(format=pixel_format, dst_colorspace="bt2020")
+
+
+def _scaler(key: tuple[Any, ...]) -> Any:
+    if key not in _SCALERS:
+        from av.video.reformatter import VideoReformatter
+
+        _SCALERS[key] = VideoReformatter()
+    return _SCALERS[key]
