@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from bench._common import REPO_ROOT
-from pipelines.colour import mastered_hdr
+from pipelines.display import mastered_hdr
 
 DEFAULT_OUT = REPO_ROOT / "bench" / ".corpus"
 REAL_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4", "carphone_distorted.mp4")

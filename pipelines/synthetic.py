@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import decode, schema
-from pipelines.colour import TRANSFER_HLG, TRANSFER_PQ, mastered_hdr
+from pipelines.display import TRANSFER_HLG, TRANSFER_PQ, mastered_hdr
 
 SPLIT_TRAIN = "train"
 SPLIT_TEST = "test"
@@ -196,8 +196,11 @@ def render(
     return video
 
 
-def write_mp4(path: Path, video: np.ndarray, *, fps: int = 10, crf: int = 18) -> None:
-    """Encode ``video`` ``[T, H, W, 3]`` uint8 RGB as H.264 (libx264, yuv420p) into ``path``.
+def write_mp4(
+    path: Path, video: np.ndarray, *, fps: int = 10, crf: int = 18, rotation: int = 0
+) -> None:
+    """Encode ``video`` ``[T, H, W, 3]`` uint8 RGB as H.264 (libx264, yuv420p) into ``path``,
+    to be shown turned ``rotation`` degrees counter-clockwise (as phones tag upright video).
 
     ``+faststart`` puts the index (moov atom) before the frames, as web videos usually do, so a
     truncated copy still opens and fails on its missing frames. The bytes are reproducible.
@@ -210,6 +213,8 @@ def write_mp4(path: Path, video: np.ndarray, *, fps: int = 10, crf: int = 18) ->
         # sizes, which made the bytes vary between runs; its plain C path is deterministic and,
         # at these frame sizes, no slower overall.
         stream.options = {"preset": "veryfast", "crf": str(crf), "x264-params": "asm=0"}
+        if rotation:
+            stream.set_display_rotation(rotation)
         for frame in video:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -223,7 +228,7 @@ def write_hdr_mp4(
     path: Path, video: np.ndarray, *, transfer: int, fps: int = 10, tag_gamut: bool = True
 ) -> None:
     """Master ``video`` ``[T, H, W, 3]`` uint8 SDR BT.709 RGB as HDR (``transfer``, BT.2020
-    primaries; :func:`pipelines.colour.mastered_hdr`) and encode it losslessly as 10-bit 4:4:4
+    primaries; :func:`pipelines.display.mastered_hdr`) and encode it losslessly as 10-bit 4:4:4
     HEVC tagged with the transfer (and the primaries, if ``tag_gamut``), so a decoder returns
     exactly the HDR frames."""
     gamut = "colorprim=bt2020:" if tag_gamut else ""

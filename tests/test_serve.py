@@ -33,11 +33,11 @@ from PIL import Image
 from jobs import index as index_job
 from jobs import serve as serve_job
 from pipelines import schema
-from pipelines.colour import TRANSFER_HLG, TRANSFER_PQ
+from pipelines.display import TRANSFER_HLG, TRANSFER_PQ
 from pipelines.encode import ModelSpec
 from pipelines.search import encode_queries, open_index, search_vectors
 from pipelines.serve.media import MediaReader
-from pipelines.synthetic import COLOURS, write_hdr_mp4, write_two_part_videos
+from pipelines.synthetic import COLOURS, write_hdr_mp4, write_mp4, write_two_part_videos
 
 TWO_PART_VIDEOS = 2
 HYBRID_WORD = "zanzibar"
@@ -466,3 +466,17 @@ def test_hdr_thumbnails_show_the_sdr_frame(tmp_path: Path, transfer: int) -> Non
     read_as_sdr = coded.to_ndarray(format="rgb24").astype(np.float64)
     read_as_sdr = read_as_sdr.reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))
     assert np.abs(read_as_sdr - expected).mean() > 10
+
+
+def test_thumbnails_of_turned_videos_are_upright(tmp_path: Path) -> None:
+    """A video tagged to be shown a quarter turn (an upright phone video) gets a portrait
+    thumbnail, turned as a player shows it."""
+    video = np.full((10, 64, 96, 3), 128, np.uint8)
+    video[:, :32, :48] = (230, 20, 20)  # red top-left quarter, coded
+    uri = tmp_path / "turned.mp4"
+    write_mp4(uri, video, rotation=-90)  # shown turned clockwise: red at the top right
+
+    shown = np.asarray(Image.open(io.BytesIO(MediaReader().thumbnail(str(uri), 0.5))))
+    assert shown.shape == (96, 64, 3)
+    redness = shown[..., 0].astype(int) - shown[..., 1]
+    assert redness[:48, 32:].mean() > 150 and np.abs(redness[48:]).mean() < 20

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.colour import is_hdr, tone_mapped
 from pipelines.decode.errors import TRUNCATED, _Failure
 from pipelines.decode.protocol import _ClipResult, _Request
 from pipelines.decode.sampling import (
@@ -31,6 +30,7 @@ from pipelines.decode.sampling import (
     clip_range,
 )
 from pipelines.decode.source import _damaged, _open_video, output_size
+from pipelines.display import displayed, is_hdr, tone_mapped
 
 FAST_CODEC_OPTIONS = {"skip_loop_filter": "all"}
 SCALER_INTERPOLATION = "AREA"
@@ -404,7 +404,12 @@ class _Thumbnailer:
 
     HDR frames (PQ or HLG) are tone-mapped to SDR BT.709, which is what CLIP was trained on:
     scaled to 16-bit RGB in their own transfer, then their centre converted by swscale's colour
-    management (:func:`pipelines.colour.tone_mapped`).
+    management (:func:`pipelines.display.tone_mapped`).
+
+    A frame the container says to show rotated (a phone held upright records landscape frames
+    and a quarter turn) is turned as players show it (:func:`pipelines.display.displayed`):
+    the centre square of the turned frame is the turned centre square, so only the small result
+    is turned.
     """
 
     def __init__(self, width: int, height: int, size: int, *, threads: int) -> None:
@@ -415,13 +420,14 @@ class _Thumbnailer:
 
     def __call__(self, frame: Any) -> np.ndarray:
         if is_hdr(frame):
-            return self._tone_mapped(frame)
-        if frame.format.name.startswith(_SCALED_IN_OWN_FORMAT):
+            pixels = self._tone_mapped(frame)
+        elif frame.format.name.startswith(_SCALED_IN_OWN_FORMAT):
             small = self._scale(frame, _scaled_format(frame.format))
             rgb = self._converter.reformat(small, format="rgb24", threads=self.threads)
+            pixels = self._centre(rgb.to_ndarray())
         else:
-            rgb = self._scale(frame, "rgb24")
-        return self._centre(rgb.to_ndarray())
+            pixels = self._centre(self._scale(frame, "rgb24").to_ndarray())
+        return displayed(pixels, frame.rotation)
 
     def _scale(self, frame: Any, pixel_format: str | None) -> Any:
         """``frame`` at the output's width and height in ``pixel_format`` (None: its own)."""

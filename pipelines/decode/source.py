@@ -207,10 +207,24 @@ def _open_video(path: str) -> tuple[Any, Any]:
 
 
 def _probe(path: str) -> tuple[int, int, int]:
-    """``(width, height, claimed frame count or 0)`` of the first video stream."""
+    """``(width, height, claimed frame count or 0)`` of the first video stream, as shown: width
+    and height swap for a stream shown a quarter turn."""
     container, stream = _open_video(path)
     with container:
-        return stream.codec_context.width, stream.codec_context.height, stream.frames
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if _first_frame_rotation(container, stream) % 180:
+            width, height = height, width
+        return width, height, stream.frames
+
+
+def _first_frame_rotation(container: Any, stream: Any) -> int:
+    """The turn (degrees) the first frame is shown at, to the nearest quarter turn; 0 where no
+    frame decodes (the decoder proper then says why). Only frames carry the display matrix."""
+    try:
+        frame = next(container.decode(stream), None)
+    except Exception:
+        return 0
+    return 0 if frame is None else round(frame.rotation / 90) * 90
 
 
 def output_size(width: int, height: int, size: int) -> tuple[int, int]:

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import av
+import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
 
-from pipelines.colour import is_hdr, tone_mapped
+from pipelines.display import displayed, is_hdr, tone_mapped
 from pipelines.storage import StorageOptions
 
 # The most bytes one range response carries: a browser asks for ``bytes=0-`` and then for what
@@ -118,17 +119,19 @@ class MediaReader:
 
 
 def _image(frame: av.VideoFrame, max_side: int) -> Image.Image:
-    """``frame`` as an SDR image of at most ``max_side`` pixels on its longer side."""
+    """``frame`` as shown (turned as its display matrix says) and SDR, at most ``max_side``
+    pixels on its longer side."""
     if not is_hdr(frame):
         image = frame.to_image()
         image.thumbnail((max_side, max_side))
-        return image
+        return Image.fromarray(displayed(np.asarray(image), frame.rotation))
     # Scaled first: tone mapping sets swscale up for each frame size, and the thumbnail's is one
     # a serving process meets again.
     scale = min(1.0, max_side / max(frame.width, frame.height))
     width, height = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
     wide = frame.reformat(width=width, height=height, format="rgb48le", interpolation="AREA")
-    return Image.fromarray(tone_mapped(wide.to_ndarray(), frame.color_trc, frame.color_primaries))
+    sdr = tone_mapped(wide.to_ndarray(), frame.color_trc, frame.color_primaries)
+    return Image.fromarray(displayed(sdr, frame.rotation))
 
 
 def _image_at(file: object, t: float, max_side: int) -> Image.Image:

@@ -1,8 +1,8 @@
-"""HDR and SDR video: telling HDR frames apart, tone-mapping them to the SDR BT.709 that CLIP was
-trained on and browsers show, and mastering SDR frames as HDR (the tests' and benchmark's HDR
-footage).
+"""What a decoded frame shows: HDR tone-mapped to the SDR BT.709 that CLIP was trained on and
+browsers show, the picture turned as its stream's display matrix says; and SDR frames mastered
+as HDR (the tests' and benchmark's HDR footage).
 
-swscale's colour management does both conversions. Each of its scalers spends about 2.5
+swscale's colour management does both colour conversions. Each of its scalers spends about 2.5
 CPU-seconds on its tables when set up, and again for each new frame size, then under a
 millisecond on a 224-px frame; so scalers are kept for the life of the process, one per size and
 kind of conversion. PyAV is imported on first use: the decode stage's own process never needs it.
@@ -53,6 +53,14 @@ def tone_mapped(rgb: np.ndarray, transfer: int, primaries: int, *, threads: int 
         threads=threads,
     )
     return sdr.to_ndarray()
+
+
+def displayed(pixels: np.ndarray, rotation: float) -> np.ndarray:
+    """``pixels`` ``[H, W, C]`` as shown: turned ``rotation`` degrees counter-clockwise (a
+    frame's ``rotation``, from the display matrix of its stream), to the nearest quarter turn.
+    Mirroring in the matrix (front cameras' selfies) is not applied."""
+    quarter_turns = round(rotation / 90) % 4
+    return np.rot90(pixels, quarter_turns) if quarter_turns else pixels
 
 
 def mastered_hdr(frame: av.VideoFrame, transfer: int, pixel_format: str) -> av.VideoFrame:
