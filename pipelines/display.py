@@ -1,6 +1,7 @@
 """What a decoded frame shows: HDR tone-mapped to the SDR BT.709 that CLIP was trained on and
-browsers show, the picture turned as its stream's display matrix says; and SDR frames mastered
-as HDR (the tests' and benchmark's HDR footage).
+browsers show, pixels of their stream's shape (anamorphic video's are not square), the picture
+turned as its stream's display matrix says; and SDR frames mastered as HDR (the tests' and
+benchmark's HDR footage).
 
 swscale's colour management does both colour conversions. Each of its scalers spends about 2.5
 CPU-seconds on its tables when set up, and again for each new frame size, then under a
@@ -10,6 +11,7 @@ kind of conversion. PyAV is imported on first use: the decode stage's own proces
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -53,6 +55,21 @@ def tone_mapped(rgb: np.ndarray, transfer: int, primaries: int, *, threads: int 
         threads=threads,
     )
     return sdr.to_ndarray()
+
+
+def pixel_aspect(stream: Any) -> Fraction:
+    """The width of a video stream's pixels over their height, as players take it: the
+    container's value, else the codec's, else square. Anamorphic video has wide or narrow pixels
+    (DVD and broadcast SD, HDV's 1440x1080 shown as 1920x1080)."""
+    for aspect in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if aspect and aspect > 0:
+            return Fraction(aspect)
+    return Fraction(1)
+
+
+def shown_width(width: int, aspect: Fraction) -> int:
+    """How many square pixels wide a picture ``width`` pixels of ``aspect`` is shown."""
+    return max(1, round(width * aspect))
 
 
 def displayed(pixels: np.ndarray, rotation: float) -> np.ndarray:

@@ -197,10 +197,17 @@ def render(
 
 
 def write_mp4(
-    path: Path, video: np.ndarray, *, fps: int = 10, crf: int = 18, rotation: int = 0
+    path: Path,
+    video: np.ndarray,
+    *,
+    fps: int = 10,
+    crf: int = 18,
+    rotation: int = 0,
+    pixel_aspect: Fraction = Fraction(1),
 ) -> None:
     """Encode ``video`` ``[T, H, W, 3]`` uint8 RGB as H.264 (libx264, yuv420p) into ``path``,
-    to be shown turned ``rotation`` degrees counter-clockwise (as phones tag upright video).
+    to be shown turned ``rotation`` degrees counter-clockwise (as phones tag upright video) and
+    with pixels ``pixel_aspect`` times as wide as high (anamorphic video).
 
     ``+faststart`` puts the index (moov atom) before the frames, as web videos usually do, so a
     truncated copy still opens and fails on its missing frames. The bytes are reproducible.
@@ -215,6 +222,8 @@ def write_mp4(
         stream.options = {"preset": "veryfast", "crf": str(crf), "x264-params": "asm=0"}
         if rotation:
             stream.set_display_rotation(rotation)
+        if pixel_aspect != 1:
+            stream.sample_aspect_ratio = stream.codec_context.sample_aspect_ratio = pixel_aspect
         for frame in video:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

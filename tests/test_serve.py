@@ -20,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -480,3 +481,10 @@ def test_thumbnails_of_turned_videos_are_upright(tmp_path: Path) -> None:
     assert shown.shape == (96, 64, 3)
     redness = shown[..., 0].astype(int) - shown[..., 1]
     assert redness[:48, 32:].mean() > 150 and np.abs(redness[48:]).mean() < 20
+
+
+def test_thumbnails_of_anamorphic_videos_have_square_pixels(tmp_path: Path) -> None:
+    """Pixels twice as wide as high (anamorphic video): the 48x64 picture is shown 96x64."""
+    uri = tmp_path / "anamorphic.mp4"
+    write_mp4(uri, np.full((10, 64, 48, 3), 128, np.uint8), pixel_aspect=Fraction(2))
+    assert Image.open(io.BytesIO(MediaReader().thumbnail(str(uri), 0.5))).size == (96, 64)

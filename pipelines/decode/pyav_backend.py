@@ -30,7 +30,7 @@ from pipelines.decode.sampling import (
     clip_range,
 )
 from pipelines.decode.source import _damaged, _open_video, output_size
-from pipelines.display import displayed, is_hdr, tone_mapped
+from pipelines.display import displayed, is_hdr, pixel_aspect, shown_width, tone_mapped
 
 FAST_CODEC_OPTIONS = {"skip_loop_filter": "all"}
 SCALER_INTERPOLATION = "AREA"
@@ -363,8 +363,9 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
                 slots.setdefault(target, []).append((k, t))
             results.append(_ClipResult(error="", frame_times_s=np.zeros(req.frames, np.float32)))
 
+        codec = stream.codec_context
         out_w, out_h = output_size(
-            stream.codec_context.width, stream.codec_context.height, out.shape[2]
+            shown_width(codec.width, pixel_aspect(stream)), codec.height, out.shape[2]
         )
         decoder = _Pass(path, container, stream, index, configure)
         thumbnail = _Thumbnailer(out_w, out_h, out.shape[2], threads=req.threads)
@@ -405,6 +406,9 @@ class _Thumbnailer:
     HDR frames (PQ or HLG) are tone-mapped to SDR BT.709, which is what CLIP was trained on:
     scaled to 16-bit RGB in their own transfer, then their centre converted by swscale's colour
     management (:func:`pipelines.display.tone_mapped`).
+
+    ``width x height`` is the shown picture's (:func:`pipelines.display.pixel_aspect`), so the
+    scaler also makes anamorphic video's pixels square.
 
     A frame the container says to show rotated (a phone held upright records landscape frames
     and a quarter turn) is turned as players show it (:func:`pipelines.display.displayed`):

@@ -25,6 +25,7 @@ from pipelines.decode.errors import (
     _Failure,
     _short,
 )
+from pipelines.display import pixel_aspect, shown_width
 from pipelines.storage import StorageOptions
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -207,11 +208,12 @@ def _open_video(path: str) -> tuple[Any, Any]:
 
 
 def _probe(path: str) -> tuple[int, int, int]:
-    """``(width, height, claimed frame count or 0)`` of the first video stream, as shown: width
-    and height swap for a stream shown a quarter turn."""
+    """``(width, height, claimed frame count or 0)`` of the first video stream, as shown: in
+    square pixels, width and height swapped for a stream shown a quarter turn."""
     container, stream = _open_video(path)
     with container:
-        width, height = stream.codec_context.width, stream.codec_context.height
+        codec = stream.codec_context
+        width, height = shown_width(codec.width, pixel_aspect(stream)), codec.height
         if _first_frame_rotation(container, stream) % 180:
             width, height = height, width
         return width, height, stream.frames

@@ -7,13 +7,13 @@ import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
-import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image
 
-from pipelines.display import displayed, is_hdr, tone_mapped
+from pipelines.display import displayed, is_hdr, pixel_aspect, shown_width, tone_mapped
 from pipelines.storage import StorageOptions
 
 # The most bytes one range response carries: a browser asks for ``bytes=0-`` and then for what
@@ -118,20 +118,21 @@ class MediaReader:
         return out.getvalue()
 
 
-def _image(frame: av.VideoFrame, max_side: int) -> Image.Image:
-    """``frame`` as shown (turned as its display matrix says) and SDR, at most ``max_side``
-    pixels on its longer side."""
-    if not is_hdr(frame):
-        image = frame.to_image()
-        image.thumbnail((max_side, max_side))
-        return Image.fromarray(displayed(np.asarray(image), frame.rotation))
-    # Scaled first: tone mapping sets swscale up for each frame size, and the thumbnail's is one
-    # a serving process meets again.
-    scale = min(1.0, max_side / max(frame.width, frame.height))
-    width, height = max(1, round(frame.width * scale)), max(1, round(frame.height * scale))
-    wide = frame.reformat(width=width, height=height, format="rgb48le", interpolation="AREA")
-    sdr = tone_mapped(wide.to_ndarray(), frame.color_trc, frame.color_primaries)
-    return Image.fromarray(displayed(sdr, frame.rotation))
+def _image(frame: av.VideoFrame, aspect: Fraction, max_side: int) -> Image.Image:
+    """``frame`` as shown: its pixels of ``aspect`` made square, turned as its display matrix
+    says, SDR; at most ``max_side`` pixels on its longer side (never scaled up)."""
+    width = shown_width(frame.width, aspect)
+    scale = min(1.0, max_side / max(width, frame.height))
+    width, height = max(1, round(width * scale)), max(1, round(frame.height * scale))
+    if is_hdr(frame):
+        # Scaled first: tone mapping sets swscale up for each frame size, and the thumbnail's
+        # is one a serving process meets again.
+        wide = frame.reformat(width=width, height=height, format="rgb48le", interpolation="AREA")
+        pixels = tone_mapped(wide.to_ndarray(), frame.color_trc, frame.color_primaries)
+    else:
+        small = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+        pixels = small.to_ndarray()
+    return Image.fromarray(displayed(pixels, frame.rotation))
 
 
 def _image_at(file: object, t: float, max_side: int) -> Image.Image:
@@ -152,6 +153,6 @@ def _image_at(file: object, t: float, max_side: int) -> Image.Image:
                 shown = frame
             if shown is None:
                 raise ValueError("no decodable frame")
-            return _image(shown, max_side)
+            return _image(shown, pixel_aspect(stream), max_side)
     except av.FFmpegError as err:
         raise ValueError(f"cannot decode: {err}") from err
