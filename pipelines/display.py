@@ -1,7 +1,7 @@
 """What a decoded frame shows: HDR tone-mapped to the SDR BT.709 that CLIP was trained on and
 browsers show, pixels of their stream's shape (anamorphic video's are not square), the picture
-turned as its stream's display matrix says; and SDR frames mastered as HDR (the tests' and
-benchmark's HDR footage).
+turned as its stream's display matrix says, one moment of an interlaced frame; and SDR frames
+mastered as HDR (the tests' and benchmark's HDR footage).
 
 swscale's colour management does both colour conversions. Each of its scalers spends about 2.5
 CPU-seconds on its tables when set up, and again for each new frame size, then under a
@@ -78,6 +78,24 @@ def displayed(pixels: np.ndarray, rotation: float) -> np.ndarray:
     Mirroring in the matrix (front cameras' selfies) is not applied."""
     quarter_turns = round(rotation / 90) % 4
     return np.rot90(pixels, quarter_turns) if quarter_turns else pixels
+
+
+def one_field(frame: av.VideoFrame) -> av.VideoFrame:
+    """The top field of an interlaced ``frame`` (its even lines, every plane's): a picture of one
+    moment, half as high. Woven, the two fields were taken a field apart, and anything moving
+    shows as combs of alternating lines; scaled down to a thumbnail, a field loses nothing that
+    the thumbnail keeps. Its colour tags are the frame's."""
+    import av
+
+    field = av.VideoFrame(frame.width, (frame.height + 1) // 2, frame.format.name)
+    for source, target in zip(frame.planes, field.planes, strict=True):
+        rows = np.frombuffer(source, np.uint8).reshape(source.height, source.line_size)
+        into = np.frombuffer(target, np.uint8).reshape(target.height, target.line_size)
+        width = min(source.line_size, target.line_size)
+        into[:, :width] = rows[0::2][: target.height, :width]
+    field.colorspace, field.color_range = frame.colorspace, frame.color_range
+    field.color_trc, field.color_primaries = frame.color_trc, frame.color_primaries
+    return field
 
 
 def mastered_hdr(frame: av.VideoFrame, transfer: int, pixel_format: str) -> av.VideoFrame:

@@ -229,6 +229,31 @@ def write_mp4(
         container.mux(stream.encode())
 
 
+def write_interlaced_mp4(path: Path, top: np.ndarray, bottom: np.ndarray, *, fps: int = 25) -> None:
+    """Encode interlaced H.264 (x264, top field first) into ``path``: frame ``i`` woven from the
+    even lines of ``top[i]`` and the odd lines of ``bottom[i]`` (both ``[T, H, W, 3]`` uint8 RGB),
+    each field's chroma its own, as an interlaced camera records two moments a frame."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.height, stream.width = top.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"x264-params": "interlaced=1:tff=1:asm=0"}
+        for even, odd in zip(top, bottom, strict=True):
+            fields = [
+                av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+                for rgb in (even, odd)
+            ]
+            woven = av.VideoFrame(stream.width, stream.height, "yuv420p")
+            for i, plane in enumerate(woven.planes):
+                rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+                for parity, field in enumerate(fields):
+                    source = field.planes[i]
+                    lines = np.frombuffer(source, np.uint8).reshape(source.height, -1)
+                    rows[parity::2, : plane.width] = lines[parity::2, : plane.width]
+            container.mux(stream.encode(woven))
+        container.mux(stream.encode())
+
+
 # x265's names of the HDR transfers, by FFmpeg's tag.
 X265_TRANSFERS = {TRANSFER_PQ: "smpte2084", TRANSFER_HLG: "arib-std-b67"}
 

@@ -166,6 +166,24 @@ def test_anamorphic_video_is_decoded_with_square_pixels(tmp_path: Path, decoder:
     assert np.abs(frames[1] - frames[0]).mean() < 4.0, np.abs(frames[1] - frames[0]).mean()
 
 
+def test_interlaced_video_is_decoded_one_field_at_a_time(tmp_path: Path) -> None:
+    """Each frame of interlaced video holds two moments, a field apart; woven, anything that
+    moved between them shows as combs. The stage shows the model one field: here the top field
+    is red and the bottom one blue, so the woven frame is purple, its top field red."""
+    red = np.full((10, 64, 96, 3), (200, 60, 60), np.uint8)
+    blue = np.full((10, 64, 96, 3), (60, 60, 200), np.uint8)
+    uri = tmp_path / "interlaced.mp4"
+    synthetic.write_interlaced_mp4(uri, red, blue)
+    with av.open(str(uri)) as container:
+        assert next(container.decode(video=0)).interlaced_frame
+
+    with DecodeStage(frames=FRAMES, image_size=32) as stage:
+        out = stage(batch([str(uri)]))
+    assert list(out[schema.ERROR]) == [""]
+    colour = out[schema.FRAMES][0].reshape(-1, 3).mean(axis=0)
+    assert np.abs(colour - (200, 60, 60)).max() < 6, colour
+
+
 def test_short_videos_repeat_frames(stage: DecodeStage, damaged: dict[str, str]) -> None:
     out = stage(batch([damaged[synthetic.SHORT_ONE_FRAME], damaged[synthetic.SHORT_THREE_FRAMES]]))
 

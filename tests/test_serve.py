@@ -38,7 +38,13 @@ from pipelines.display import TRANSFER_HLG, TRANSFER_PQ
 from pipelines.encode import ModelSpec
 from pipelines.search import encode_queries, open_index, search_vectors
 from pipelines.serve.media import MediaReader
-from pipelines.synthetic import COLOURS, write_hdr_mp4, write_mp4, write_two_part_videos
+from pipelines.synthetic import (
+    COLOURS,
+    write_hdr_mp4,
+    write_interlaced_mp4,
+    write_mp4,
+    write_two_part_videos,
+)
 
 TWO_PART_VIDEOS = 2
 HYBRID_WORD = "zanzibar"
@@ -488,3 +494,16 @@ def test_thumbnails_of_anamorphic_videos_have_square_pixels(tmp_path: Path) -> N
     uri = tmp_path / "anamorphic.mp4"
     write_mp4(uri, np.full((10, 64, 48, 3), 128, np.uint8), pixel_aspect=Fraction(2))
     assert Image.open(io.BytesIO(MediaReader().thumbnail(str(uri), 0.5))).size == (96, 64)
+
+
+def test_thumbnails_of_interlaced_videos_show_one_field(tmp_path: Path) -> None:
+    """An interlaced frame's thumbnail is one of its fields (red), not the two woven (purple)."""
+    red = np.full((10, 64, 96, 3), (200, 60, 60), np.uint8)
+    blue = np.full((10, 64, 96, 3), (60, 60, 200), np.uint8)
+    uri = tmp_path / "interlaced.mp4"
+    write_interlaced_mp4(uri, red, blue)
+
+    shown = Image.open(io.BytesIO(MediaReader().thumbnail(str(uri), 0.2)))
+    assert shown.size == (96, 64)
+    colour = np.asarray(shown, np.float64).reshape(-1, 3).mean(axis=0)
+    assert np.abs(colour - (200, 60, 60)).max() < 8, colour

@@ -30,7 +30,14 @@ from pipelines.decode.sampling import (
     clip_range,
 )
 from pipelines.decode.source import _damaged, _open_video, output_size
-from pipelines.display import displayed, is_hdr, pixel_aspect, shown_width, tone_mapped
+from pipelines.display import (
+    displayed,
+    is_hdr,
+    one_field,
+    pixel_aspect,
+    shown_width,
+    tone_mapped,
+)
 
 FAST_CODEC_OPTIONS = {"skip_loop_filter": "all"}
 SCALER_INTERPOLATION = "AREA"
@@ -413,7 +420,8 @@ class _Thumbnailer:
     A frame the container says to show rotated (a phone held upright records landscape frames
     and a quarter turn) is turned as players show it (:func:`pipelines.display.displayed`):
     the centre square of the turned frame is the turned centre square, so only the small result
-    is turned.
+    is turned. Of an interlaced frame only one field is scaled
+    (:func:`pipelines.display.one_field`): the two fields woven show moving things as combs.
     """
 
     def __init__(self, width: int, height: int, size: int, *, threads: int) -> None:
@@ -423,6 +431,9 @@ class _Thumbnailer:
         self._scaler, self._converter = VideoReformatter(), VideoReformatter()
 
     def __call__(self, frame: Any) -> np.ndarray:
+        rotation = frame.rotation
+        if frame.interlaced_frame:
+            frame = one_field(frame)
         if is_hdr(frame):
             pixels = self._tone_mapped(frame)
         elif frame.format.name.startswith(_SCALED_IN_OWN_FORMAT):
@@ -431,7 +442,7 @@ class _Thumbnailer:
             pixels = self._centre(rgb.to_ndarray())
         else:
             pixels = self._centre(self._scale(frame, "rgb24").to_ndarray())
-        return displayed(pixels, frame.rotation)
+        return displayed(pixels, rotation)
 
     def _scale(self, frame: Any, pixel_format: str | None) -> Any:
         """``frame`` at the output's width and height in ``pixel_format`` (None: its own)."""

@@ -13,7 +13,7 @@ import av
 import pyarrow.fs as pafs
 from PIL import Image
 
-from pipelines.display import displayed, is_hdr, pixel_aspect, shown_width, tone_mapped
+from pipelines import display
 from pipelines.storage import StorageOptions
 
 # The most bytes one range response carries: a browser asks for ``bytes=0-`` and then for what
@@ -120,19 +120,22 @@ class MediaReader:
 
 def _image(frame: av.VideoFrame, aspect: Fraction, max_side: int) -> Image.Image:
     """``frame`` as shown: its pixels of ``aspect`` made square, turned as its display matrix
-    says, SDR; at most ``max_side`` pixels on its longer side (never scaled up)."""
-    width = shown_width(frame.width, aspect)
-    scale = min(1.0, max_side / max(width, frame.height))
-    width, height = max(1, round(width * scale)), max(1, round(frame.height * scale))
-    if is_hdr(frame):
+    says, one field of an interlaced frame, SDR; at most ``max_side`` pixels on its longer side
+    (never scaled up)."""
+    width, height, rotation = display.shown_width(frame.width, aspect), frame.height, frame.rotation
+    scale = min(1.0, max_side / max(width, height))
+    width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    if frame.interlaced_frame:
+        frame = display.one_field(frame)
+    if display.is_hdr(frame):
         # Scaled first: tone mapping sets swscale up for each frame size, and the thumbnail's
         # is one a serving process meets again.
         wide = frame.reformat(width=width, height=height, format="rgb48le", interpolation="AREA")
-        pixels = tone_mapped(wide.to_ndarray(), frame.color_trc, frame.color_primaries)
+        pixels = display.tone_mapped(wide.to_ndarray(), frame.color_trc, frame.color_primaries)
     else:
         small = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
         pixels = small.to_ndarray()
-    return Image.fromarray(displayed(pixels, frame.rotation))
+    return Image.fromarray(display.displayed(pixels, rotation))
 
 
 def _image_at(file: object, t: float, max_side: int) -> Image.Image:
@@ -153,6 +156,6 @@ def _image_at(file: object, t: float, max_side: int) -> Image.Image:
                 shown = frame
             if shown is None:
                 raise ValueError("no decodable frame")
-            return _image(shown, pixel_aspect(stream), max_side)
+            return _image(shown, display.pixel_aspect(stream), max_side)
     except av.FFmpegError as err:
         raise ValueError(f"cannot decode: {err}") from err
