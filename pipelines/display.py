@@ -83,8 +83,8 @@ def displayed(pixels: np.ndarray, rotation: float) -> np.ndarray:
 def one_field(frame: av.VideoFrame) -> av.VideoFrame:
     """The top field of an interlaced ``frame`` (its even lines, every plane's): a picture of one
     moment, half as high. Woven, the two fields were taken a field apart, and anything moving
-    shows as combs of alternating lines; scaled down to a thumbnail, a field loses nothing that
-    the thumbnail keeps. Its colour tags are the frame's."""
+    shows as combs of alternating lines; a field of 480i or more still has more lines than a
+    224-px thumbnail keeps. Its colour tags are the frame's."""
     import av
 
     field = av.VideoFrame(frame.width, (frame.height + 1) // 2, frame.format.name)
@@ -99,8 +99,8 @@ def one_field(frame: av.VideoFrame) -> av.VideoFrame:
 
 
 def mastered_hdr(frame: av.VideoFrame, transfer: int, pixel_format: str) -> av.VideoFrame:
-    """An SDR BT.709 ``frame`` as HDR: converted to ``transfer`` and BT.2020 primaries, in
-    ``pixel_format`` with the BT.2020 matrix (to be encoded with those tags)."""
+    """An SDR ``frame`` (tagged BT.709 in place) as HDR: converted to ``transfer`` and BT.2020
+    primaries, in ``pixel_format`` with the BT.2020 matrix (to be encoded with those tags)."""
     frame.color_trc, frame.color_primaries = SDR_TRANSFER, PRIMARIES_BT709
     hdr = _scaler(("to_hdr", frame.width, frame.height, transfer)).reformat(
         frame, format="rgb48le", dst_color_trc=transfer, dst_color_primaries=PRIMARIES_BT2020
