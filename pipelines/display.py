@@ -72,6 +72,12 @@ def shown_width(width: int, aspect: Fraction) -> int:
     return max(1, round(width * aspect))
 
 
+def shown_size(stream: Any) -> tuple[int, int]:
+    """``(width, height)`` of a video stream's picture in square pixels (before any turn)."""
+    codec = stream.codec_context
+    return shown_width(codec.width, pixel_aspect(stream)), codec.height
+
+
 def displayed(pixels: np.ndarray, rotation: float) -> np.ndarray:
     """``pixels`` ``[H, W, C]`` as shown: turned ``rotation`` degrees counter-clockwise (a
     frame's ``rotation``, from the display matrix of its stream), to the nearest quarter turn.

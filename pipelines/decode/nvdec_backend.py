@@ -33,7 +33,7 @@ from pipelines.decode.protocol import _ClipResult, _Request
 from pipelines.decode.pyav_backend import _index_frames
 from pipelines.decode.sampling import frames_of_clips, spread_frames
 from pipelines.decode.source import _damaged, _open_video, output_size
-from pipelines.display import pixel_aspect, shown_width
+from pipelines.display import shown_size
 
 DECODER_NVDEC = "nvdec"
 
@@ -89,8 +89,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
             raise
         except Exception as err:
             raise _damaged(path, claimed, err) from None
-        codec = stream.codec_context
-        width, height = shown_width(codec.width, pixel_aspect(stream)), codec.height
+        width, height = shown_size(stream)
     starts, duration = index.starts_s, index.duration_s
     results, wanted = frames_of_clips(req, starts, duration, index.keyframes)
     every = np.concatenate(wanted)

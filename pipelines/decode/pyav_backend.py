@@ -34,8 +34,7 @@ from pipelines.display import (
     displayed,
     is_hdr,
     one_field,
-    pixel_aspect,
-    shown_width,
+    shown_size,
     tone_mapped,
 )
 
@@ -106,8 +105,13 @@ def _listed_frames(container: Any, stream: Any) -> _FrameIndex | None:
     if end_of_data > container.size:
         return None
     pts.sort(kind="stable")
-    step = int(np.median(np.diff(pts))) if claimed > 1 else 1
-    return _FrameIndex(pts, np.arange(claimed), stream.time_base, int(pts[-1]) + step)
+    return _FrameIndex(pts, np.arange(claimed), stream.time_base, int(pts[-1]) + _usual_step(pts))
+
+
+def _usual_step(pts: np.ndarray) -> int:
+    """The usual gap between the sorted timestamps ``pts`` (1 for a single frame): how long the
+    last frame lasts where nothing says."""
+    return int(np.median(np.diff(pts))) if len(pts) > 1 else 1
 
 
 def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
@@ -128,7 +132,7 @@ def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
         # A stream that starts on a frame not flagged as key still starts decoding there.
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
     last = int(order[-1])
-    step = durations[last] or (int(np.median(np.diff(sorted_pts))) if len(pts) > 1 else 1)
+    step = durations[last] or _usual_step(sorted_pts)
     return _FrameIndex(sorted_pts, keyframes, stream.time_base, int(sorted_pts[-1]) + step)
 
 
@@ -370,10 +374,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
                 slots.setdefault(target, []).append((k, t))
             results.append(_ClipResult(error="", frame_times_s=np.zeros(req.frames, np.float32)))
 
-        codec = stream.codec_context
-        out_w, out_h = output_size(
-            shown_width(codec.width, pixel_aspect(stream)), codec.height, out.shape[2]
-        )
+        out_w, out_h = output_size(*shown_size(stream), out.shape[2])
         decoder = _Pass(path, container, stream, index, configure)
         thumbnail = _Thumbnailer(out_w, out_h, out.shape[2], threads=req.threads)
         try:
@@ -414,7 +415,7 @@ class _Thumbnailer:
     scaled to 16-bit RGB in their own transfer, then their centre converted by swscale's colour
     management (:func:`pipelines.display.tone_mapped`).
 
-    ``width x height`` is the shown picture's (:func:`pipelines.display.pixel_aspect`), so the
+    ``width x height`` is the shown picture's (:func:`pipelines.display.shown_size`), so the
     scaler also makes anamorphic video's pixels square.
 
     A frame the container says to show rotated (a phone held upright records landscape frames

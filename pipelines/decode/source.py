@@ -25,7 +25,7 @@ from pipelines.decode.errors import (
     _Failure,
     _short,
 )
-from pipelines.display import pixel_aspect, shown_width
+from pipelines.display import shown_size
 from pipelines.storage import StorageOptions
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -212,8 +212,7 @@ def _probe(path: str) -> tuple[int, int, int]:
     square pixels, width and height swapped for a stream shown a quarter turn."""
     container, stream = _open_video(path)
     with container:
-        codec = stream.codec_context
-        width, height = shown_width(codec.width, pixel_aspect(stream)), codec.height
+        width, height = shown_size(stream)
         if _first_frame_rotation(container, stream) % 180:
             width, height = height, width
         return width, height, stream.frames
