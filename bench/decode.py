@@ -18,8 +18,9 @@ its effect on the 224-px frames; three ways from a decoded frame to the thumbnai
 RGB; bilinearly in YUV, converting the small frame; today's, area-averaging, frames of more than
 8 bits scaled into planar RGB), their cost and their distance from CLIP's own PIL
 preprocessing, on every SDR profile; the long video's 60 clips decoded in one pass against one
-full decode pass of the file; which codecs and containers each library reads; and the
-broken-file cases of the tests under each library.
+full decode pass of the file; what indexing each file costs, as the stage does it and by
+demuxing it whole; which codecs and containers each library reads; and the broken-file cases
+of the tests under each library.
 
 Headline figures (top level of ``bench/results/decode.json``): ``uniform_over_floor`` (worst
 profile), ``fast_speedup`` and ``keyframe_speedup`` (uniform core-s over the policy's, worst
@@ -116,6 +117,30 @@ def floor_cost(path: str) -> tuple[float, int]:
         return time.process_time() - began, frames
 
 
+def index_cost(path: str) -> dict[str, Any]:
+    """CPU seconds to index ``path`` as the stage does (from the container's list of frames
+    where ``pyav_backend._listed_frames`` takes it, else by demuxing) and by demuxing the whole
+    file, and whether the list was taken."""
+    import av
+
+    from pipelines.decode.pyav_backend import _demuxed_frames, _listed_frames
+
+    def timed(index: Any) -> tuple[float, Any]:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            began = time.process_time()
+            found = index(container, stream)
+            return time.process_time() - began, found
+
+    listed_s, listed = timed(_listed_frames)
+    demuxed_s, _ = timed(_demuxed_frames)
+    return {
+        "listed": listed is not None,
+        "core_s": listed_s + (0.0 if listed is not None else demuxed_s),
+        "demuxed_core_s": demuxed_s,
+    }
+
+
 def full_pass_cost(path: str) -> tuple[float, int]:
     """``(CPU seconds, frames)`` of decoding every frame of ``path`` once, one thread."""
     import av
@@ -141,7 +166,7 @@ def measure_profiles(corpus: dict[str, dict], repeats: int) -> dict[str, dict]:
         for policy in POLICIES
         for library in LIBRARIES
     }
-    results: dict[str, dict] = {name: {"floor": {}, "stage": {}} for name in names}
+    results: dict[str, dict] = {name: {"floor": {}, "stage": {}, "index": {}} for name in names}
     try:
         for stage in stages.values():  # warm up: imports, first-call costs
             stage(_batch([corpus[names[0]]["path"]]))
@@ -152,6 +177,10 @@ def measure_profiles(corpus: dict[str, dict], repeats: int) -> dict[str, dict]:
                 best = results[name]["floor"]
                 if repeat == 0 or seconds < best["core_s"]:
                     best.update(core_s=seconds, frames=frames)
+                cost, index = index_cost(path), results[name]["index"]
+                index["listed"] = cost.pop("listed")
+                for label, seconds in cost.items():
+                    index[label] = min(index.get(label, math.inf), seconds)
                 for (policy, library), stage in stages.items():
                     seconds, out = stage_cost(stage, _batch([path]))
                     key = f"{policy}/{library}"
@@ -458,6 +487,20 @@ def main() -> None:
             "errors",
         ],
         title=f"decode core-seconds per video, best of {args.repeats}, {FRAMES} frames at {SIZE}",
+    )
+    print_table(
+        [
+            [
+                name,
+                "container's list" if result["index"]["listed"] else "demuxed",
+                f"{result['index']['core_s'] * 1000:.2f}",
+                f"{result['index']['demuxed_core_s'] * 1000:.2f}",
+                f"{result['index']['demuxed_core_s'] / result['floor']['core_s']:.3f}",
+            ]
+            for name, result in results.items()
+        ],
+        ["profile", "stage's index", "index ms", "demuxed ms", "demuxed / floor"],
+        title=f"indexing a file (which frames, which keyframes), best of {args.repeats}",
     )
     print_table(
         [
