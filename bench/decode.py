@@ -96,7 +96,13 @@ def floor_cost(path: str) -> tuple[float, int]:
         # Without a seek index (MPEG-TS, MPEG-PS) the floor is a read from the start.
         seekable = not container.format.flags & _TIMESTAMP_DISCONTINUITIES
     targets = choose_targets(
-        0, len(index.pts), FRAMES, sampling="uniform", keyframes=index.keyframes
+        index.starts_s,
+        index.duration_s,
+        0,
+        len(index.pts),
+        FRAMES,
+        sampling="uniform",
+        keyframes=index.keyframes,
     )
     wanted = sorted({int(index.pts[t.want]) for t in targets})
     with av.open(path) as container:

@@ -72,10 +72,11 @@ def add_decode_arguments(parser: argparse.ArgumentParser, *, decoder: bool = Tru
         "--sampling",
         choices=INDEX_SAMPLINGS,
         default=SAMPLING_UNIFORM,
-        help="which frame of each of the T chunks: uniform (its centre), fast (the frame "
-        "cheapest to reach near it, about 2x less decoding), keyframe (the nearest keyframe, "
-        "10x+ less, fewer distinct frames); part of the model_id, so a table indexed one way is "
-        "re-indexed, evaluated and searched only that way (default: %(default)s)",
+        help="which frame of each of the T equal chunks of a clip's time: uniform (its centre), "
+        "fast (the frame cheapest to reach near it, about 2x less decoding), keyframe (the "
+        "nearest keyframe, 10x+ less, fewer distinct frames); part of the model_id, so a table "
+        "indexed one way is re-indexed, evaluated and searched only that way "
+        "(default: %(default)s)",
     )
     if decoder:
         group.add_argument(

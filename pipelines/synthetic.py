@@ -204,10 +204,13 @@ def write_mp4(
     crf: int = 18,
     rotation: int = 0,
     pixel_aspect: Fraction = Fraction(1),
+    times_ms: Sequence[int] | None = None,
 ) -> None:
     """Encode ``video`` ``[T, H, W, 3]`` uint8 RGB as H.264 (libx264, yuv420p) into ``path``,
     to be shown turned ``rotation`` degrees counter-clockwise (as phones tag upright video) and
-    with pixels ``pixel_aspect`` times as wide as high (anamorphic video).
+    with pixels ``pixel_aspect`` times as wide as high (anamorphic video). ``times_ms`` (``[T]``,
+    ascending) gives each frame its own start in milliseconds, as phones and screen recorders
+    write variable-frame-rate video; without it frames come at ``fps``.
 
     ``+faststart`` puts the index (moov atom) before the frames, as web videos usually do, so a
     truncated copy still opens and fails on its missing frames. The bytes are reproducible.
@@ -224,8 +227,13 @@ def write_mp4(
             stream.set_display_rotation(rotation)
         if pixel_aspect != 1:
             stream.sample_aspect_ratio = stream.codec_context.sample_aspect_ratio = pixel_aspect
-        for frame in video:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        if times_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i, pixels in enumerate(video):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            if times_ms is not None:
+                frame.pts, frame.time_base = int(times_ms[i]), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
         container.mux(stream.encode())
 
 

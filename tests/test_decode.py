@@ -32,7 +32,7 @@ from pipelines.decode import (
     TRUNCATED,
     DecodeStage,
     error_category,
-    sample_indices,
+    sample_frames,
 )
 from pipelines.decode.pyav_backend import _demuxed_frames, _listed_frames, _Thumbnailer
 from pipelines.decode.sampling import choose_targets, frames_to_reach
@@ -233,10 +233,64 @@ def test_shapes_dtypes_and_passthrough(stage: DecodeStage, videos: list[str]) ->
     assert empty[schema.FRAMES].shape == (0, FRAMES, SIZE, SIZE, 3)
 
 
+# Constant-rate streams as MP4 files time them: (time base, ticks a frame) at 29.97, 10, 24 fps.
+CONSTANT_RATES = [(Fraction(1, 30000), 1001), (Fraction(1, 10240), 1024), (Fraction(1, 12288), 512)]
+
+
+def constant_rate_starts(n: int, time_base: Fraction, ticks: int) -> tuple[np.ndarray, float]:
+    """``[n]`` start seconds of frames at a constant rate, as the frame index computes them from
+    timestamps, and where the last one ends."""
+    starts = np.arange(n + 1, dtype=np.int64) * ticks * float(time_base)
+    return starts[:n], float(starts[n])
+
+
+@pytest.mark.parametrize("rate", CONSTANT_RATES)
 @pytest.mark.parametrize(("n", "t"), [(24, 6), (25, 12), (7, 3), (3, 6), (1, 4), (1000, 12)])
-def test_uniform_indices_are_chunk_centres(n: int, t: int) -> None:
+def test_uniform_frames_at_a_constant_rate_are_chunk_centres(
+    n: int, t: int, rate: tuple[Fraction, int]
+) -> None:
+    """Chunks of time at a constant rate are chunks of frames, ties (24 frames in 6 chunks put
+    every centre on a frame's start) included, whatever the rounding of the timestamps."""
+    starts, end = constant_rate_starts(n, *rate)
     expected = [int((i + 0.5) * n / t) for i in range(t)]
-    assert sample_indices(n, t).tolist() == expected
+    assert sample_frames(starts, end, t).tolist() == expected
+
+
+# A phone's or screen recorder's variable rate: 2 s at 5 fps, then 2 s at 30 fps.
+VARIABLE_RATE_MS = [200 * i for i in range(10)] + [2000 + round(i * 1000 / 30) for i in range(60)]
+VARIABLE_RATE_END_S = 4.0
+
+
+def shown_until(times_s: np.ndarray, end_s: float = VARIABLE_RATE_END_S) -> np.ndarray:
+    """Where each frame of :data:`VARIABLE_RATE_MS` starting at ``times_s`` stops being shown,
+    the last one at ``end_s``."""
+    starts = np.append(np.array(VARIABLE_RATE_MS) / 1000, end_s)
+    at = np.searchsorted(starts, np.asarray(times_s) + 1e-4, side="right")
+    return starts[at]
+
+
+def test_variable_frame_rate_is_sampled_evenly_over_time() -> None:
+    starts = np.array(VARIABLE_RATE_MS) / 1000
+    picked = sample_frames(starts, VARIABLE_RATE_END_S, 8)
+    centres = (np.arange(8) + 0.5) * VARIABLE_RATE_END_S / 8
+    assert (starts[picked] <= centres).all() and (centres < shown_until(starts[picked])).all()
+    # Chunks of frames would put 6 of the 8 in the 30-fps half.
+    assert (starts[picked] < 2).sum() == 4
+
+
+@pytest.mark.parametrize("rate", CONSTANT_RATES)
+@pytest.mark.parametrize(("n", "t"), [(24, 6), (25, 7), (5, 8), (300, 12)])
+def test_random_frames_stay_inside_their_chunks(n: int, t: int, rate: tuple[Fraction, int]) -> None:
+    starts, end = constant_rate_starts(n, *rate)
+    rng = np.random.default_rng(0)
+    draws = np.stack(
+        [sample_frames(starts, end, t, sampling=SAMPLING_RANDOM, rng=rng) for _ in range(200)]
+    )
+    low = np.floor(np.arange(t) * n / t)
+    high = np.ceil((np.arange(t) + 1) * n / t) - 1
+    assert (draws >= low).all() and (draws <= high).all()
+    if n >= 2 * t:
+        assert len({tuple(d) for d in draws}) > 100
 
 
 def test_uniform_sampling_on_a_real_video(stage: DecodeStage, videos: list[str]) -> None:
@@ -245,17 +299,6 @@ def test_uniform_sampling_on_a_real_video(stage: DecodeStage, videos: list[str])
     n = round(float(out[schema.DURATION_S][0]) * fps)
     expected = np.array([int((i + 0.5) * n / FRAMES) for i in range(FRAMES)]) / fps
     np.testing.assert_allclose(out[schema.FRAME_TIMES_S][0], expected, atol=1e-4)
-
-
-@pytest.mark.parametrize(("n", "t"), [(24, 6), (25, 7), (5, 8), (300, 12)])
-def test_random_indices_stay_inside_their_chunks(n: int, t: int) -> None:
-    rng = np.random.default_rng(0)
-    draws = np.stack([sample_indices(n, t, sampling=SAMPLING_RANDOM, rng=rng) for _ in range(200)])
-    low = np.floor(np.arange(t) * n / t)
-    high = np.ceil((np.arange(t) + 1) * n / t) - 1
-    assert (draws >= low).all() and (draws <= high).all()
-    if n >= 2 * t:
-        assert len({tuple(d) for d in draws}) > 100
 
 
 def test_random_sampling_differs_between_calls_and_follows_the_seed(videos: list[str]) -> None:
@@ -470,6 +513,48 @@ def test_every_policy_takes_one_frame_per_chunk(clips: dict[str, str], sampling:
             if sampling == SAMPLING_UNIFORM:
                 assert frame == first + int((i + 0.5) * n / FRAMES)
         assert (np.diff(picked) >= 0).all()
+
+
+@pytest.fixture(scope="module")
+def variable_rate_video(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("variable_rate") / "variable_rate.mp4"
+    video = np.stack([textured_frame(i) for i in range(len(VARIABLE_RATE_MS))])
+    synthetic.write_mp4(path, video, times_ms=VARIABLE_RATE_MS)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("decoder", "sampling"),
+    [(decoder, SAMPLING_UNIFORM) for decoder in DECODERS]
+    + [(DECODER_PYAV, SAMPLING_FAST), (DECODER_DECORD, SAMPLING_FAST)]
+    + [(DECODER_PYAV, SAMPLING_RANDOM)],
+)
+def test_variable_frame_rate_video_is_sampled_in_chunks_of_time(
+    variable_rate_video: str, decoder: str, sampling: str
+) -> None:
+    """Every frame is shown during its chunk of the clip's time (``uniform``: at its centre), for
+    the whole file and for a ``start_s``/``end_s`` clip across the change of rate."""
+    with DecodeStage(frames=FRAMES, image_size=32, sampling=sampling, decoder=decoder) as stage:
+        out = stage(
+            batch(
+                [variable_rate_video, variable_rate_video],
+                start_s=np.array([math.nan, 1.0]),
+                end_s=np.array([math.nan, 3.0]),
+            )
+        )
+    assert list(out[schema.ERROR]) == ["", ""]
+    # The last frame lasts as long as the file says: 67 ms in PyAV's reading, 33 ms in decord's.
+    duration = float(out[schema.DURATION_S][0])
+    spans = [(0.0, duration), (1.0, 3.0)]
+    for (start_s, end_s), times in zip(spans, out[schema.FRAME_TIMES_S], strict=True):
+        chunk = (end_s - start_s) / FRAMES
+        lows = start_s + np.arange(FRAMES) * chunk
+        until = shown_until(times, duration)
+        if sampling == SAMPLING_UNIFORM:
+            centres = lows + chunk / 2
+            assert (times <= centres + 1e-4).all() and (centres < until).all(), times
+        else:
+            assert (times < lows + chunk - 1e-4).all() and (until > lows + 1e-4).all(), times
 
 
 @pytest.mark.parametrize(("size", "mean_limit", "max_limit"), [(64, 0.0, 0), (40, 4.5, 32)])
@@ -696,16 +781,19 @@ def test_targets_and_their_floor() -> None:
     keyframes = np.array([0, 10, 20])
     # Frames 5 and 7 share the first GOP; the second GOP holds none; 25 starts from keyframe 20.
     assert frames_to_reach(np.array([7, 5, 25]), keyframes) == 8 + 6
-    fast = choose_targets(0, 30, 3, sampling=SAMPLING_FAST, keyframes=keyframes)
+    starts, end = constant_rate_starts(30, *CONSTANT_RATES[0])
+    fast = choose_targets(starts, end, 0, 30, 3, sampling=SAMPLING_FAST, keyframes=keyframes)
     assert [(t.want, t.exact) for t in fast] == [(0, True), (10, True), (20, True)]
-    fast = choose_targets(0, 30, 3, sampling=SAMPLING_FAST, keyframes=np.array([0]))
+    fast = choose_targets(starts, end, 0, 30, 3, sampling=SAMPLING_FAST, keyframes=np.array([0]))
     # The last chunk's target is the last of its group of pictures: its first reference frame.
     assert [(t.want, t.lo, t.hi, t.exact) for t in fast] == [
         (0, 0, 1, True),
         (15, 10, 20, False),
         (20, 20, 30, False),
     ]
-    keyframe = choose_targets(12, 30, 3, sampling=SAMPLING_KEYFRAME, keyframes=keyframes)
+    keyframe = choose_targets(
+        starts, end, 12, 30, 3, sampling=SAMPLING_KEYFRAME, keyframes=keyframes
+    )
     assert [t.want for t in keyframe] == [20, 20, 20]
 
 

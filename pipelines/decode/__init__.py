@@ -46,7 +46,7 @@ from pipelines.decode.sampling import (
     SAMPLING_RANDOM,
     SAMPLING_UNIFORM,
     SAMPLINGS,
-    sample_indices,
+    sample_frames,
 )
 from pipelines.decode.source import unreadable_file_error
 from pipelines.decode.stage import DEFAULT_DECODER, MAX_CLIPS_PER_PASS, DecodeStage
@@ -81,6 +81,6 @@ __all__ = [
     "DecodeStage",
     "_child_main",
     "error_category",
-    "sample_indices",
+    "sample_frames",
     "unreadable_file_error",
 ]

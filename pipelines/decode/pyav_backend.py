@@ -4,11 +4,12 @@ Demuxing (reading packets without decoding them) is cheap, so the file is first 
 learn every frame's timestamp and which frames are keyframes; files of intra-only codecs in
 containers that list every frame (ProRes and MJPEG in MOV or AVI) are not read for that at all,
 their container's list is exact (:func:`_listed_frames`). From that each clip's targets are
-chosen (:func:`~pipelines.decode.sampling.choose_targets`), and one forward pass over the file
-fetches all of them: it seeks to the keyframe before a target when that keyframe lies beyond the
-decoder's position (so groups of pictures holding no target are never decoded), and otherwise
-decodes forward. Only targets are converted: scaled to the small output size in their own YUV
-format, then converted to RGB (:class:`_Thumbnailer`; no full-size RGB frame exists).
+chosen (:func:`~pipelines.decode.sampling.choose_targets`, one per chunk of the clip's time),
+and one forward pass over the file fetches all of them: it seeks to the keyframe before a target
+when that keyframe lies beyond the decoder's position (so groups of pictures holding no target
+are never decoded), and otherwise decodes forward. Only targets are converted: scaled to the
+small output size in their own YUV format, then converted to RGB (:class:`_Thumbnailer`; no
+full-size RGB frame exists).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from pipelines.decode.sampling import (
     SAMPLING_FAST,
     SAMPLING_KEYFRAME,
     Target,
-    choose_targets,
-    clip_range,
+    targets_of_clips,
 )
 from pipelines.decode.source import _damaged, _open_video, output_size
 from pipelines.display import (
@@ -360,16 +360,10 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         results: list[_ClipResult] = []
         # target -> every (clip, frame slot) it fills; clips of one file often share frames.
         slots: dict[Target, list[tuple[int, int]]] = {}
-        for k, clip in enumerate(req.clips):
-            try:
-                first, stop = clip_range(starts, duration, clip.start_s, clip.end_s)
-            except _Failure as failure:
-                results.append(_ClipResult(error=str(failure)))
+        for k, targets in enumerate(targets_of_clips(req, starts, duration, index.keyframes)):
+            if isinstance(targets, str):
+                results.append(_ClipResult(error=targets))
                 continue
-            rng = np.random.default_rng(clip.seed) if clip.seed is not None else None
-            targets = choose_targets(
-                first, stop, req.frames, sampling=req.sampling, keyframes=index.keyframes, rng=rng
-            )
             for t, target in enumerate(targets):
                 slots.setdefault(target, []).append((k, t))
             results.append(_ClipResult(error="", frame_times_s=np.zeros(req.frames, np.float32)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,30 +19,54 @@ INDEX_SAMPLINGS = (SAMPLING_UNIFORM, SAMPLING_FAST, SAMPLING_KEYFRAME)
 SAMPLINGS = (*INDEX_SAMPLINGS, SAMPLING_RANDOM)
 
 
-def sample_indices(
-    num_frames: int,
+# A frame that starts this little after a sampled moment counts as shown at it: timestamps turned
+# into seconds are rounded, which would otherwise move a moment that falls on a frame's start to
+# the frame before.
+_SAME_MOMENT_S = 1e-6
+
+
+def sample_frames(
+    starts: np.ndarray,
+    end_s: float,
     frames: int,
     *,
     sampling: str = SAMPLING_UNIFORM,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Indices ``[T]`` (``T = frames``) of the frames to sample from a clip of ``num_frames``.
+    """Indices ``[T]`` (``T = frames``) into ``starts`` of the frames a clip shows at its ``T``
+    sampled moments.
 
-    The clip is cut into ``T`` equal chunks ``[i * n / T, (i + 1) * n / T)``. ``uniform`` takes the
-    frame at each chunk's centre; ``random`` (TSN-style, for training) a frame at a uniformly
-    random position inside each chunk. Clips shorter than ``T`` frames repeat frames.
+    The clip's time, from its first frame's start to ``end_s`` (where its last frame ends), is
+    cut into ``T`` equal chunks. ``uniform`` takes the frame shown at each chunk's centre;
+    ``random`` (TSN-style, for training) the frame shown at a uniformly random moment of each
+    chunk. Chunks of time, not of frames: a variable-frame-rate video (phones, screen recordings)
+    is sampled evenly over what it shows, not crowded into its busiest seconds. At a constant
+    rate of ``n`` frames, ``uniform`` takes frame ``floor((i + 0.5) * n / T)`` for chunk ``i``.
+    Clips shorter than ``T`` frames repeat frames.
+
+    Args:
+        starts: ``[n]`` start second of each of the clip's frames, ascending.
+        end_s: the second the clip's last frame ends, after ``starts[-1]``.
     """
-    if num_frames <= 0 or frames <= 0:
-        raise ValueError(f"need num_frames > 0 and frames > 0, got {num_frames}, {frames}")
+    if len(starts) == 0 or frames <= 0:
+        raise ValueError(f"need frames and frames > 0, got {len(starts)}, {frames}")
     if sampling == SAMPLING_UNIFORM:
         offsets = np.full(frames, 0.5)
     elif sampling == SAMPLING_RANDOM:
         offsets = (rng or np.random.default_rng()).random(frames)
     else:
         raise ValueError(f"sampling must be {SAMPLING_UNIFORM!r} or {SAMPLING_RANDOM!r}")
-    # (i + offset) * n / T rather than i * w + offset * w: exact for chunk centres on whole frames.
-    positions = (np.arange(frames) + offsets) * num_frames / frames
-    return np.minimum(np.floor(positions).astype(np.int64), num_frames - 1)
+    moments = _chunk_moments(starts, end_s, frames, offsets)
+    shown = np.searchsorted(starts, moments + _SAME_MOMENT_S, side="right") - 1
+    return np.clip(shown, 0, len(starts) - 1).astype(np.int64)
+
+
+def _chunk_moments(
+    starts: np.ndarray, end_s: float, frames: int, offsets: np.ndarray
+) -> np.ndarray:
+    """``[T]`` the second at ``offsets`` (fractions) into each of the clip's ``T`` chunks."""
+    first_s = float(starts[0])
+    return first_s + (np.arange(frames) + offsets) * ((end_s - first_s) / frames)
 
 
 @dataclass(frozen=True, order=True)
@@ -70,13 +93,15 @@ def clip_range(
         if start_s >= duration_s:
             raise _Failure(BAD_CLIP, f"start_s {start_s:g} is past the end ({duration_s:g}s)")
         # The frame showing start_s: the last one that starts at or before it.
-        first = max(int(np.searchsorted(starts_s, start_s + 1e-6, side="right")) - 1, 0)
+        first = max(int(np.searchsorted(starts_s, start_s + _SAME_MOMENT_S, side="right")) - 1, 0)
     if end_s is not None:
         stop = max(first + 1, int(np.searchsorted(starts_s, end_s, side="left")))
     return first, stop
 
 
 def choose_targets(
+    starts: np.ndarray,
+    duration_s: float,
     first: int,
     stop: int,
     frames: int,
@@ -87,37 +112,49 @@ def choose_targets(
 ) -> list[Target]:
     """The ``T = frames`` targets of the clip ``[first, stop)``, one per chunk, in chunk order.
 
-    ``keyframes`` is the sorted presentation-order indices of the file's keyframes. ``uniform``
-    and ``random`` take :func:`sample_indices`' frames exactly. ``fast`` takes, per chunk, the
-    keyframe nearest its centre when the chunk holds one (reaching it costs one frame after a
-    seek), else a reference frame near the centre, or the chunk's first reference frame where
-    no later target shares its group of pictures. ``keyframe`` takes the keyframe nearest each
-    chunk's centre anywhere in the clip (several chunks may share one), and ``fast``'s choice
-    where the clip holds no keyframe.
+    ``starts`` is the start second of each of the file's frames (ascending), ``duration_s`` where
+    its last frame ends, and ``keyframes`` the sorted presentation-order indices of its
+    keyframes. ``uniform`` and ``random`` take :func:`sample_frames`' frames exactly. ``fast``
+    takes, per chunk, the keyframe nearest its centre when the chunk holds one (reaching it costs
+    one frame after a seek), else a reference frame near the centre, or the chunk's first
+    reference frame where no later target shares its group of pictures. ``keyframe`` takes the
+    keyframe nearest each chunk's centre anywhere in the clip (several chunks may share one), and
+    ``fast``'s choice where the clip holds no keyframe. A chunk holds the frames that start
+    inside it.
     """
-    n = stop - first
+    clip_starts = starts[first:stop]
+    end_s = float(starts[stop]) if stop < len(starts) else duration_s
     if sampling in (SAMPLING_UNIFORM, SAMPLING_RANDOM):
-        wanted = first + sample_indices(n, frames, sampling=sampling, rng=rng)
+        wanted = first + sample_frames(clip_starts, end_s, frames, sampling=sampling, rng=rng)
         return [Target(int(w), int(w), int(w) + 1, True) for w in wanted]
     if sampling not in (SAMPLING_FAST, SAMPLING_KEYFRAME):
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    centres = first + sample_indices(n, frames)
+    centres = first + sample_frames(clip_starts, end_s, frames)
+    chunk_starts = _chunk_moments(clip_starts, end_s, frames, np.zeros(frames))
+    bounds = first + np.searchsorted(clip_starts, chunk_starts - _SAME_MOMENT_S, side="left")
+    bounds = np.append(bounds, stop)
     in_clip = keyframes[(keyframes >= first) & (keyframes < stop)]
     targets = []
     for i, centre in enumerate(centres.tolist()):
-        lo = first + math.ceil(i * n / frames)
-        hi = first + math.ceil((i + 1) * n / frames)
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
         pool = (
             in_clip if sampling == SAMPLING_KEYFRAME else in_clip[(in_clip >= lo) & (in_clip < hi)]
         )
         if len(pool):
-            key = int(pool[np.argmin(np.abs(pool - centre))])
+            key = _nearest(pool, centre, starts)
             targets.append(Target(key, key, key + 1, True))
         elif lo <= centre < hi and hi - lo > 1:
             targets.append(Target(centre, lo, hi, False))
         else:
             targets.append(Target(centre, centre, centre + 1, True))
     return _cheapest_last_of_gop(targets, keyframes)
+
+
+def _nearest(pool: np.ndarray, frame: int, starts: np.ndarray) -> int:
+    """The frame of ``pool`` (indices into ``starts``) that starts nearest to ``frame``'s start,
+    the earliest of a tie."""
+    distances = np.abs(starts[pool] - starts[frame])
+    return int(pool[np.flatnonzero(distances <= distances.min() + _SAME_MOMENT_S)[0]])
 
 
 def _cheapest_last_of_gop(targets: list[Target], keyframes: np.ndarray) -> list[Target]:
@@ -152,30 +189,53 @@ def frames_to_reach(wanted: np.ndarray, keyframes: np.ndarray) -> int:
     return count
 
 
-def frames_of_clips(
+def targets_of_clips(
     req: _Request, starts: np.ndarray, duration: float, keyframes: np.ndarray
-) -> tuple[list[_ClipResult], list[np.ndarray]]:
-    """For decoders that fetch frames by index: each clip's outcome (its sampled frames' times,
-    or the clip's error) and ``[T]`` the frame indices it wants (empty for a failed clip).
+) -> list[list[Target] | str]:
+    """Per clip of ``req``, its ``T`` targets (:func:`choose_targets`), or the error it fails
+    with (a span outside the file).
 
     Args:
-        starts: ``[n]`` start time of every frame of the file, in seconds.
+        starts: ``[n]`` start time of every frame of the file, in seconds, ascending.
         duration: the file's length in seconds.
         keyframes: indices of the file's keyframes, ascending, the first one 0.
     """
-    results: list[_ClipResult] = []
-    wanted: list[np.ndarray] = []
+    chosen: list[list[Target] | str] = []
     for clip in req.clips:
         try:
             first, stop = clip_range(starts, duration, clip.start_s, clip.end_s)
         except _Failure as failure:
-            results.append(_ClipResult(error=str(failure)))
-            wanted.append(np.zeros(0, np.int64))
+            chosen.append(str(failure))
             continue
         rng = np.random.default_rng(clip.seed) if clip.seed is not None else None
-        targets = choose_targets(
-            first, stop, req.frames, sampling=req.sampling, keyframes=keyframes, rng=rng
+        chosen.append(
+            choose_targets(
+                starts,
+                duration,
+                first,
+                stop,
+                req.frames,
+                sampling=req.sampling,
+                keyframes=keyframes,
+                rng=rng,
+            )
         )
+    return chosen
+
+
+def frames_of_clips(
+    req: _Request, starts: np.ndarray, duration: float, keyframes: np.ndarray
+) -> tuple[list[_ClipResult], list[np.ndarray]]:
+    """For decoders that fetch frames by index: each clip's outcome (its sampled frames' times,
+    or the clip's error) and ``[T]`` the frame indices it wants (empty for a failed clip); the
+    arguments are :func:`targets_of_clips`'."""
+    results: list[_ClipResult] = []
+    wanted: list[np.ndarray] = []
+    for targets in targets_of_clips(req, starts, duration, keyframes):
+        if isinstance(targets, str):
+            results.append(_ClipResult(error=targets))
+            wanted.append(np.zeros(0, np.int64))
+            continue
         indices = np.array([t.want for t in targets], np.int64)
         wanted.append(indices)
         results.append(_ClipResult("", starts[indices].astype(np.float32), duration))
