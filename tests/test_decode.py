@@ -523,6 +523,14 @@ def variable_rate_video(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
+def nearest_written_frames(frames: np.ndarray) -> list[int]:
+    """For each of ``frames`` ``[T, 64, 64, 3]`` (the centre of a 96x64 frame), the index of the
+    :func:`textured_frame` it is nearest to."""
+    written = np.stack([textured_frame(i) for i in range(len(VARIABLE_RATE_MS))])[:, :, 16:80]
+    distances = np.abs(written[None].astype(int) - frames[:, None]).mean(axis=(2, 3, 4))
+    return distances.argmin(axis=1).tolist()
+
+
 @pytest.mark.parametrize(
     ("decoder", "sampling"),
     [(decoder, SAMPLING_UNIFORM) for decoder in DECODERS]
@@ -533,8 +541,10 @@ def test_variable_frame_rate_video_is_sampled_in_chunks_of_time(
     variable_rate_video: str, decoder: str, sampling: str
 ) -> None:
     """Every frame is shown during its chunk of the clip's time (``uniform``: at its centre), for
-    the whole file and for a ``start_s``/``end_s`` clip across the change of rate."""
-    with DecodeStage(frames=FRAMES, image_size=32, sampling=sampling, decoder=decoder) as stage:
+    the whole file and for a ``start_s``/``end_s`` clip across the change of rate, and is the
+    frame its time names (the written frame nearest it: 3.7-4.8 levels away, the next nearest
+    22)."""
+    with DecodeStage(frames=FRAMES, image_size=64, sampling=sampling, decoder=decoder) as stage:
         out = stage(
             batch(
                 [variable_rate_video, variable_rate_video],
@@ -546,10 +556,14 @@ def test_variable_frame_rate_video_is_sampled_in_chunks_of_time(
     # The last frame lasts as long as the file says: 67 ms in PyAV's reading, 33 ms in decord's.
     duration = float(out[schema.DURATION_S][0])
     spans = [(0.0, duration), (1.0, 3.0)]
-    for (start_s, end_s), times in zip(spans, out[schema.FRAME_TIMES_S], strict=True):
+    rows = zip(spans, out[schema.FRAME_TIMES_S], out[schema.FRAMES], strict=True)
+    for (start_s, end_s), times, frames in rows:
         chunk = (end_s - start_s) / FRAMES
         lows = start_s + np.arange(FRAMES) * chunk
         until = shown_until(times, duration)
+        starts = np.array(VARIABLE_RATE_MS) / 1000
+        named = np.searchsorted(starts, times + 1e-4, side="right") - 1
+        assert nearest_written_frames(frames) == named.tolist()
         if sampling == SAMPLING_UNIFORM:
             centres = lows + chunk / 2
             assert (times <= centres + 1e-4).all() and (centres < until).all(), times
