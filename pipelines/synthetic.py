@@ -266,6 +266,26 @@ def write_interlaced_mp4(path: Path, top: np.ndarray, bottom: np.ndarray, *, fps
 X265_TRANSFERS = {TRANSFER_PQ: "smpte2084", TRANSFER_HLG: "arib-std-b67"}
 
 
+def cut_without_reencoding(source: Path, path: Path, *, start_s: float) -> None:
+    """Copy ``source`` (MP4, one video stream) from ``start_s`` on into ``path`` without decoding
+    it, as ``ffmpeg -ss START -i SOURCE -c copy`` and editors' quick trims do: the packets from
+    the keyframe before ``start_s``, their timestamps moved so that ``start_s`` is 0. The MP4
+    muxer writes an edit list that hides the pre-roll before it, which players decode and do not
+    show."""
+    with av.open(str(source)) as reader, av.open(str(path), "w") as writer:
+        stream = reader.streams.video[0]
+        copy = writer.add_stream_from_template(stream)
+        cut = round(start_s / stream.time_base)
+        reader.seek(cut, stream=stream, backward=True)
+        for packet in reader.demux(stream):
+            if packet.dts is None:
+                continue
+            packet.pts -= cut
+            packet.dts -= cut
+            packet.stream = copy
+            writer.mux(packet)
+
+
 def write_hdr_mp4(
     path: Path, video: np.ndarray, *, transfer: int, fps: int = 10, tag_gamut: bool = True
 ) -> None:

@@ -571,6 +571,81 @@ def test_variable_frame_rate_video_is_sampled_in_chunks_of_time(
             assert (times < lows + chunk - 1e-4).all() and (until > lows + 1e-4).all(), times
 
 
+# Where the clip of CLIP_FRAMES textured frames is cut without re-encoding: 12 frames in, the
+# keyframe before the cut is frame 0, so the first 12 frames are a hidden pre-roll.
+CUT_S = 0.5
+CUT_FRAME = round(CUT_S * CLIP_FPS)
+
+
+@pytest.fixture(scope="module")
+def cut_video(tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("cut")
+    video = np.stack([textured_frame(i) for i in range(CLIP_FRAMES)])
+    synthetic.write_mp4(folder / "whole.mp4", video, fps=CLIP_FPS)
+    synthetic.cut_without_reencoding(folder / "whole.mp4", folder / "cut.mp4", start_s=CUT_S)
+    return str(folder / "cut.mp4")
+
+
+def test_a_cut_video_hides_its_pre_roll_from_the_index(cut_video: str) -> None:
+    with av.open(cut_video) as container:
+        stream = container.streams.video[0]
+        claimed = stream.frames
+        index = _demuxed_frames(container, stream)
+    assert claimed == CLIP_FRAMES
+    assert (len(index.pts), index.hidden) == (CLIP_FRAMES - CUT_FRAME, CUT_FRAME)
+    assert index.pts[0] == 0 and not index.first_is_key and len(index.own_keyframes) == 0
+    assert index.duration_s == pytest.approx((CLIP_FRAMES - CUT_FRAME) / CLIP_FPS)
+
+
+@pytest.mark.parametrize(
+    ("decoder", "sampling"),
+    [(decoder, SAMPLING_UNIFORM) for decoder in DECODERS]
+    + [(DECODER_PYAV, policy) for policy in (SAMPLING_FAST, SAMPLING_KEYFRAME, SAMPLING_RANDOM)]
+    + [(DECODER_DECORD, SAMPLING_FAST)],
+)
+def test_a_cut_video_starts_where_players_start_it(
+    cut_video: str, decoder: str, sampling: str
+) -> None:
+    """A video cut without re-encoding is timed from its first shown frame, as players time it:
+    its duration, its frames' times and its ``start_s``/``end_s`` clips leave the hidden
+    pre-roll out, no frame of the pre-roll comes back, and every frame is the one its time
+    names. Counted from the pre-roll, every time would be half a second late. decord numbers
+    such frames two ways (its times count the pre-roll, its frames do not), so PyAV decodes them
+    and the row says why."""
+    shown = CLIP_FRAMES - CUT_FRAME
+    with DecodeStage(frames=FRAMES, image_size=64, sampling=sampling, decoder=decoder) as stage:
+        out = stage(
+            batch(
+                [cut_video] * 2, start_s=np.array([math.nan, 0.5]), end_s=np.array([math.nan, 1.0])
+            )
+        )
+    assert list(out[schema.ERROR]) == ["", ""]
+    if decoder == DECODER_DECORD:
+        fallback = f"{DECODER_PYAV} (decord misnumbers the frames after a hidden pre-roll)"
+        assert out[schema.DECODER].tolist() == [fallback] * 2
+    np.testing.assert_allclose(out[schema.DURATION_S], shown / CLIP_FPS, atol=1e-3)
+    written = np.stack([textured_frame(i) for i in range(CLIP_FRAMES)])[:, :, 16:80]
+    for (start_s, end_s), times, frames in zip(
+        [(0.0, shown / CLIP_FPS), (0.5, 1.0)],
+        out[schema.FRAME_TIMES_S],
+        out[schema.FRAMES],
+        strict=True,
+    ):
+        named = CUT_FRAME + np.round(times * CLIP_FPS).astype(int)
+        distances = np.abs(written[None].astype(int) - frames[:, None]).mean(axis=(2, 3, 4))
+        assert distances.argmin(axis=1).tolist() == named.tolist()
+        # One frame shown during each chunk, for every policy: the cut holds no keyframe of its
+        # own (its only one is the pre-roll's), so keyframe takes fast's choice.
+        chunk = (end_s - start_s) / FRAMES
+        lows = start_s + np.arange(FRAMES) * chunk
+        assert (times < lows + chunk - 1e-4).all(), times
+        assert (times + 1 / CLIP_FPS > lows + 1e-4).all(), times
+        if sampling == SAMPLING_UNIFORM:
+            first, n = round(start_s * CLIP_FPS), round((end_s - start_s) * CLIP_FPS)
+            expected = [first + int((i + 0.5) * n / FRAMES) for i in range(FRAMES)]
+            assert np.round(times * CLIP_FPS).astype(int).tolist() == expected
+
+
 @pytest.mark.parametrize(("size", "mean_limit", "max_limit"), [(64, 0.0, 0), (40, 4.5, 32)])
 def test_exact_sampling_gives_decords_frames(
     clips: dict[str, str], size: int, mean_limit: float, max_limit: int

@@ -22,7 +22,7 @@ from typing import IO
 import numpy as np
 
 from pipelines.decode import decord_backend, nvdec_backend, pyav_backend
-from pipelines.decode.errors import DECODE_FAILED, _Failure, _short
+from pipelines.decode.errors import DECODE_FAILED, PyavFallback, _Failure, _short
 from pipelines.decode.protocol import _ClipResult, _Request, _Result
 from pipelines.decode.source import _local_file
 
@@ -50,7 +50,7 @@ def _decode_request(req: _Request, out: np.ndarray) -> _Result:
         with _local_file(req.uri, req.storage) as path:
             try:
                 result.clips, result.frames_decoded = _BACKENDS[req.decoder](path, req, out)
-            except nvdec_backend.CpuFallback as fallback:
+            except PyavFallback as fallback:
                 result.clips, result.frames_decoded = pyav_backend.decode_file(path, req, out)
                 result.decoder = f"{DECODER_PYAV} ({fallback})"
     except _Failure as failure:

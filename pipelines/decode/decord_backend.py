@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.decode.errors import TRUNCATED, _Failure
+from pipelines.decode.errors import TRUNCATED, PyavFallback, _Failure
 from pipelines.decode.protocol import _ClipResult, _Request
-from pipelines.decode.sampling import frames_of_clips, frames_to_reach, spread_frames
+from pipelines.decode.sampling import (
+    _SAME_MOMENT_S,
+    frames_of_clips,
+    frames_to_reach,
+    spread_frames,
+)
 from pipelines.decode.source import _damaged, _probe, output_size
 
 # Containers may count a frame or two more than the decoder can return (edit lists, a final
@@ -48,6 +53,11 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
     if claimed - n > max(1, _FRAME_SHORTFALL_SLACK * claimed):
         raise _Failure(TRUNCATED, f"decoded {n} of {claimed} frames")
     times = reader.get_frame_timestamp(np.arange(n))  # [n, 2] start and end of each frame
+    if times[0, 0] < -_SAME_MOMENT_S:
+        # A pre-roll an edit list hides (a video cut without re-encoding): decord times it
+        # before 0 but leaves it out of the frames it returns, so its frame numbers name other
+        # frames than its times do.
+        raise PyavFallback("decord misnumbers the frames after a hidden pre-roll")
     starts = times[:, 0]
     duration = float(times[-1, 1])
     keyframes = np.asarray(reader.get_key_indices(), np.int64)

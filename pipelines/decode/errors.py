@@ -49,6 +49,11 @@ class _Failure(Exception):
         super().__init__(f"{category}: {detail}")
 
 
+class PyavFallback(Exception):
+    """The chosen decoder cannot decode this file as PyAV does; the message says why. The
+    decoder process then decodes it with PyAV, and the row's ``decoder`` column says so."""
+
+
 # decord prefixes its messages with "[12:00:00] /path/to/source.cc:151: ".
 _DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 

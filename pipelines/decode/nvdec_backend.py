@@ -15,7 +15,8 @@ Fallback to CPU decoding, with the reason recorded in the row's ``decoder`` colu
 - for the whole stage, when torchcodec (or the FFmpeg shared libraries it loads) is missing or
   no CUDA device is visible (:func:`unavailable_reason`, checked when the stage starts);
 - for one file, when the GPU decoder fails on a file PyAV could index (a codec or profile NVDEC
-  does not support): :class:`CpuFallback` makes the decoder process decode it with PyAV.
+  does not support): :class:`~pipelines.decode.errors.PyavFallback` makes the decoder process
+  decode it with PyAV.
 
 The decoding runs in the stage's decoder process like every backend, so timeouts and crash
 isolation are the CPU decoders'.
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.decode.errors import _Failure, _short
+from pipelines.decode.errors import PyavFallback, _Failure, _short
 from pipelines.decode.protocol import _ClipResult, _Request
 from pipelines.decode.pyav_backend import _index_frames
 from pipelines.decode.sampling import frames_of_clips, spread_frames
@@ -36,11 +37,6 @@ from pipelines.decode.source import _damaged, _open_video, output_size
 from pipelines.display import shown_size
 
 DECODER_NVDEC = "nvdec"
-
-
-class CpuFallback(Exception):
-    """The GPU decoder cannot decode this file; the message says why. The decoder process then
-    decodes it on the CPU."""
 
 
 @functools.cache
@@ -78,7 +74,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
 
     Raises:
         _Failure: the file is damaged (as the PyAV backend says it).
-        CpuFallback: PyAV reads the file but the GPU decoder cannot decode it.
+        PyavFallback: PyAV reads the file but the GPU decoder cannot decode it.
     """
     container, stream = _open_video(path)
     with container:
@@ -91,7 +87,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
             raise _damaged(path, claimed, err) from None
         width, height = shown_size(stream)
     starts, duration = index.starts_s, index.duration_s
-    results, wanted = frames_of_clips(req, starts, duration, index.keyframes)
+    results, wanted = frames_of_clips(req, starts, duration, index.own_keyframes)
     every = np.concatenate(wanted)
     if not len(every):
         return results, 0
@@ -100,7 +96,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
     try:
         crops = _decode_on_gpu(path, unique, output_size(width, height, size), size)
     except Exception as err:
-        raise CpuFallback(f"{DECODER_NVDEC} failed on this file: {_short(err)}") from None
+        raise PyavFallback(f"{DECODER_NVDEC} failed on this file: {_short(err)}") from None
     spread_frames(crops, inverse, wanted, out)
     return results, len(unique)
 

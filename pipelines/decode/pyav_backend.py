@@ -50,12 +50,29 @@ _FRAME_SHORTFALL_SLACK = 0.02
 
 @dataclass(frozen=True)
 class _FrameIndex:
-    """Every frame of a stream in presentation order, from its packets."""
+    """Every frame a stream shows, in presentation order, from its packets.
+
+    Frames the container holds but says not to show are left out and counted in ``hidden``: the
+    pre-roll of a video cut without re-encoding (``ffmpeg -ss S -c copy``, an editor's trim),
+    which starts at the keyframe before the cut and whose edit list hides what precedes it.
+    Players start such a video at its first shown frame, and so do its times here; the decoder
+    still decodes the pre-roll to reach it, and returns none of it.
+    """
 
     pts: np.ndarray  # [n] int64, sorted
-    keyframes: np.ndarray  # [k] int64, indices into pts; never empty
+    keyframes: np.ndarray  # [k] int64, indices into pts where decoding can start; the first 0
     time_base: Fraction
     end_pts: int  # where the last frame ends
+    hidden: int = 0
+    # Whether frame 0 is a keyframe of its own; if not, decoding reaches it from the stream's
+    # start (the hidden pre-roll's keyframe, or a stream that starts on a frame not flagged key).
+    first_is_key: bool = True
+
+    @property
+    def own_keyframes(self) -> np.ndarray:
+        """``[k]`` the frames that are keyframes of their own: reached by decoding nothing
+        before them."""
+        return self.keyframes if self.first_is_key else self.keyframes[1:]
 
     @property
     def starts_s(self) -> np.ndarray:
@@ -115,10 +132,13 @@ def _usual_step(pts: np.ndarray) -> int:
 
 
 def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
-    pts, keys, durations = [], [], []
+    pts, keys, durations, hidden = [], [], [], 0
     for packet in container.demux(stream):
         stamp = packet.pts if packet.pts is not None else packet.dts
         if stamp is None or packet.size == 0:
+            continue
+        if packet.is_discard:
+            hidden += 1
             continue
         pts.append(stamp)
         keys.append(packet.is_keyframe)
@@ -128,12 +148,13 @@ def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
     order = np.argsort(np.asarray(pts, np.int64), kind="stable")
     sorted_pts = np.asarray(pts, np.int64)[order]
     keyframes = np.flatnonzero(np.asarray(keys, bool)[order])
-    if not len(keyframes) or keyframes[0] != 0:
-        # A stream that starts on a frame not flagged as key still starts decoding there.
+    first_is_key = bool(len(keyframes)) and keyframes[0] == 0
+    if not first_is_key:
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
     last = int(order[-1])
     step = durations[last] or _usual_step(sorted_pts)
-    return _FrameIndex(sorted_pts, keyframes, stream.time_base, int(sorted_pts[-1]) + step)
+    end = int(sorted_pts[-1]) + step
+    return _FrameIndex(sorted_pts, keyframes, stream.time_base, end, hidden, first_is_key)
 
 
 # What the decoder may skip on its way to a target (FFmpeg's ``skip_frame`` levels).
@@ -353,14 +374,15 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         except Exception as err:  # a demuxer error: the file is damaged
             raise _damaged(path, claimed, err) from None
         n = len(index.pts)
-        if claimed - n > max(1, _FRAME_SHORTFALL_SLACK * claimed):
-            raise _Failure(TRUNCATED, f"decoded {n} of {claimed} frames")
+        if claimed - n - index.hidden > max(1, _FRAME_SHORTFALL_SLACK * claimed):
+            raise _Failure(TRUNCATED, f"decoded {n + index.hidden} of {claimed} frames")
         starts, duration = index.starts_s, index.duration_s
 
         results: list[_ClipResult] = []
         # target -> every (clip, frame slot) it fills; clips of one file often share frames.
         slots: dict[Target, list[tuple[int, int]]] = {}
-        for k, targets in enumerate(targets_of_clips(req, starts, duration, index.keyframes)):
+        chosen = targets_of_clips(req, starts, duration, index.own_keyframes)
+        for k, targets in enumerate(chosen):
             if isinstance(targets, str):
                 results.append(_ClipResult(error=targets))
                 continue
@@ -373,7 +395,8 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         thumbnail = _Thumbnailer(out_w, out_h, out.shape[2], threads=req.threads)
         try:
             for target in sorted(slots, key=lambda t: (t.want, t.lo)):
-                frame = decoder.fetch(target, _skip_for(target, req.sampling, index.keyframes))
+                skip = _skip_for(target, req.sampling, index.own_keyframes)
+                frame = decoder.fetch(target, skip)
                 pixels = thumbnail(frame)
                 time_s = float((frame.pts - index.pts[0]) * index.time_base)
                 for k, t in slots[target]:

@@ -198,7 +198,8 @@ def targets_of_clips(
     Args:
         starts: ``[n]`` start time of every frame of the file, in seconds, ascending.
         duration: the file's length in seconds.
-        keyframes: indices of the file's keyframes, ascending, the first one 0.
+        keyframes: indices of the frames that are keyframes of their own (reached by decoding
+            nothing before them), ascending.
     """
     chosen: list[list[Target] | str] = []
     for clip in req.clips:
