@@ -19,6 +19,7 @@ import pytest
 from pipelines import schema, synthetic
 from pipelines.decode import (
     BAD_CLIP,
+    DECODE_FAILED,
     DECODER_CRASHED,
     DECODER_DECORD,
     DECODER_PYAV,
@@ -569,6 +570,42 @@ def test_variable_frame_rate_video_is_sampled_in_chunks_of_time(
             assert (times <= centres + 1e-4).all() and (centres < until).all(), times
         else:
             assert (times < lows + chunk - 1e-4).all() and (until > lows + 1e-4).all(), times
+
+
+# An animated GIF's frame delays, in hundredths of a second: 2 s at 5 fps, then 1 s at 20 fps.
+GIF_DELAYS_CS = [20] * 10 + [5] * 20
+
+
+@pytest.fixture(scope="module")
+def animated_gif(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Frame ``i`` a flat grey of level ``10 + 7 i`` (a GIF's palette keeps it exact)."""
+    path = tmp_path_factory.mktemp("gif") / "animated.gif"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("gif", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "gray"
+        stream.codec_context.time_base = Fraction(1, 100)
+        for i, start in enumerate(np.cumsum([0, *GIF_DELAYS_CS[:-1]]).tolist()):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 96), 10 + 7 * i, np.uint8), "gray")
+            frame.pts, frame.time_base = start, Fraction(1, 100)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return str(path)
+
+
+def test_animated_gifs_are_videos_timed_by_their_frame_delays(animated_gif: str) -> None:
+    """GIFs (TGIF's and many web corpora's clips) decode with PyAV, each frame shown for its own
+    delay: the frames at the centres of six half-second chunks are 1, 3, 6, 8 (5 fps), 15 and 25
+    (20 fps). decord cannot open them: an error row says so."""
+    with DecodeStage(frames=FRAMES, image_size=64) as stage:
+        out = stage(batch([animated_gif]))
+    assert out[schema.ERROR].tolist() == [""]
+    levels = out[schema.FRAMES][0].reshape(FRAMES, -1).astype(float)
+    assert (levels.min(axis=1) == levels.max(axis=1)).all()
+    assert ((levels[:, 0] - 10) / 7).tolist() == [1, 3, 6, 8, 15, 25]
+    np.testing.assert_allclose(out[schema.FRAME_TIMES_S][0], [0.2, 0.6, 1.2, 1.6, 2.25, 2.75])
+    with DecodeStage(frames=FRAMES, image_size=64, decoder=DECODER_DECORD) as stage:
+        out = stage(batch([animated_gif]))
+    assert error_category(out[schema.ERROR][0]) == DECODE_FAILED, out[schema.ERROR][0]
 
 
 # Where the clip of CLIP_FRAMES textured frames is cut without re-encoding: 12 frames in, the
