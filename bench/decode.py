@@ -338,7 +338,7 @@ def _scaling_of(path: str, repeats: int) -> dict[str, Any]:
     variants = {
         "rgb": direct,
         "own_format_bilinear": own_format_bilinear,
-        "thumbnailer": _Thumbnailer(width, height, SIZE, threads=1),
+        "thumbnailer": _Thumbnailer(SIZE, threads=1),
     }
     best: dict[str, float] = {}
     for _ in range(repeats):

@@ -22,6 +22,7 @@ from pipelines.decode import (
     DECODE_FAILED,
     DECODER_CRASHED,
     DECODER_DECORD,
+    DECODER_NVDEC,
     DECODER_PYAV,
     DECODERS,
     INDEX_SAMPLINGS,
@@ -572,6 +573,54 @@ def test_variable_frame_rate_video_is_sampled_in_chunks_of_time(
             assert (times < lows + chunk - 1e-4).all() and (until > lows + 1e-4).all(), times
 
 
+def green_square_picture(width: int, height: int) -> np.ndarray:
+    """``[H, W, 3]`` red, with a green 32x32 square at the centre."""
+    picture = np.full((height, width, 3), (200, 30, 30), np.uint8)
+    picture[height // 2 - 16 : height // 2 + 16, width // 2 - 16 : width // 2 + 16] = (30, 200, 30)
+    return picture
+
+
+def write_size_changing_mkv(path: Path, sizes: list[tuple[int, int]], fps: int = 24) -> None:
+    """One H.264 stream whose picture size changes: a second of ``green_square_picture`` at each
+    ``(width, height)`` in turn, each part with its own parameter sets, as an encoder writes them
+    when a video call's bandwidth changes its resolution."""
+    annex_b = io.BytesIO()
+    for width, height in sizes:
+        with av.open(annex_b, "w", format="h264") as part:
+            stream = part.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"preset": "veryfast", "x264-params": "asm=0:bframes=0:keyint=12"}
+            picture = av.VideoFrame.from_ndarray(green_square_picture(width, height), "rgb24")
+            for _ in range(fps):
+                part.mux(stream.encode(picture))
+            part.mux(stream.encode())
+    annex_b.seek(0)
+    with av.open(annex_b, format="h264") as source, av.open(str(path), "w") as container:
+        stream = container.add_stream_from_template(source.streams.video[0])
+        packets = (p for p in source.demux(video=0) if p.size)
+        for i, packet in enumerate(packets):
+            packet.pts, packet.dts, packet.duration = i, i, 1
+            packet.time_base, packet.stream = Fraction(1, fps), stream
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("decoder", [DECODER_PYAV, DECODER_NVDEC])
+def test_a_stream_that_changes_size_is_not_stretched(tmp_path: Path, decoder: str) -> None:
+    """Frames keep their own shape when the stream's size changes midway (landscape 96x64, then
+    portrait 64x96): the green square stays 32x32 in every frame's centre crop, where scaling
+    every frame to the first size made the portrait part's 48x20. decord asks for one size for
+    the whole file and still stretches them (README)."""
+    path = tmp_path / "size_changing.mkv"
+    write_size_changing_mkv(path, [(96, 64), (64, 96)])
+    with DecodeStage(frames=4, image_size=64, decoder=decoder) as stage:
+        out = stage(batch([str(path)]))
+    assert out[schema.ERROR].tolist() == [""]
+    np.testing.assert_allclose(out[schema.FRAME_TIMES_S][0], [0.208, 0.708, 1.208, 1.708])
+    for frame in out[schema.FRAMES][0]:
+        rows, columns = np.nonzero(frame[..., 1].astype(int) - frame[..., 0] > 60)
+        assert (np.ptp(columns) + 1, np.ptp(rows) + 1) == (32, 32)
+
+
 # An animated GIF's frame delays, in hundredths of a second: 2 s at 5 fps, then 1 s at 20 fps.
 GIF_DELAYS_CS = [20] * 10 + [5] * 20
 
@@ -867,7 +916,7 @@ def test_fast_frames_are_true_frames_and_cheaper(clips: dict[str, str]) -> None:
     assert decoded[SAMPLING_KEYFRAME] < decoded[SAMPLING_FAST] < decoded[SAMPLING_UNIFORM]
 
     indices = np.round(fast[schema.FRAME_TIMES_S][0] * CLIP_FPS).astype(int)
-    thumbnail = _Thumbnailer(48, 32, 32, threads=1)  # as the stage scales and crops
+    thumbnail = _Thumbnailer(32, threads=1)  # as the stage scales and crops
     with av.open(uri) as container:
         every = [thumbnail(f) for f in container.decode(video=0)]
     difference = np.abs(fast[schema.FRAMES][0].astype(int) - np.stack(every)[indices])

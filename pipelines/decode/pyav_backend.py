@@ -34,7 +34,8 @@ from pipelines.display import (
     displayed,
     is_hdr,
     one_field,
-    shown_size,
+    pixel_aspect,
+    shown_width,
     tone_mapped,
 )
 
@@ -390,9 +391,8 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
                 slots.setdefault(target, []).append((k, t))
             results.append(_ClipResult(error="", frame_times_s=np.zeros(req.frames, np.float32)))
 
-        out_w, out_h = output_size(*shown_size(stream), out.shape[2])
         decoder = _Pass(path, container, stream, index, configure)
-        thumbnail = _Thumbnailer(out_w, out_h, out.shape[2], threads=req.threads)
+        thumbnail = _Thumbnailer(out.shape[2], aspect=pixel_aspect(stream), threads=req.threads)
         try:
             for target in sorted(slots, key=lambda t: (t.want, t.lo)):
                 skip = _skip_for(target, req.sampling, index.own_keyframes)
@@ -414,8 +414,9 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
 
 
 class _Thumbnailer:
-    """Decoded frames scaled to ``width x height`` RGB, then their centre ``size x size``
-    ``[S, S, 3]``, on the decoder's ``threads`` (swscale's own default is a thread per core).
+    """Decoded frames scaled so their shorter shown side is ``size``, in RGB, then their centre
+    ``size x size`` ``[S, S, 3]``, on the decoder's ``threads`` (swscale's own default is a thread
+    per core).
 
     A YUV frame is scaled in its own format first and only the small result converted to RGB:
     swscale scales into RGB on a slow path, and scaling then converting costs a quarter to a half
@@ -432,8 +433,10 @@ class _Thumbnailer:
     scaled to 16-bit RGB in their own transfer, then their centre converted by swscale's colour
     management (:func:`pipelines.display.tone_mapped`).
 
-    ``width x height`` is the shown picture's (:func:`pipelines.display.shown_size`), so the
-    scaler also makes anamorphic video's pixels square.
+    The output size follows each frame's own size in square pixels (its pixels are ``aspect``
+    times as wide as high: :func:`pipelines.display.pixel_aspect`), so the scaler makes
+    anamorphic video's pixels square, and a stream whose size changes midway (video calls and
+    browser recordings adapt it to the bandwidth) is not stretched to its first size.
 
     A frame the container says to show rotated (a phone held upright records landscape frames
     and a quarter turn) is turned as players show it (:func:`pipelines.display.displayed`):
@@ -442,14 +445,19 @@ class _Thumbnailer:
     (:func:`pipelines.display.one_field`): the two fields woven show moving things as combs.
     """
 
-    def __init__(self, width: int, height: int, size: int, *, threads: int) -> None:
+    def __init__(self, size: int, *, aspect: Fraction = Fraction(1), threads: int) -> None:
         from av.video.reformatter import VideoReformatter
 
-        self.width, self.height, self.size, self.threads = width, height, size, threads
+        self.size, self.aspect, self.threads = size, aspect, threads
+        self.width = self.height = size
         self._scaler, self._converter = VideoReformatter(), VideoReformatter()
 
     def __call__(self, frame: Any) -> np.ndarray:
         rotation = frame.rotation
+        # Of the whole frame, even where one field is scaled: a field is the picture, half as high.
+        self.width, self.height = output_size(
+            shown_width(frame.width, self.aspect), frame.height, self.size
+        )
         if frame.interlaced_frame:
             frame = one_field(frame)
         if is_hdr(frame):
