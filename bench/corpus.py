@@ -109,7 +109,7 @@ PROFILES = (
                                     "colormatrix=bt2020nc"},
             hdr_transfer=18, quick=True),
     # ProRes 422 HQ at 1080p, as editing masters hold it: 23 MB a second, so reading the whole
-    # file to index it would cost a sixth of its decode floor (bench/decode.py).
+    # file to index it would cost a sixth to a fifth of its decode floor (bench/decode.py).
     Profile("prores_1080p_10s_30", 1920, 1080, 10, 30, codec="prores_ks", suffix=".mov",
             pix_fmt="yuv422p10le", options={"profile": "3"}, quick=True),
 )  # fmt: skip

@@ -104,8 +104,8 @@ def _listed_frames(container: Any, stream: Any) -> _FrameIndex | None:
     another count than they claim, and a file cut short of what its list names (demuxing then
     finds where it ends).
 
-    Demuxing a ProRes file to index it reads all of it, a sixth of the decode floor at 1080p
-    (bench/decode.py); the list costs a microsecond a frame.
+    Demuxing a ProRes file to index it reads all of it, a sixth to a fifth of the decode floor
+    at 1080p (bench/decode.py); the list costs a microsecond a frame.
     """
     claimed = stream.frames
     if claimed <= 0 or not stream.codec_context.codec.intra_only:
