@@ -11,7 +11,9 @@ real texture and motion in every region, encoded with the settings users' files 
 * HEVC (x265 defaults); and 3-s clips of VP9 (WebM), AV1 (SVT-AV1, Matroska), H.264 in
   Matroska, QuickTime and MPEG-TS, MPEG-2 (MPEG-PS), MPEG-4 Part 2 and MJPEG (AVI), ProRes;
 * 480p, 720p and 1080p; 10, 30 and 60 s; 24, 30 and 60 fps;
-* one long video with 60 clips given by ``start_s`` / ``end_s`` (10 minutes in the full corpus).
+* one long video with 60 clips given by ``start_s`` / ``end_s`` (10 minutes in the full corpus);
+* a variable-frame-rate video, timed as a phone times its frames in dim light, and a video cut
+  without re-encoding (``ffmpeg -ss S -c copy``), whose edit list hides a pre-roll.
 
 The axes are covered one or two at a time around a 480p/720p, 10-s, 30-fps x264 centre rather
 than as a cross product: encoding is the costly part on a few CPU cores. ``--quick`` writes the
@@ -66,6 +68,12 @@ class Profile:
     clips: int = 0  # > 0: a long video cut into this many start_s/end_s rows
     # HDR: the transfer (FFmpeg's tag: 16 PQ, 18 HLG) the footage is mastered to, in BT.2020.
     hdr_transfer: int | None = None
+    # Frames timed at a drifting rate, in runs between one and two times the slowest, as phones
+    # in dim light record them, instead of at fps.
+    variable_rate: bool = False
+    # > 0: written this many seconds longer, then cut there without re-encoding, so the file
+    # starts at the keyframe before the cut and its edit list hides the frames up to it.
+    cut_s: float = 0.0
 
 
 PROFILES = (
@@ -112,6 +120,9 @@ PROFILES = (
     # file to index it would cost a sixth to a fifth of its decode floor (bench/decode.py).
     Profile("prores_1080p_10s_30", 1920, 1080, 10, 30, codec="prores_ks", suffix=".mov",
             pix_fmt="yuv422p10le", options={"profile": "3"}, quick=True),
+    # What phones and editors hand over: a variable frame rate, and a quick trim.
+    Profile("x264vfr_720p_10s_30", 1280, 720, 10, 30, variable_rate=True, quick=True),
+    Profile("x264cut_720p_10s_30", 1280, 720, 10, 30, cut_s=4.3, quick=True),
 )  # fmt: skip
 
 
@@ -153,7 +164,7 @@ def _camera(footage: list[np.ndarray], profile: Profile, seed: int) -> Iterator[
     import av
 
     rng = np.random.default_rng(seed)
-    count = round(profile.seconds * profile.fps)
+    count = round((profile.seconds + profile.cut_s) * profile.fps)
     shot_frames = int(profile.fps * rng.uniform(3, 12))
     at, offset = 0, int(rng.integers(len(footage)))
     for i in range(count):
@@ -187,13 +198,40 @@ def _mastered_hdr(frame: Any, profile: Profile) -> Any:
 def write_profile(path: Path, profile: Profile, footage: list[np.ndarray], seed: int) -> None:
     import av
 
-    with av.open(str(path), "w") as container:
+    from pipelines.synthetic import cut_without_reencoding
+
+    whole = path.with_name(f".whole-{path.name}") if profile.cut_s else path
+    times_ms = _variable_rate_ms(profile, seed) if profile.variable_rate else None
+    with av.open(str(whole), "w") as container:
         stream = container.add_stream(profile.codec, rate=Fraction(profile.fps))
         stream.width, stream.height, stream.pix_fmt = profile.width, profile.height, profile.pix_fmt
         stream.options = {**_QUIET.get(profile.codec, {}), **profile.options}
-        for frame in _camera(footage, profile, seed):
+        if times_ms is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i, frame in enumerate(_camera(footage, profile, seed)):
+            if times_ms is not None:
+                frame.pts, frame.time_base = times_ms[i], Fraction(1, 1000)
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
+    if profile.cut_s:
+        cut_without_reencoding(whole, path, start_s=profile.cut_s)
+        whole.unlink()
+
+
+def _variable_rate_ms(profile: Profile, seed: int) -> list[int]:
+    """Start of each of ``profile``'s ``seconds * fps`` frames in milliseconds, over its
+    ``seconds``: runs of 0.5 to 2 s, each at a rate drawn between one and two times the
+    slowest."""
+    rng = np.random.default_rng(seed)
+    gaps: list[float] = []
+    run_left = 0.0
+    for _ in range(round(profile.seconds * profile.fps)):
+        if run_left <= 0:
+            run_left, gap = rng.uniform(0.5, 2.0), 1 / rng.uniform(1.0, 2.0)
+        gaps.append(gap)
+        run_left -= gap / profile.fps
+    starts = np.concatenate([[0.0], np.cumsum(gaps)[:-1]])
+    return np.round(starts * profile.seconds * 1000 / sum(gaps)).astype(int).tolist()
 
 
 def clip_rows(profile: Profile) -> list[dict[str, float]]:

@@ -85,10 +85,16 @@ def stage_cost(stage: Any, batch: dict) -> tuple[float, dict]:
 
 
 def floor_cost(path: str) -> tuple[float, int]:
-    """``(CPU seconds, frames)`` to decode exactly what uniform sampling of ``path`` needs."""
+    """``(CPU seconds, frames)`` to decode exactly what uniform sampling of ``path`` needs: from
+    the keyframe before each sampled frame (:func:`~pipelines.decode.pyav_backend.packets_from`:
+    where a seek lands a group of pictures early, its packets are read past), forward."""
     import av
 
-    from pipelines.decode.pyav_backend import _TIMESTAMP_DISCONTINUITIES, _index_frames
+    from pipelines.decode.pyav_backend import (
+        _TIMESTAMP_DISCONTINUITIES,
+        _index_frames,
+        packets_from,
+    )
     from pipelines.decode.sampling import choose_targets
 
     with av.open(path) as container:
@@ -107,14 +113,20 @@ def floor_cost(path: str) -> tuple[float, int]:
     wanted = sorted({int(index.pts[t.want]) for t in targets})
     with av.open(path) as container:
         stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1
+        codec = stream.codec_context
+        codec.thread_count = 1
+
+        def decode(packets: Any) -> Any:
+            return (frame for packet in packets for frame in codec.decode(packet))
+
         began, frames, position = time.process_time(), 0, None
-        decoded = container.decode(stream)
+        decoded = decode(container.demux(stream))
         for want in wanted:
-            key = int(index.pts[index.key_before(int(np.searchsorted(index.pts, want)))])
+            key_at = index.key_before(int(np.searchsorted(index.pts, want)))
+            key = int(index.pts[key_at])
             if seekable and (position is None or key > position):
-                container.seek(key, stream=stream, backward=True)
-                decoded = container.decode(stream)
+                own_key = key_at > 0 or index.first_is_key
+                decoded = decode(packets_from(container, stream, key, own_key=own_key))
             for frame in decoded:
                 frames += 1
                 position = frame.pts

@@ -205,12 +205,14 @@ def write_mp4(
     rotation: int = 0,
     pixel_aspect: Fraction = Fraction(1),
     times_ms: Sequence[int] | None = None,
+    gop: int | None = None,
 ) -> None:
     """Encode ``video`` ``[T, H, W, 3]`` uint8 RGB as H.264 (libx264, yuv420p) into ``path``,
     to be shown turned ``rotation`` degrees counter-clockwise (as phones tag upright video) and
     with pixels ``pixel_aspect`` times as wide as high (anamorphic video). ``times_ms`` (``[T]``,
     ascending) gives each frame its own start in milliseconds, as phones and screen recorders
-    write variable-frame-rate video; without it frames come at ``fps``.
+    write variable-frame-rate video; without it frames come at ``fps``. ``gop`` puts a keyframe
+    every ``gop`` frames (x264's default: 250).
 
     ``+faststart`` puts the index (moov atom) before the frames, as web videos usually do, so a
     truncated copy still opens and fails on its missing frames. The bytes are reproducible.
@@ -222,7 +224,8 @@ def write_mp4(
         # x264's SIMD kernels read the uninitialised padding of the frame buffers at some frame
         # sizes, which made the bytes vary between runs; its plain C path is deterministic and,
         # at these frame sizes, no slower overall.
-        stream.options = {"preset": "veryfast", "crf": str(crf), "x264-params": "asm=0"}
+        keyint = f":keyint={gop}:min-keyint={gop}" if gop else ""
+        stream.options = {"preset": "veryfast", "crf": str(crf), "x264-params": f"asm=0{keyint}"}
         if rotation:
             stream.set_display_rotation(rotation)
         if pixel_aspect != 1:

@@ -521,7 +521,7 @@ def test_every_policy_takes_one_frame_per_chunk(clips: dict[str, str], sampling:
 def variable_rate_video(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("variable_rate") / "variable_rate.mp4"
     video = np.stack([textured_frame(i) for i in range(len(VARIABLE_RATE_MS))])
-    synthetic.write_mp4(path, video, times_ms=VARIABLE_RATE_MS)
+    synthetic.write_mp4(path, video, times_ms=VARIABLE_RATE_MS, gop=12)
     return str(path)
 
 
@@ -657,17 +657,20 @@ def test_animated_gifs_are_videos_timed_by_their_frame_delays(animated_gif: str)
     assert error_category(out[schema.ERROR][0]) == DECODE_FAILED, out[schema.ERROR][0]
 
 
-# Where the clip of CLIP_FRAMES textured frames is cut without re-encoding: 12 frames in, the
-# keyframe before the cut is frame 0, so the first 12 frames are a hidden pre-roll.
+# Where the clip of CLIP_FRAMES textured frames, a keyframe every CUT_GOP, is cut without
+# re-encoding: at frame 12, so frames 10 and 11 are a hidden pre-roll, and the cut's own
+# keyframes are the source's 20, 30 and 40.
 CUT_S = 0.5
 CUT_FRAME = round(CUT_S * CLIP_FPS)
+CUT_GOP = 10
+CUT_KEYFRAMES = [20 - CUT_FRAME, 30 - CUT_FRAME, 40 - CUT_FRAME]
 
 
 @pytest.fixture(scope="module")
 def cut_video(tmp_path_factory: pytest.TempPathFactory) -> str:
     folder = tmp_path_factory.mktemp("cut")
     video = np.stack([textured_frame(i) for i in range(CLIP_FRAMES)])
-    synthetic.write_mp4(folder / "whole.mp4", video, fps=CLIP_FPS)
+    synthetic.write_mp4(folder / "whole.mp4", video, fps=CLIP_FPS, gop=CUT_GOP)
     synthetic.cut_without_reencoding(folder / "whole.mp4", folder / "cut.mp4", start_s=CUT_S)
     return str(folder / "cut.mp4")
 
@@ -677,9 +680,10 @@ def test_a_cut_video_hides_its_pre_roll_from_the_index(cut_video: str) -> None:
         stream = container.streams.video[0]
         claimed = stream.frames
         index = _demuxed_frames(container, stream)
-    assert claimed == CLIP_FRAMES
-    assert (len(index.pts), index.hidden) == (CLIP_FRAMES - CUT_FRAME, CUT_FRAME)
-    assert index.pts[0] == 0 and not index.first_is_key and len(index.own_keyframes) == 0
+    assert claimed == CLIP_FRAMES - CUT_FRAME + CUT_FRAME % CUT_GOP
+    assert (len(index.pts), index.hidden) == (CLIP_FRAMES - CUT_FRAME, CUT_FRAME % CUT_GOP)
+    assert index.pts[0] == 0 and not index.first_is_key
+    assert index.own_keyframes.tolist() == CUT_KEYFRAMES
     assert index.duration_s == pytest.approx((CLIP_FRAMES - CUT_FRAME) / CLIP_FPS)
 
 
@@ -695,7 +699,7 @@ def test_a_cut_video_starts_where_players_start_it(
     """A video cut without re-encoding is timed from its first shown frame, as players time it:
     its duration, its frames' times and its ``start_s``/``end_s`` clips leave the hidden
     pre-roll out, no frame of the pre-roll comes back, and every frame is the one its time
-    names. Counted from the pre-roll, every time would be half a second late. decord numbers
+    names. Counted from the pre-roll, every time would be two frames late. decord numbers
     such frames two ways (its times count the pre-roll, its frames do not), so PyAV decodes them
     and the row says why."""
     shown = CLIP_FRAMES - CUT_FRAME
@@ -720,16 +724,37 @@ def test_a_cut_video_starts_where_players_start_it(
         named = CUT_FRAME + np.round(times * CLIP_FPS).astype(int)
         distances = np.abs(written[None].astype(int) - frames[:, None]).mean(axis=(2, 3, 4))
         assert distances.argmin(axis=1).tolist() == named.tolist()
-        # One frame shown during each chunk, for every policy: the cut holds no keyframe of its
-        # own (its only one is the pre-roll's), so keyframe takes fast's choice.
-        chunk = (end_s - start_s) / FRAMES
-        lows = start_s + np.arange(FRAMES) * chunk
-        assert (times < lows + chunk - 1e-4).all(), times
-        assert (times + 1 / CLIP_FPS > lows + 1e-4).all(), times
+        if sampling == SAMPLING_KEYFRAME:
+            assert set((named - CUT_FRAME).tolist()) <= set(CUT_KEYFRAMES), named
+        else:  # one frame shown during each chunk
+            chunk = (end_s - start_s) / FRAMES
+            lows = start_s + np.arange(FRAMES) * chunk
+            assert (times < lows + chunk - 1e-4).all(), times
+            assert (times + 1 / CLIP_FPS > lows + 1e-4).all(), times
         if sampling == SAMPLING_UNIFORM:
             first, n = round(start_s * CLIP_FPS), round((end_s - start_s) * CLIP_FPS)
             expected = [first + int((i + 0.5) * n / FRAMES) for i in range(FRAMES)]
             assert np.round(times * CLIP_FPS).astype(int).tolist() == expected
+
+
+@pytest.mark.parametrize("sampling", [SAMPLING_UNIFORM, SAMPLING_KEYFRAME])
+@pytest.mark.parametrize("video", ["variable_rate_video", "cut_video"])
+def test_seeks_in_variable_rate_and_cut_videos_start_at_the_keyframe(
+    video: str, sampling: str, request: pytest.FixtureRequest
+) -> None:
+    """MP4 indexes keyframes a little after their timestamps where the B-frame delay varies
+    (variable frame rates) or an edit list shifts the timeline (a cut), so a seek to a keyframe
+    lands a group of pictures early; the packets before the keyframe are read past, not
+    decoded. Each file decodes exactly the floor's frames: decoding from where the seek landed
+    took 63 and 56 frames for uniform's 27 and 28, 20 and 13 for keyframe's 5 and 3."""
+    path = request.getfixturevalue(video)
+    with av.open(path) as container:
+        index = _demuxed_frames(container, container.streams.video[0])
+    with DecodeStage(frames=FRAMES, image_size=32, sampling=sampling) as stage:
+        out = stage(batch([path]))
+    assert out[schema.ERROR].tolist() == [""]
+    picked = np.searchsorted(index.starts_s, out[schema.FRAME_TIMES_S][0] + 1e-4) - 1
+    assert out[schema.FRAMES_DECODED][0] == frames_to_reach(picked, index.keyframes)
 
 
 @pytest.mark.parametrize(("size", "mean_limit", "max_limit"), [(64, 0.0, 0), (40, 4.5, 32)])

@@ -158,6 +158,33 @@ def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
     return _FrameIndex(sorted_pts, keyframes, stream.time_base, end, hidden, first_is_key)
 
 
+def packets_from(
+    container: Any, stream: Any, key_pts: int, *, own_key: bool = True
+) -> Iterator[Any]:
+    """``stream``'s packets from its keyframe at ``key_pts`` on, in decoding order.
+
+    The container seeks there; where the seek lands on an earlier keyframe, the packets before
+    this one are read past rather than decoded. MP4 indexes keyframes a little after their
+    timestamps where the B-frame delay varies (variable frame rates) or an edit list shifts the
+    timeline (a cut without re-encoding), so a seek to a keyframe's own timestamp lands a group
+    of pictures early there. A seek that lands after it leaves the packets as they come (the
+    caller notices the frames start too late). Where the frame at ``key_pts`` is no keyframe of
+    its own (``own_key`` false: the first shown frame after a hidden pre-roll), decoding must
+    start where the seek lands.
+    """
+    container.seek(key_pts, stream=stream, backward=True)
+    packets = container.demux(stream)
+    if not own_key:
+        yield from packets
+        return
+    for packet in packets:
+        stamp = packet.dts if packet.dts is not None else packet.pts
+        if packet.pts == key_pts or stamp is None or stamp >= key_pts:
+            yield packet
+            break
+    yield from packets
+
+
 # What the decoder may skip on its way to a target (FFmpeg's ``skip_frame`` levels).
 SKIP_NOTHING = "DEFAULT"
 SKIP_NONREF = "NONREF"  # frames no other frame references: nothing else decodes differently
@@ -211,9 +238,8 @@ class _Pass:
         after it instead, a decoder that reorders B-frames holds the keyframe back until the
         next decoded frame, which skipping everything but keyframes puts a GOP away."""
         key_pts = int(self.index.pts[want])
-        self.container.seek(key_pts, stream=self.stream, backward=True)
         self._frames, self._held, self._position = None, None, None
-        for packet in self.container.demux(self.stream):
+        for packet in packets_from(self.container, self.stream, key_pts):
             if packet.pts is None or packet.size == 0:
                 continue
             if packet.pts != key_pts:
@@ -290,8 +316,9 @@ class _Pass:
                 self._restart()
             return
         key_pts = int(self.index.pts[key])
-        self.container.seek(key_pts, stream=self.stream, backward=True)
-        self._frames = self._decode()
+        own_key = key > 0 or self.index.first_is_key
+        packets = packets_from(self.container, self.stream, key_pts, own_key=own_key)
+        self._frames = self._decode(packets)
         self._held = None
         self._position = None
         self._skipped = False
@@ -309,7 +336,7 @@ class _Pass:
         self._configure(stream)
         stream.codec_context.skip_frame = self.codec.skip_frame
         self.container, self.stream, self.codec = container, stream, stream.codec_context
-        self._frames = self._decode()
+        self._frames = self._decode(self.container.demux(self.stream))
         self._held = None
         self._position = None
         self._skipped = False
@@ -325,8 +352,8 @@ class _Pass:
             self._position = frame.pts
             yield frame
 
-    def _decode(self) -> Iterator[Any]:
-        for packet in self.container.demux(self.stream):
+    def _decode(self, packets: Iterator[Any]) -> Iterator[Any]:
+        for packet in packets:
             for frame in self.codec.decode(packet):
                 self.frames_decoded += 1
                 yield frame
