@@ -49,7 +49,7 @@ def sample_frames(
         end_s: the second the clip's last frame ends, after ``starts[-1]``.
     """
     if len(starts) == 0 or frames <= 0:
-        raise ValueError(f"need frames and frames > 0, got {len(starts)}, {frames}")
+        raise ValueError(f"need a frame and frames > 0, got {len(starts)} frames, {frames}")
     if sampling == SAMPLING_UNIFORM:
         offsets = np.full(frames, 0.5)
     elif sampling == SAMPLING_RANDOM:
@@ -113,14 +113,14 @@ def choose_targets(
     """The ``T = frames`` targets of the clip ``[first, stop)``, one per chunk, in chunk order.
 
     ``starts`` is the start second of each of the file's frames (ascending), ``duration_s`` where
-    its last frame ends, and ``keyframes`` the sorted presentation-order indices of its
-    keyframes. ``uniform`` and ``random`` take :func:`sample_frames`' frames exactly. ``fast``
-    takes, per chunk, the keyframe nearest its centre when the chunk holds one (reaching it costs
-    one frame after a seek), else a reference frame near the centre, or the chunk's first
-    reference frame where no later target shares its group of pictures. ``keyframe`` takes the
-    keyframe nearest each chunk's centre anywhere in the clip (several chunks may share one), and
-    ``fast``'s choice where the clip holds no keyframe. A chunk holds the frames that start
-    inside it.
+    its last frame ends, and ``keyframes`` the sorted presentation-order indices of its frames
+    that are keyframes of their own. ``uniform`` and ``random`` take :func:`sample_frames`'
+    frames exactly. ``fast`` takes, per chunk, the keyframe nearest its centre when the chunk
+    holds one (reaching it costs one frame after a seek), else a reference frame near the
+    centre, or the chunk's first reference frame where no later target shares its group of
+    pictures. ``keyframe`` takes the keyframe nearest each chunk's centre anywhere in the clip
+    (several chunks may share one), and ``fast``'s choice where the clip holds no keyframe. A
+    chunk holds the frames that start inside it.
     """
     clip_starts = starts[first:stop]
     end_s = float(starts[stop]) if stop < len(starts) else duration_s
