@@ -13,7 +13,8 @@ real texture and motion in every region, encoded with the settings users' files 
 * 480p, 720p and 1080p; 10, 30 and 60 s; 24, 30 and 60 fps;
 * one long video with 60 clips given by ``start_s`` / ``end_s`` (10 minutes in the full corpus);
 * a variable-frame-rate video, timed as a phone times its frames in dim light, and a video cut
-  without re-encoding (``ffmpeg -ss S -c copy``), whose edit list hides a pre-roll.
+  without re-encoding (``ffmpeg -ss S -c copy``), whose edit list hides a pre-roll;
+* a 30-s MPEG-TS broadcast recording with a keyframe a second.
 
 The axes are covered one or two at a time around a 480p/720p, 10-s, 30-fps x264 centre rather
 than as a cross product: encoding is the costly part on a few CPU cores. ``--quick`` writes the
@@ -123,6 +124,9 @@ PROFILES = (
     # What phones and editors hand over: a variable frame rate, and a quick trim.
     Profile("x264vfr_720p_10s_30", 1280, 720, 10, 30, variable_rate=True, quick=True),
     Profile("x264cut_720p_10s_30", 1280, 720, 10, 30, cut_s=4.3, quick=True),
+    # A broadcast recording: MPEG-TS (no seek index), a keyframe a second.
+    Profile("x264gop30_480p_30s_30_ts", 854, 480, 30, 30, suffix=".ts", options={"g": "30"},
+            quick=True),
 )  # fmt: skip
 
 

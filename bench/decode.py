@@ -3,9 +3,9 @@
 On the realistic corpus of ``bench/corpus.py`` (generated first if missing), for every profile:
 
 * **the floor**: CPU seconds to decode exactly the frames exact sampling needs (from the keyframe
-  before each sampled frame to it, skipping groups of pictures that hold none; from the start in
-  MPEG-TS and MPEG-PS, which cannot seek exactly), PyAV in this process, one thread, no
-  conversion: what no decoder of that library can undercut;
+  before each sampled frame to it, skipping groups of pictures that hold none, MPEG-TS sought by
+  byte position; from the start in MPEG-PS, which cannot seek exactly), PyAV in this process,
+  one thread, no conversion: what no decoder of that library can undercut;
 * **the stage**: CPU seconds of :class:`~pipelines.decode.DecodeStage` per video, its decoder
   process included, with resizing, cropping and the copy out of shared memory, for
   each policy (``uniform``, ``fast``, ``keyframe``) and library (``pyav``, ``decord``); frames
@@ -36,6 +36,7 @@ evaluation of both policies: ``--r1-uniform`` / ``--r1-fast`` take the two R@1 f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -86,21 +87,17 @@ def stage_cost(stage: Any, batch: dict) -> tuple[float, dict]:
 
 def floor_cost(path: str) -> tuple[float, int]:
     """``(CPU seconds, frames)`` to decode exactly what uniform sampling of ``path`` needs: from
-    the keyframe before each sampled frame (:func:`~pipelines.decode.pyav_backend.packets_from`:
-    where a seek lands a group of pictures early, its packets are read past), forward."""
+    the keyframe before each sampled frame, forward, sought as the stage seeks
+    (:func:`~pipelines.decode.pyav_backend.keyframe_packets`: MPEG-TS by byte position; where a
+    seek lands a group of pictures early, its packets are read past). MPEG-PS, which cannot be
+    sought exactly, is read from the start."""
     import av
 
-    from pipelines.decode.pyav_backend import (
-        _TIMESTAMP_DISCONTINUITIES,
-        _index_frames,
-        packets_from,
-    )
+    from pipelines.decode.pyav_backend import _index_frames, keyframe_packets
     from pipelines.decode.sampling import choose_targets
 
     with av.open(path) as container:
         index = _index_frames(container, container.streams.video[0])
-        # Without a seek index (MPEG-TS, MPEG-PS) the floor is a read from the start.
-        seekable = not container.format.flags & _TIMESTAMP_DISCONTINUITIES
     targets = choose_targets(
         index.starts_s,
         index.duration_s,
@@ -123,10 +120,9 @@ def floor_cost(path: str) -> tuple[float, int]:
         decoded = decode(container.demux(stream))
         for want in wanted:
             key_at = index.key_before(int(np.searchsorted(index.pts, want)))
-            key = int(index.pts[key_at])
-            if seekable and (position is None or key > position):
-                own_key = key_at > 0 or index.first_is_key
-                decoded = decode(packets_from(container, stream, key, own_key=own_key))
+            if position is None or int(index.pts[key_at]) > position:
+                with contextlib.suppress(ValueError):  # no exact seek: read on
+                    decoded = decode(keyframe_packets(container, stream, index, key_at))
             for frame in decoded:
                 frames += 1
                 position = frame.pts

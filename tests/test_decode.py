@@ -419,7 +419,7 @@ def test_a_decoder_process_that_cannot_start_fails_the_first_batch_not_the_const
 CLIP_FPS = 24
 CLIP_FRAMES = 48
 # Encodings whose frame structure differs: x264's defaults (B-frames, one keyframe in 2 s), no
-# B-frames, a short GOP with B-frames, HEVC, and MPEG-TS (no index: read without seeking).
+# B-frames, a short GOP with B-frames, HEVC, and MPEG-TS (no index: sought by byte position).
 ENCODINGS = {
     "x264-long-gop.mp4": ("libx264", {"preset": "medium"}),
     "x264-no-bframes.mp4": ("libx264", {"preset": "medium", "bf": "0"}),
@@ -766,8 +766,8 @@ def test_exact_sampling_gives_decords_frames(
     RGB, PyAV in YUV with chroma at half the output's resolution (cheaper, pyav_backend's
     _Thumbnailer), which these tiny frames of saturated colour texture show most: about 4 levels
     on average here, 1.1 to 1.9 at 224 px of the benchmark's 8-bit MP4 files (README). Not on
-    MPEG-TS, where decord returns other frames than those it names
-    (test_exact_sampling_without_an_index)."""
+    MPEG-TS, where decord returns other frames than those it names (the README's decoder
+    table)."""
     uris = [uri for name, uri in clips.items() if not name.endswith(".ts")]
     outputs = {}
     for decoder in (DECODER_PYAV, DECODER_DECORD):
@@ -912,19 +912,41 @@ def test_hdr_frames_are_tone_mapped_to_the_sdr_they_show(
         assert np.abs(coded - shown).mean() > 10
 
 
-def test_exact_sampling_without_an_index(clips: dict[str, str]) -> None:
-    """MPEG-TS has no seek index: the file is read from the start, and the sampled frames are
-    exactly those of a full decode."""
-    uri = clips["x264-short-gop.ts"]
+@pytest.fixture(scope="module")
+def program_stream(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """MPEG-2 in MPEG-PS (DVD and old broadcast files), a keyframe every 8 frames."""
+    path = tmp_path_factory.mktemp("program_stream") / "mpeg2-short-gop.mpg"
+    write_textured_clip(path, "mpeg2video", {"g": "8", "b": "2000000"})
+    return str(path)
+
+
+@pytest.mark.parametrize("container_format", ["mpegts", "mpeg"])
+def test_files_without_a_seek_index(
+    clips: dict[str, str], program_stream: str, container_format: str
+) -> None:
+    """MPEG-TS and MPEG-PS carry no seek index, and a seek to a timestamp lands groups of
+    pictures away. MPEG-TS is sought by the byte position of each keyframe's packet, so it
+    decodes only what the sampled frames need (the floor's frames, where it read the 48-frame
+    file from the start before); MPEG-PS, where such a seek loses the keyframe's headers, is read
+    from the start. Either way the sampled frames are exactly those of a full decode."""
+    uri = clips["x264-short-gop.ts"] if container_format == "mpegts" else program_stream
     with DecodeStage(frames=FRAMES, image_size=64) as stage:
         out = stage(batch([uri]))
     with av.open(uri) as container:
+        assert container.format.name == container_format
         every = np.stack(
             [f.to_ndarray(format="rgb24")[:, 16:80] for f in container.decode(video=0)]
         )
+    with av.open(uri) as container:
+        index = _demuxed_frames(container, container.streams.video[0])
     indices = np.round(out[schema.FRAME_TIMES_S][0] * CLIP_FPS).astype(int)
     assert indices.tolist() == [int((i + 0.5) * CLIP_FRAMES / FRAMES) for i in range(FRAMES)]
     np.testing.assert_array_equal(out[schema.FRAMES][0], every[indices])
+    decoded = int(out[schema.FRAMES_DECODED][0])
+    if container_format == "mpegts":
+        assert decoded == frames_to_reach(indices, index.keyframes) < indices[-1] + 1
+    else:
+        assert decoded >= indices[-1] + 1
 
 
 def test_fast_frames_are_true_frames_and_cheaper(clips: dict[str, str]) -> None:

@@ -44,6 +44,9 @@ SCALER_INTERPOLATION = "AREA"
 # Pixel formats (planar and semi-planar YUV, grey) scaled before their conversion to RGB.
 _SCALED_IN_OWN_FORMAT = ("yuv", "nv", "gray")
 _TIMESTAMP_DISCONTINUITIES = 0x200  # AVFMT_TS_DISCONT: the formats without a seek index
+# Of those, the ones a seek to a packet's byte position lands exactly on (MPEG-TS's fixed
+# 188-byte packets resynchronise there; MPEG-PS loses the keyframe's headers).
+_SEEKABLE_BY_BYTE = ("mpegts",)
 # Containers may count a frame or two more than the file holds (edit lists, a final frame with
 # no duration); only a larger shortfall means the file lost frames.
 _FRAME_SHORTFALL_SLACK = 0.02
@@ -68,6 +71,9 @@ class _FrameIndex:
     # Whether frame 0 is a keyframe of its own; if not, decoding reaches it from the stream's
     # start (the hidden pre-roll's keyframe, or a stream that starts on a frame not flagged key).
     first_is_key: bool = True
+    # [n] int64 byte position of each frame's packet in the file (-1 where unknown); None from
+    # the container's list, which is only taken where timestamps seek exactly.
+    positions: np.ndarray | None = None
 
     @property
     def own_keyframes(self) -> np.ndarray:
@@ -133,7 +139,7 @@ def _usual_step(pts: np.ndarray) -> int:
 
 
 def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
-    pts, keys, durations, hidden = [], [], [], 0
+    pts, keys, durations, positions, hidden = [], [], [], [], 0
     for packet in container.demux(stream):
         stamp = packet.pts if packet.pts is not None else packet.dts
         if stamp is None or packet.size == 0:
@@ -144,6 +150,7 @@ def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
         pts.append(stamp)
         keys.append(packet.is_keyframe)
         durations.append(packet.duration or 0)
+        positions.append(-1 if packet.pos is None else packet.pos)
     if not pts:
         raise _Failure(TRUNCATED, f"decoded 0 of {stream.frames} frames")
     order = np.argsort(np.asarray(pts, np.int64), kind="stable")
@@ -155,7 +162,28 @@ def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
     last = int(order[-1])
     step = durations[last] or _usual_step(sorted_pts)
     end = int(sorted_pts[-1]) + step
-    return _FrameIndex(sorted_pts, keyframes, stream.time_base, end, hidden, first_is_key)
+    at = np.asarray(positions, np.int64)[order]
+    return _FrameIndex(sorted_pts, keyframes, stream.time_base, end, hidden, first_is_key, at)
+
+
+def keyframe_packets(container: Any, stream: Any, index: _FrameIndex, key: int) -> Iterator[Any]:
+    """``stream``'s packets from frame ``key`` on (a keyframe of ``index``, in presentation
+    order), in decoding order.
+
+    Raises:
+        ValueError: the container cannot seek there: formats without a seek index (MPEG-PS),
+            and an MPEG-TS frame whose packet's byte position is unknown.
+    """
+    if container.format.flags & _TIMESTAMP_DISCONTINUITIES:
+        position = -1 if index.positions is None else int(index.positions[key])
+        if container.format.name not in _SEEKABLE_BY_BYTE or position < 0:
+            raise ValueError(f"{container.format.name} cannot seek to frame {key}")
+        # Timestamps cannot be sought in MPEG-TS (FFmpeg guesses a byte offset from the bit
+        # rate and lands groups of pictures away), but the packet's own position can.
+        container.seek(position, unsupported_byte_offset=True)
+        return container.demux(stream)
+    own_key = key > 0 or index.first_is_key
+    return packets_from(container, stream, int(index.pts[key]), own_key=own_key)
 
 
 def packets_from(
@@ -216,9 +244,13 @@ class _Pass:
         self._held: Any = None  # a frame read past one target, which the next one may want
         self._position: int | None = None  # pts of the last frame the decoder produced
         self._skipped = False  # whether frames were skipped since the last seek
-        # MPEG-TS and MPEG-PS have no index: seeking there lands GOPs away from the keyframe,
-        # so such files are read from the start, and so is any file where a seek misses.
-        self._sequential = bool(container.format.flags & _TIMESTAMP_DISCONTINUITIES)
+        # MPEG-PS has no index: seeking there lands GOPs away from the keyframe, so such files
+        # are read from the start, and so is any file where a seek misses. MPEG-TS is sought
+        # by the byte position of the keyframe's packet (keyframe_packets).
+        self._sequential = bool(
+            container.format.flags & _TIMESTAMP_DISCONTINUITIES
+            and container.format.name not in _SEEKABLE_BY_BYTE
+        )
         self._reopened: list[Any] = []
 
     def close(self) -> None:
@@ -239,7 +271,11 @@ class _Pass:
         next decoded frame, which skipping everything but keyframes puts a GOP away."""
         key_pts = int(self.index.pts[want])
         self._frames, self._held, self._position = None, None, None
-        for packet in packets_from(self.container, self.stream, key_pts):
+        try:
+            packets = keyframe_packets(self.container, self.stream, self.index, want)
+        except ValueError:
+            packets = iter(())
+        for packet in packets:
             if packet.pts is None or packet.size == 0:
                 continue
             if packet.pts != key_pts:
@@ -316,8 +352,12 @@ class _Pass:
                 self._restart()
             return
         key_pts = int(self.index.pts[key])
-        own_key = key > 0 or self.index.first_is_key
-        packets = packets_from(self.container, self.stream, key_pts, own_key=own_key)
+        try:
+            packets = keyframe_packets(self.container, self.stream, self.index, key)
+        except ValueError:
+            self._sequential = True
+            self._restart()
+            return
         self._frames = self._decode(packets)
         self._held = None
         self._position = None
