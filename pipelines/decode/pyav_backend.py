@@ -516,47 +516,42 @@ class _Thumbnailer:
         from av.video.reformatter import VideoReformatter
 
         self.size, self.aspect, self.threads = size, aspect, threads
-        self.width = self.height = size
         self._scaler, self._converter = VideoReformatter(), VideoReformatter()
 
     def __call__(self, frame: Any) -> np.ndarray:
         rotation = frame.rotation
         # Of the whole frame, even where one field is scaled: a field is the picture, half as high.
-        self.width, self.height = output_size(
-            shown_width(frame.width, self.aspect), frame.height, self.size
-        )
+        scaled = output_size(shown_width(frame.width, self.aspect), frame.height, self.size)
         if frame.interlaced_frame:
             frame = one_field(frame)
         if is_hdr(frame):
-            pixels = self._tone_mapped(frame)
+            wide = self._scale(frame, scaled, "rgb48le").to_ndarray()
+            pixels = tone_mapped(
+                self._centre(wide), frame.color_trc, frame.color_primaries, threads=self.threads
+            )
         elif frame.format.name.startswith(_SCALED_IN_OWN_FORMAT):
-            small = self._scale(frame, _scaled_format(frame.format))
+            small = self._scale(frame, scaled, _scaled_format(frame.format))
             rgb = self._converter.reformat(small, format="rgb24", threads=self.threads)
             pixels = self._centre(rgb.to_ndarray())
         else:
-            pixels = self._centre(self._scale(frame, "rgb24").to_ndarray())
+            pixels = self._centre(self._scale(frame, scaled, "rgb24").to_ndarray())
         return displayed(pixels, rotation)
 
-    def _scale(self, frame: Any, pixel_format: str | None) -> Any:
-        """``frame`` at the output's width and height in ``pixel_format`` (None: its own)."""
+    def _scale(self, frame: Any, size: tuple[int, int], pixel_format: str | None) -> Any:
+        """``frame`` at ``size`` (width, height) in ``pixel_format`` (None: its own)."""
         return self._scaler.reformat(
             frame,
-            width=self.width,
-            height=self.height,
+            width=size[0],
+            height=size[1],
             format=pixel_format,
             interpolation=SCALER_INTERPOLATION,
             threads=self.threads,
         )
 
     def _centre(self, pixels: np.ndarray) -> np.ndarray:
-        top, left = (self.height - self.size) // 2, (self.width - self.size) // 2
+        """The centre ``size x size`` of ``pixels`` ``[H, W, C]``."""
+        top, left = (pixels.shape[0] - self.size) // 2, (pixels.shape[1] - self.size) // 2
         return pixels[top : top + self.size, left : left + self.size]
-
-    def _tone_mapped(self, frame: Any) -> np.ndarray:
-        wide = self._scale(frame, "rgb48le").to_ndarray()
-        return tone_mapped(
-            self._centre(wide), frame.color_trc, frame.color_primaries, threads=self.threads
-        )
 
 
 def _scaled_format(pixel_format: Any) -> str | None:
