@@ -127,6 +127,9 @@ PROFILES = (
     # A broadcast recording: MPEG-TS (no seek index), a keyframe a second.
     Profile("x264gop30_480p_30s_30_ts", 854, 480, 30, 30, suffix=".ts", options={"g": "30"},
             quick=True),
+    # A DVD's MPEG-2 program stream: no seek index, open groups of 15 pictures, two B-frames.
+    Profile("mpeg2_480p_30s_30_mpg", 720, 480, 30, 30, codec="mpeg2video", suffix=".mpg",
+            options={"g": "15", "bf": "2", "b": "6000000"}, quick=True),
 )  # fmt: skip
 
 

@@ -36,7 +36,6 @@ evaluation of both policies: ``--r1-uniform`` / ``--r1-fast`` take the two R@1 f
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -90,10 +89,12 @@ def floor_cost(path: str) -> tuple[float, int]:
     the keyframe before each sampled frame, forward, sought as the stage seeks
     (:func:`~pipelines.decode.pyav_backend.keyframe_packets`: MPEG-TS by byte position; where a
     seek lands a group of pictures early, its packets are read past). MPEG-PS, which cannot be
-    sought exactly, is read from the start."""
+    sought exactly, is read from the start, its packets before each such keyframe read past
+    (:func:`~pipelines.decode.pyav_backend.read_past`), and so are those shown before it (the
+    leading pictures of an open group of pictures)."""
     import av
 
-    from pipelines.decode.pyav_backend import _index_frames, keyframe_packets
+    from pipelines.decode.pyav_backend import _index_frames, keyframe_packets, read_past
     from pipelines.decode.sampling import choose_targets
 
     with av.open(path) as container:
@@ -112,17 +113,34 @@ def floor_cost(path: str) -> tuple[float, int]:
         stream = container.streams.video[0]
         codec = stream.codec_context
         codec.thread_count = 1
+        fed = -math.inf  # the latest pts fed to the decoder
+        shown_from = -math.inf  # reading sequentially: packets shown before this are left out
 
         def decode(packets: Any) -> Any:
-            return (frame for packet in packets for frame in codec.decode(packet))
+            nonlocal fed
+            for packet in packets:
+                if packet.pts is not None:
+                    if packet.pts < shown_from:
+                        continue
+                    fed = max(fed, packet.pts)
+                yield from codec.decode(packet)
 
         began, frames, position = time.process_time(), 0, None
-        decoded = decode(container.demux(stream))
+        packets = container.demux(stream)
+        decoded = decode(packets)
         for want in wanted:
             key_at = index.key_before(int(np.searchsorted(index.pts, want)))
-            if position is None or int(index.pts[key_at]) > position:
-                with contextlib.suppress(ValueError):  # no exact seek: read on
+            key_pts = int(index.pts[key_at])
+            if position is None or key_pts > position:
+                try:
                     decoded = decode(keyframe_packets(container, stream, index, key_at))
+                    fed = -math.inf
+                except ValueError:  # no exact seek: read on, past what precedes the keyframe
+                    if key_at > 0 or index.first_is_key:
+                        if key_pts > fed:
+                            codec.flush_buffers()
+                            decoded = decode(read_past(packets, key_pts))
+                        shown_from = key_pts
             for frame in decoded:
                 frames += 1
                 position = frame.pts

@@ -7,7 +7,9 @@ their container's list is exact (:func:`_listed_frames`). From that each clip's 
 chosen (:func:`~pipelines.decode.sampling.choose_targets`, one per chunk of the clip's time),
 and one forward pass over the file fetches all of them: it seeks to the keyframe before a target
 when that keyframe lies beyond the decoder's position (so groups of pictures holding no target
-are never decoded), and otherwise decodes forward. Only targets are converted: scaled to the
+are never decoded), and otherwise decodes forward. Files without a seek index are sought by byte
+position (MPEG-TS, MPEG-PS) or read on with the packets before the keyframe dropped undecoded
+(Ogg: :func:`read_past`). Only targets are converted: scaled to the
 small output size in their own YUV format, then converted to RGB (:class:`_Thumbnailer`; no
 full-size RGB frame exists).
 """
@@ -44,9 +46,9 @@ SCALER_INTERPOLATION = "AREA"
 # Pixel formats (planar and semi-planar YUV, grey) scaled before their conversion to RGB.
 _SCALED_IN_OWN_FORMAT = ("yuv", "nv", "gray")
 _TIMESTAMP_DISCONTINUITIES = 0x200  # AVFMT_TS_DISCONT: the formats without a seek index
-# Of those, the ones a seek to a packet's byte position lands exactly on (MPEG-TS's fixed
-# 188-byte packets resynchronise there; MPEG-PS loses the keyframe's headers).
-_SEEKABLE_BY_BYTE = ("mpegts",)
+# Of those, the ones sought by byte position: MPEG-TS and MPEG-PS (its demuxer resynchronises
+# at the next packet header, and its parser then splits frames right from the next frame on).
+_SEEKABLE_BY_BYTE = ("mpegts", "mpeg")
 # Containers may count a frame or two more than the file holds (edit lists, a final frame with
 # no duration); only a larger shortfall means the file lost frames.
 _FRAME_SHORTFALL_SLACK = 0.02
@@ -71,8 +73,10 @@ class _FrameIndex:
     # Whether frame 0 is a keyframe of its own; if not, decoding reaches it from the stream's
     # start (the hidden pre-roll's keyframe, or a stream that starts on a frame not flagged key).
     first_is_key: bool = True
-    # [n] int64 byte position of each frame's packet in the file (-1 where unknown); None from
-    # the container's list, which is only taken where timestamps seek exactly.
+    # [n] int64 byte position in the file from which demuxing reaches each frame's packet whole:
+    # that of a packet before it (0 for the first). A seek exactly to a packet's own position can
+    # lose it: MPEG-PS's parser then splits the frames a frame late. None from the container's
+    # list (taken only where timestamps seek exactly) and where the demuxer gives no positions.
     positions: np.ndarray | None = None
 
     @property
@@ -139,8 +143,12 @@ def _usual_step(pts: np.ndarray) -> int:
 
 
 def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
-    pts, keys, durations, positions, hidden = [], [], [], [], 0
+    pts, keys, durations, reach, hidden = [], [], [], [], 0
+    before, positioned = 0, False  # the latest known position of a packet read so far
     for packet in container.demux(stream):
+        start = before
+        if packet.pos is not None and packet.pos >= 0:
+            before, positioned = packet.pos, True
         stamp = packet.pts if packet.pts is not None else packet.dts
         if stamp is None or packet.size == 0:
             continue
@@ -150,7 +158,7 @@ def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
         pts.append(stamp)
         keys.append(packet.is_keyframe)
         durations.append(packet.duration or 0)
-        positions.append(-1 if packet.pos is None else packet.pos)
+        reach.append(start)
     if not pts:
         raise _Failure(TRUNCATED, f"decoded 0 of {stream.frames} frames")
     order = np.argsort(np.asarray(pts, np.int64), kind="stable")
@@ -162,7 +170,7 @@ def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
     last = int(order[-1])
     step = durations[last] or _usual_step(sorted_pts)
     end = int(sorted_pts[-1]) + step
-    at = np.asarray(positions, np.int64)[order]
+    at = np.asarray(reach, np.int64)[order] if positioned else None
     return _FrameIndex(sorted_pts, keyframes, stream.time_base, end, hidden, first_is_key, at)
 
 
@@ -171,17 +179,16 @@ def keyframe_packets(container: Any, stream: Any, index: _FrameIndex, key: int) 
     order), in decoding order.
 
     Raises:
-        ValueError: the container cannot seek there: formats without a seek index (MPEG-PS),
-            and an MPEG-TS frame whose packet's byte position is unknown.
+        ValueError: the container cannot seek there: formats without a seek index other than
+            MPEG-TS and MPEG-PS, and files whose demuxer gives no byte positions.
     """
     if container.format.flags & _TIMESTAMP_DISCONTINUITIES:
-        position = -1 if index.positions is None else int(index.positions[key])
-        if container.format.name not in _SEEKABLE_BY_BYTE or position < 0:
+        if container.format.name not in _SEEKABLE_BY_BYTE or index.positions is None:
             raise ValueError(f"{container.format.name} cannot seek to frame {key}")
-        # Timestamps cannot be sought in MPEG-TS (FFmpeg guesses a byte offset from the bit
-        # rate and lands groups of pictures away), but the packet's own position can.
-        container.seek(position, unsupported_byte_offset=True)
-        return container.demux(stream)
+        # Timestamps cannot be sought in MPEG-TS or MPEG-PS (FFmpeg guesses a byte offset from
+        # the bit rate and lands groups of pictures away), but byte positions can.
+        container.seek(int(index.positions[key]), unsupported_byte_offset=True)
+        return read_past(container.demux(stream), int(index.pts[key]))
     own_key = key > 0 or index.first_is_key
     return packets_from(container, stream, int(index.pts[key]), own_key=own_key)
 
@@ -202,15 +209,32 @@ def packets_from(
     """
     container.seek(key_pts, stream=stream, backward=True)
     packets = container.demux(stream)
-    if not own_key:
-        yield from packets
-        return
+    return read_past(packets, key_pts) if own_key else packets
+
+
+def read_past(packets: Iterator[Any], key_pts: int) -> Iterator[Any]:
+    """``packets`` from the keyframe at ``key_pts`` on, without those shown before it.
+
+    The packets before the keyframe are read and dropped, not decoded: demuxing a group of
+    pictures costs a small part of decoding it, so this is how a pass skips what holds no target
+    where it cannot seek there (MPEG-PS), or where a seek lands early (:func:`packets_from`).
+    Dropping stops at a packet that decodes at or after the keyframe's time, should the
+    keyframe's own packet never come. The packets after the keyframe that are shown before it
+    are dropped too: the leading pictures of an open group of pictures (DVD MPEG-2), which
+    refer to the group before it, and which no target after the keyframe needs.
+    """
     for packet in packets:
         stamp = packet.dts if packet.dts is not None else packet.pts
-        if packet.pts == key_pts or stamp is None or stamp >= key_pts:
+        if stamp is None:  # a fragment: what a byte seek lands in first
+            continue
+        if (packet.pts == key_pts and packet.is_keyframe) or stamp >= key_pts:
             yield packet
             break
-    yield from packets
+    # Not ``yield from``: closing this generator would close ``packets``, which a pass reading
+    # sequentially goes on reading after abandoning it.
+    for packet in packets:
+        if packet.pts is None or packet.pts >= key_pts:
+            yield packet
 
 
 # What the decoder may skip on its way to a target (FFmpeg's ``skip_frame`` levels).
@@ -244,13 +268,16 @@ class _Pass:
         self._held: Any = None  # a frame read past one target, which the next one may want
         self._position: int | None = None  # pts of the last frame the decoder produced
         self._skipped = False  # whether frames were skipped since the last seek
-        # MPEG-PS has no index: seeking there lands GOPs away from the keyframe, so such files
-        # are read from the start, and so is any file where a seek misses. MPEG-TS is sought
-        # by the byte position of the keyframe's packet (keyframe_packets).
-        self._sequential = bool(
-            container.format.flags & _TIMESTAMP_DISCONTINUITIES
-            and container.format.name not in _SEEKABLE_BY_BYTE
-        )
+        # Whether the file is read on from its start instead of sought: once a seek misses its
+        # keyframe or cannot be made (keyframe_packets); groups of pictures that hold no target
+        # are then read past (_read_forward).
+        self._sequential = False
+        self._packets: Iterator[Any] | None = None  # reading sequentially: the file's packets
+        self._fed_pts: int | None = None  # the latest pts fed to the decoder since it started
+        # Reading sequentially past a keyframe the decoder already has: packets shown before
+        # this pts are left out (the leading pictures of its open group of pictures).
+        self._shown_from: int | None = None
+        self._reads_past = True  # false once reading past a keyframe's packet missed it
         self._reopened: list[Any] = []
 
     def close(self) -> None:
@@ -288,7 +315,6 @@ class _Pass:
             break
         # The seek missed the keyframe: decode towards it the ordinary way.
         self._sequential = True
-        self._restart()
         return self._exact(want, SKIP_NOTHING)
 
     def _exact(self, want: int, skip: str) -> Any:
@@ -345,29 +371,52 @@ class _Pass:
         self._skipped |= skip != SKIP_NOTHING
 
     def _seek(self, key: int, *, forward_only: bool = False) -> None:
-        """Make the next frames start at keyframe ``key`` (or, reading sequentially, anywhere
-        before it: the targets skip what precedes them)."""
+        """Make the next frames start at keyframe ``key`` (or, reading sequentially where the
+        keyframe's packet cannot be found, anywhere before it: the targets skip what precedes
+        them)."""
         if self._sequential:
-            if not forward_only:
-                self._restart()
+            self._read_forward(key, restart=not forward_only)
             return
-        key_pts = int(self.index.pts[key])
         try:
             packets = keyframe_packets(self.container, self.stream, self.index, key)
         except ValueError:
             self._sequential = True
-            self._restart()
+            self._read_forward(key, restart=True)
             return
-        self._frames = self._decode(packets)
-        self._held = None
-        self._position = None
-        self._skipped = False
-        landing = next((f for f in self._frames if f.pts is not None), None)
-        if landing is None or landing.pts > key_pts:
+        if not self._lands_on(key, packets):
             self._sequential = True
+            self._read_forward(key, restart=True)
+
+    def _read_forward(self, key: int, *, restart: bool) -> None:
+        """Seek to keyframe ``key`` where the file cannot seek: read on (from its first frame if
+        ``restart``), and drop the packets before the keyframe's undecoded (:func:`read_past`).
+        Where the keyframe's packet went to the decoder already, decodes on, without the packets
+        still to come that are shown before it. Decodes on where frame 0 is no keyframe of its
+        own, and once a read past missed its keyframe."""
+        if restart:
             self._restart()
-        else:
-            self._held = landing
+        key_pts = int(self.index.pts[key])
+        if not self._reads_past or (key == 0 and not self.index.first_is_key):
+            return
+        if self._fed_pts is not None and self._fed_pts >= key_pts:
+            self._shown_from = key_pts
+            return
+        assert self._packets is not None
+        self.codec.flush_buffers()  # what it holds precedes the keyframe
+        if not self._lands_on(key, read_past(self._packets, key_pts)):
+            self._reads_past = False
+            self._restart()
+
+    def _lands_on(self, key: int, packets: Iterator[Any]) -> bool:
+        """Start decoding ``packets``; whether their first frame is at or before keyframe
+        ``key`` (the frames then lead to it; otherwise they passed it)."""
+        self._start_decoding(packets)
+        assert self._frames is not None
+        landing = next((f for f in self._frames if f.pts is not None), None)
+        if landing is None or landing.pts > self.index.pts[key]:
+            return False
+        self._held = landing
+        return True
 
     def _restart(self) -> None:
         """Decode from the first frame, with a freshly opened file."""
@@ -376,14 +425,21 @@ class _Pass:
         self._configure(stream)
         stream.codec_context.skip_frame = self.codec.skip_frame
         self.container, self.stream, self.codec = container, stream, stream.codec_context
-        self._frames = self._decode(self.container.demux(self.stream))
+        self._packets = self.container.demux(self.stream)
+        self._start_decoding(self._packets)
+
+    def _start_decoding(self, packets: Iterator[Any]) -> None:
+        self._frames = self._decode(packets)
         self._held = None
         self._position = None
+        self._fed_pts = None
+        self._shown_from = None
         self._skipped = False
 
     def _next_frames(self) -> Iterator[Any]:
         if self._held is not None:
             frame, self._held = self._held, None
+            self._position = frame.pts
             yield frame
         assert self._frames is not None
         for frame in self._frames:
@@ -394,6 +450,11 @@ class _Pass:
 
     def _decode(self, packets: Iterator[Any]) -> Iterator[Any]:
         for packet in packets:
+            if packet.pts is not None:
+                if self._shown_from is not None and packet.pts < self._shown_from:
+                    continue
+                if self._fed_pts is None or packet.pts > self._fed_pts:
+                    self._fed_pts = packet.pts
             for frame in self.codec.decode(packet):
                 self.frames_decoded += 1
                 yield frame
