@@ -1,7 +1,7 @@
-"""What a decoded frame shows: HDR tone-mapped to the SDR BT.709 that CLIP was trained on and
-browsers show, pixels of their stream's shape (anamorphic video's are not square), the picture
-turned as its stream's display matrix says, one moment of an interlaced frame; and SDR frames
-mastered as HDR (the tests' and benchmark's HDR footage).
+"""Which stream is the video, and what a decoded frame shows: HDR tone-mapped to the SDR
+BT.709 that CLIP was trained on and browsers show, pixels of their stream's shape (anamorphic
+video's are not square), the picture turned as its stream's display matrix says, one moment of
+an interlaced frame; and SDR frames mastered as HDR (the tests' and benchmark's HDR footage).
 
 swscale's colour management does both colour conversions. Each of its scalers spends about 2.5
 CPU-seconds on its tables when set up, and again for each new frame size, then under a
@@ -30,6 +30,19 @@ PRIMARIES_BT709, PRIMARIES_BT2020 = 1, 9
 _PRIMARIES_DEFINED = (1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 22)
 
 _SCALERS: dict[tuple[Any, ...], Any] = {}  # av.video.reformatter.VideoReformatter
+
+
+# AV_DISPOSITION_ATTACHED_PIC: a stream of one picture, cover art, rather than video.
+_ATTACHED_PICTURE = 0x400
+
+
+def video_stream(container: Any) -> Any | None:
+    """``container``'s first video stream that is video, or None: cover art attached to music,
+    podcast and some video files is a one-picture video stream, which players show as a still
+    picture, not as the video."""
+    return next(
+        (s for s in container.streams.video if not int(s.disposition) & _ATTACHED_PICTURE), None
+    )
 
 
 def is_hdr(frame: av.VideoFrame) -> bool:

@@ -433,6 +433,7 @@ DAMAGED_TRUNCATED = "damaged-truncated"
 DAMAGED_TEXT = "damaged-text"
 DAMAGED_MISSING = "damaged-missing"
 DAMAGED_AUDIO_ONLY = "damaged-audio-only"
+DAMAGED_COVER_ONLY = "damaged-cover-only"
 SHORT_ONE_FRAME = "short-1-frame"
 SHORT_THREE_FRAMES = "short-3-frames"
 
@@ -442,6 +443,7 @@ DAMAGED_EXPECTED: dict[str, str] = {
     DAMAGED_TEXT: decode.NOT_A_VIDEO,
     DAMAGED_MISSING: decode.MISSING_FILE,
     DAMAGED_AUDIO_ONLY: decode.NO_VIDEO_STREAM,
+    DAMAGED_COVER_ONLY: decode.NO_VIDEO_STREAM,
     SHORT_ONE_FRAME: "",
     SHORT_THREE_FRAMES: "",
 }
@@ -449,10 +451,20 @@ DAMAGED_EXPECTED: dict[str, str] = {
 it decodes fine (a video shorter than the frames asked for repeats frames)."""
 
 
-def _write_audio_only(path: Path) -> None:
+def _write_audio_only(path: Path, *, cover: bool = False) -> None:
+    """An AAC tone in MP4; with ``cover``, and its cover art: a one-picture JPEG stream marked as
+    an attached picture, as music files carry it."""
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("aac", rate=16000)
         stream.layout = "mono"
+        if cover:
+            art = container.add_stream("mjpeg", rate=1)
+            art.width, art.height, art.pix_fmt = 64, 64, "yuvj420p"
+            art.disposition = av.stream.Disposition.attached_pic
+            picture = np.full((64, 64, 3), (200, 120, 40), np.uint8)
+            for packet in art.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+            container.mux(art.encode())
         samples = 1024
         tone = np.sin(np.arange(samples) * 2 * np.pi * 440 / 16000).astype(np.float32)[None]
         for i in range(16):
@@ -468,8 +480,9 @@ def write_damaged_videos(folder: Path, *, good_video: Path) -> dict[str, str]:
     ``good_video`` is a valid mp4 written with the moov atom first (as :func:`write_mp4` does).
 
     Expected to fail (category in :data:`DAMAGED_EXPECTED`): a zero-byte file, the first 30% of
-    the bytes of ``good_video``, a text file named ``.mp4``, a path that does not exist, and an
-    audio-only mp4. Expected to decode: a 1-frame and a 3-frame video (the frames repeat).
+    the bytes of ``good_video``, a text file named ``.mp4``, a path that does not exist, an
+    audio-only mp4, and one with cover art (a music file). Expected to decode: a 1-frame and a
+    3-frame video (the frames repeat).
 
     Returns:
         ``video_id -> uri`` (absolute paths; the missing one does not exist).
@@ -482,6 +495,7 @@ def write_damaged_videos(folder: Path, *, good_video: Path) -> dict[str, str]:
         DAMAGED_TEXT: folder / "text.mp4",
         DAMAGED_MISSING: folder / "missing.mp4",
         DAMAGED_AUDIO_ONLY: folder / "audio-only.mp4",
+        DAMAGED_COVER_ONLY: folder / "audio-with-cover.m4a",
         SHORT_ONE_FRAME: folder / "one-frame.mp4",
         SHORT_THREE_FRAMES: folder / "three-frames.mp4",
     }
@@ -491,6 +505,7 @@ def write_damaged_videos(folder: Path, *, good_video: Path) -> dict[str, str]:
     paths[DAMAGED_TEXT].write_text("this is a text file, not a video\n" * 40)
     paths[DAMAGED_MISSING].unlink(missing_ok=True)
     _write_audio_only(paths[DAMAGED_AUDIO_ONLY])
+    _write_audio_only(paths[DAMAGED_COVER_ONLY], cover=True)
     scene = Scene("blue", "yellow", "circle", "large", 1, "right")
     for key, frames in ((SHORT_ONE_FRAME, 1), (SHORT_THREE_FRAMES, 3)):
         rng = np.random.default_rng(frames)

@@ -15,6 +15,7 @@ import pytest
 from jobs import index as index_job
 from pipelines.synthetic import (
     DAMAGED_AUDIO_ONLY,
+    DAMAGED_COVER_ONLY,
     DAMAGED_EMPTY,
     DAMAGED_MISSING,
     DAMAGED_TEXT,
@@ -33,6 +34,7 @@ EXPECTED_FAILURES = {
     DAMAGED_TEXT: "not a video",
     DAMAGED_MISSING: "missing file",
     DAMAGED_AUDIO_ONLY: "no video stream",
+    DAMAGED_COVER_ONLY: "no video stream",
 }
 
 

@@ -25,7 +25,7 @@ from pipelines.decode.errors import (
     _Failure,
     _short,
 )
-from pipelines.display import shown_size
+from pipelines.display import shown_size, video_stream
 from pipelines.storage import StorageOptions
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -152,7 +152,8 @@ def _count_decodable_frames(path: str) -> int:
     count = 0
     try:
         with av.open(path) as container:
-            for _ in container.decode(video=0):
+            stream = video_stream(container)
+            for _ in container.decode(stream) if stream is not None else ():
                 count += 1
     except Exception:
         pass
@@ -175,7 +176,8 @@ _QUICK_PROBE = {"probesize": "32"}
 
 
 def _open_video(path: str) -> tuple[Any, Any]:
-    """``(container, first video stream)`` of ``path``; the caller closes the container."""
+    """``(container, video stream)`` of ``path`` (:func:`~pipelines.display.video_stream`); the
+    caller closes the container."""
     import av
 
     try:
@@ -183,9 +185,9 @@ def _open_video(path: str) -> tuple[Any, Any]:
     except Exception:  # classified by the full probe below
         pass
     else:
-        video = container.streams.video
-        if video and video[0].codec_context.width > 0 and video[0].codec_context.height > 0:
-            return container, video[0]
+        video = video_stream(container)
+        if video is not None and video.codec_context.width > 0 and video.codec_context.height > 0:
+            return container, video
         container.close()
     try:
         container = av.open(path, metadata_errors="ignore")
@@ -195,16 +197,21 @@ def _open_video(path: str) -> tuple[Any, Any]:
             detail = f"{family} container cannot be opened ({_short(err)})"
             raise _Failure(TRUNCATED, detail) from None
         raise _Failure(NOT_A_VIDEO, _short(err)) from None
-    if not container.streams.video:
-        kinds = ", ".join(s.type for s in container.streams) or "none"
+    stream = video_stream(container)
+    if stream is None:
+        kinds = ", ".join(_kind(s) for s in container.streams) or "none"
         container.close()
         raise _Failure(NO_VIDEO_STREAM, f"streams found: {kinds}")
-    stream = container.streams.video[0]
     width, height = stream.codec_context.width, stream.codec_context.height
     if width <= 0 or height <= 0:
         container.close()
         raise _Failure(NOT_A_VIDEO, f"video stream has no picture size ({width}x{height})")
     return container, stream
+
+
+def _kind(stream: Any) -> str:
+    """``stream``'s type, as an error names it: cover art is no video."""
+    return "cover picture" if stream.type == "video" else stream.type
 
 
 def _probe(path: str) -> tuple[int, int, int]:

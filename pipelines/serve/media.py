@@ -143,9 +143,9 @@ def _image_at(file: object, t: float, max_side: int) -> Image.Image:
     :func:`_image` makes it."""
     try:
         with av.open(file, "r") as container:
-            if not container.streams.video:
+            stream = display.video_stream(container)
+            if stream is None:
                 raise ValueError("no video stream")
-            stream = container.streams.video[0]
             if t > 0 and stream.time_base is not None:
                 # Lands on the keyframe at or before t; decoding forward from it reaches t.
                 container.seek(int(t / stream.time_base), stream=stream, backward=True)
