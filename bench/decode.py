@@ -128,6 +128,8 @@ def floor_cost(path: str) -> tuple[float, int]:
 
         began, frames, position = time.process_time(), 0, None
         packets = container.demux(stream)
+        if index.timeline is not None:
+            packets = index.timeline.unwrapped(packets)
         decoded = decode(packets)
         for want in wanted:
             key_at = index.key_before(int(np.searchsorted(index.pts, want)))

@@ -449,13 +449,15 @@ def write_textured_clip(
     options: dict[str, str],
     pix_fmt: str = "yuv420p",
     container_options: dict[str, str] | None = None,
+    first: int = 0,
 ) -> None:
-    """96x64, 2 s at 24 fps: smooth texture panning and changing, so every frame differs."""
+    """96x64, 2 s at 24 fps: smooth texture panning and changing, so every frame differs; its
+    frames are those from ``first`` on."""
     with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=Fraction(CLIP_FPS))
         stream.width, stream.height, stream.pix_fmt = 96, 64, pix_fmt
         stream.options = options
-        for i in range(CLIP_FRAMES):
+        for i in range(first, first + CLIP_FRAMES):
             frame = av.VideoFrame.from_ndarray(textured_frame(i), format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
@@ -969,6 +971,48 @@ def test_files_without_a_seek_index(
     np.testing.assert_array_equal(out[schema.FRAMES][0], every[indices])
     decoded = int(out[schema.FRAMES_DECODED][0])
     assert decoded == frames_to_reach(indices, index.keyframes) < indices[-1] + 1
+
+
+@pytest.mark.parametrize(
+    ("suffix", "codec", "options"),
+    [
+        (".ts", "libx264", {"preset": "medium", "g": "8", "keyint_min": "8"}),
+        (".mpg", "mpeg2video", {"g": "8", "bf": "2", "b": "2000000"}),
+    ],
+)
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_recordings_joined_end_to_end_are_one_timeline(
+    tmp_path: Path, suffix: str, codec: str, options: dict[str, str], decoder: str
+) -> None:
+    """Two recordings joined byte for byte (``cat a.ts b.ts``, as DVR and broadcast captures are
+    assembled) restart their timestamps halfway. Players show the second after the first, and
+    the stage samples them so: a 4-s video, not two 2-s ones laid over each other, its frames
+    those of a full decode in order, half of them from the second recording, decoding only
+    what they need. decord sorts the two into each other, and nvdec's frame numbers would
+    repeat: PyAV decodes such files for both."""
+    parts = [tmp_path / f"part-{k}{suffix}" for k in range(2)]
+    for k, part in enumerate(parts):
+        write_textured_clip(part, codec, options, first=k * CLIP_FRAMES)
+    uri = tmp_path / f"joined{suffix}"
+    uri.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
+    with DecodeStage(frames=FRAMES, image_size=64, decoder=decoder) as stage:
+        out = stage(batch([str(uri)]))
+    assert out[schema.ERROR].tolist() == [""]
+    assert out[schema.DECODER][0].startswith(DECODER_PYAV)
+    assert (
+        2 * CLIP_FRAMES / CLIP_FPS <= out[schema.DURATION_S][0] < 2 * CLIP_FRAMES / CLIP_FPS + 0.2
+    )
+    with av.open(str(uri)) as container:
+        every = np.stack(
+            [f.to_ndarray(format="rgb24")[:, 16:80] for f in container.decode(video=0)]
+        )
+    with av.open(str(uri)) as container:
+        index = _demuxed_frames(container, container.streams.video[0])
+    assert len(every) == len(index.pts) == 2 * CLIP_FRAMES
+    picked = np.searchsorted(index.starts_s, out[schema.FRAME_TIMES_S][0] + 1e-4) - 1
+    assert (np.diff(picked) > 0).all() and (picked >= CLIP_FRAMES).sum() == FRAMES // 2
+    np.testing.assert_array_equal(out[schema.FRAMES][0], every[picked])
+    assert out[schema.FRAMES_DECODED][0] == frames_to_reach(picked, index.keyframes)
 
 
 def test_fast_frames_are_true_frames_and_cheaper(clips: dict[str, str]) -> None:

@@ -59,6 +59,10 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         # frames than its times do.
         raise PyavFallback("decord misnumbers the frames after a hidden pre-roll")
     starts = times[:, 0]
+    if (np.diff(starts) < _SAME_MOMENT_S).any():
+        # Frames of one moment: timestamps that restart partway (recordings joined end to end),
+        # whose parts decord sorts into each other.
+        raise PyavFallback("decord lays the parts of a timeline that restarts over each other")
     duration = float(times[-1, 1])
     keyframes = np.asarray(reader.get_key_indices(), np.int64)
     if not len(keyframes) or keyframes[0] != 0:

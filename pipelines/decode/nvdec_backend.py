@@ -85,6 +85,9 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
             raise
         except Exception as err:
             raise _damaged(path, claimed, err) from None
+        if index.timeline is not None:
+            # The GPU decoder numbers the frames by their own timestamps, which repeat.
+            raise PyavFallback(f"{DECODER_NVDEC} cannot follow timestamps that restart partway")
         width, height = shown_size(stream)
     starts, duration = index.starts_s, index.duration_s
     results, wanted = frames_of_clips(req, starts, duration, index.own_keyframes)

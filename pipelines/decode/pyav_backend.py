@@ -49,9 +49,49 @@ _TIMESTAMP_DISCONTINUITIES = 0x200  # AVFMT_TS_DISCONT: the formats without a se
 # Of those, the ones sought by byte position: MPEG-TS and MPEG-PS (its demuxer resynchronises
 # at the next packet header, and its parser then splits frames right from the next frame on).
 _SEEKABLE_BY_BYTE = ("mpegts", "mpeg")
+# In those formats, a decoding timestamp that steps back, or forward by more than this, starts a
+# new part of the timeline (recordings joined end to end, a broadcast's splice), not a gap:
+# FFmpeg's own threshold for them.
+_TIMELINE_JUMP_S = 10.0
 # Containers may count a frame or two more than the file holds (edit lists, a final frame with
 # no duration); only a larger shortfall means the file lost frames.
 _FRAME_SHORTFALL_SLACK = 0.02
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    """One timeline over a stream whose timestamps restart partway: a file without a seek index
+    made of recordings joined end to end (``cat a.ts b.ts``), or a broadcast recording across a
+    splice. Players show the parts one after the other, and so do the index's timestamps: each
+    part's are moved to start after the last frame before it. Parts are found in decoding order,
+    where a decoding timestamp steps back or jumps forward by more than ``jump``."""
+
+    offsets: np.ndarray  # [p] int64 added to each part's timestamps; the first 0
+    jump: int  # in the stream's time base
+
+    def unwrapped(self, packets: Iterator[Any]) -> Iterator[Any]:
+        """``packets``, read from the stream's start, with their timestamps moved onto the one
+        timeline. Such a file is read on rather than sought: which part a packet is in shows
+        only in the packets before it."""
+        last, part = None, 0
+        for packet in packets:
+            dts = packet.dts
+            if dts is not None:
+                restart = last is not None and _restarts(last, dts, self.jump)
+                if restart and part + 1 < len(self.offsets):
+                    part += 1
+                last = dts
+            offset = int(self.offsets[part])
+            if packet.pts is not None:
+                packet.pts += offset
+            if dts is not None:
+                packet.dts = dts + offset
+            yield packet
+
+
+def _restarts(last_dts: int, dts: int, jump: int) -> bool:
+    """Whether decoding timestamp ``dts`` after ``last_dts`` starts a new part of the timeline."""
+    return dts < last_dts or dts - last_dts > jump
 
 
 @dataclass(frozen=True)
@@ -78,6 +118,9 @@ class _FrameIndex:
     # lose it: MPEG-PS's parser then splits the frames a frame late. None from the container's
     # list (taken only where timestamps seek exactly) and where the demuxer gives no positions.
     positions: np.ndarray | None = None
+    # Where the timestamps restart partway (files without a seek index): ``pts`` are then on
+    # the one timeline players show, and the packets' timestamps are moved onto it to decode.
+    timeline: _Timeline | None = None
 
     @property
     def own_keyframes(self) -> np.ndarray:
@@ -145,16 +188,30 @@ def _usual_step(pts: np.ndarray) -> int:
 def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
     pts, keys, durations, reach, hidden = [], [], [], [], 0
     before, positioned = 0, False  # the latest known position of a packet read so far
+    # Parts of the timeline (_Timeline), in formats without a seek index only.
+    may_restart = bool(container.format.flags & _TIMESTAMP_DISCONTINUITIES)
+    jump = max(1, round(_TIMELINE_JUMP_S / float(stream.time_base)))
+    offsets, last_dts, step, latest = [0], None, 1, None
     for packet in container.demux(stream):
         start = before
         if packet.pos is not None and packet.pos >= 0:
             before, positioned = packet.pos, True
-        stamp = packet.pts if packet.pts is not None else packet.dts
+        dts = packet.dts
+        if may_restart and dts is not None:
+            if last_dts is not None and _restarts(last_dts, dts, jump):
+                # The new part starts a frame after the latest frame shown before it.
+                offsets.append((latest if latest is not None else 0) + step - dts)
+            elif last_dts is not None and dts > last_dts:
+                step = dts - last_dts
+            last_dts = dts
+        stamp = packet.pts if packet.pts is not None else dts
         if stamp is None or packet.size == 0:
             continue
         if packet.is_discard:
             hidden += 1
             continue
+        stamp += offsets[-1]
+        latest = stamp if latest is None else max(latest, stamp)
         pts.append(stamp)
         keys.append(packet.is_keyframe)
         durations.append(packet.duration or 0)
@@ -171,7 +228,10 @@ def _demuxed_frames(container: Any, stream: Any) -> _FrameIndex:
     step = durations[last] or _usual_step(sorted_pts)
     end = int(sorted_pts[-1]) + step
     at = np.asarray(reach, np.int64)[order] if positioned else None
-    return _FrameIndex(sorted_pts, keyframes, stream.time_base, end, hidden, first_is_key, at)
+    timeline = _Timeline(np.asarray(offsets, np.int64), jump) if len(offsets) > 1 else None
+    return _FrameIndex(
+        sorted_pts, keyframes, stream.time_base, end, hidden, first_is_key, at, timeline
+    )
 
 
 def keyframe_packets(container: Any, stream: Any, index: _FrameIndex, key: int) -> Iterator[Any]:
@@ -180,10 +240,15 @@ def keyframe_packets(container: Any, stream: Any, index: _FrameIndex, key: int) 
 
     Raises:
         ValueError: the container cannot seek there: formats without a seek index other than
-            MPEG-TS and MPEG-PS, and files whose demuxer gives no byte positions.
+            MPEG-TS and MPEG-PS, files whose demuxer gives no byte positions, and files whose
+            timestamps restart partway (:class:`_Timeline`).
     """
     if container.format.flags & _TIMESTAMP_DISCONTINUITIES:
-        if container.format.name not in _SEEKABLE_BY_BYTE or index.positions is None:
+        if (
+            container.format.name not in _SEEKABLE_BY_BYTE
+            or index.positions is None
+            or index.timeline is not None  # which part a packet is in shows only reading on
+        ):
             raise ValueError(f"{container.format.name} cannot seek to frame {key}")
         # Timestamps cannot be sought in MPEG-TS or MPEG-PS (FFmpeg guesses a byte offset from
         # the bit rate and lands groups of pictures away), but byte positions can.
@@ -426,6 +491,8 @@ class _Pass:
         stream.codec_context.skip_frame = self.codec.skip_frame
         self.container, self.stream, self.codec = container, stream, stream.codec_context
         self._packets = self.container.demux(self.stream)
+        if self.index.timeline is not None:
+            self._packets = self.index.timeline.unwrapped(self._packets)
         self._start_decoding(self._packets)
 
     def _start_decoding(self, packets: Iterator[Any]) -> None:
