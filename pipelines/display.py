@@ -1,7 +1,8 @@
 """Which stream is the video, and what a decoded frame shows: HDR tone-mapped to the SDR
 BT.709 that CLIP was trained on and browsers show, pixels of their stream's shape (anamorphic
-video's are not square), the picture turned as its stream's display matrix says, one moment of
-an interlaced frame; and SDR frames mastered as HDR (the tests' and benchmark's HDR footage).
+video's are not square), the picture turned and mirrored as its stream's display matrix says,
+one moment of an interlaced frame; and SDR frames mastered as HDR (the tests' and benchmark's
+HDR footage).
 
 swscale's colour management does both colour conversions. Each of its scalers spends about 2.5
 CPU-seconds on its tables when set up, and again for each new frame size, then under a
@@ -91,12 +92,47 @@ def shown_size(stream: Any) -> tuple[int, int]:
     return shown_width(codec.width, pixel_aspect(stream)), codec.height
 
 
-def displayed(pixels: np.ndarray, rotation: float) -> np.ndarray:
-    """``pixels`` ``[H, W, C]`` as shown: turned ``rotation`` degrees counter-clockwise (a
-    frame's ``rotation``, from the display matrix of its stream), to the nearest quarter turn.
-    Mirroring in the matrix (front cameras' selfies) is not applied."""
-    quarter_turns = round(rotation / 90) % 4
-    return np.rot90(pixels, quarter_turns) if quarter_turns else pixels
+Orientation = tuple[bool, bool, bool]
+"""How a frame's pixels ``[H, W]`` are shown: ``(transposed, rows reversed, columns reversed)``,
+transposed first. Turns and mirror images alike: the eight ways a display matrix shows a
+picture, to the nearest quarter turn."""
+
+UPRIGHT: Orientation = (False, False, False)
+
+
+def orientation(frame: av.VideoFrame) -> Orientation:
+    """How ``frame`` is shown, from its display matrix (the stream's: phones record upright video
+    as landscape frames and a quarter turn; front cameras and editors may mirror it too).
+
+    PyAV's ``frame.rotation`` reads the turn alone, and a mirror image as a mirror image turned
+    half a turn: a video mirrored left to right came out upside down.
+    """
+    for data in frame.side_data:
+        if data.type.name == "DISPLAYMATRIX":
+            # FFmpeg's 3x3 matrix maps a pixel (x, y) to (a x + c y, b x + d y).
+            a, b, _, c, d = np.frombuffer(bytes(data), np.int32)[:5].tolist()
+            if abs(a) + abs(d) >= abs(b) + abs(c):
+                return False, d < 0, a < 0
+            return True, b < 0, c < 0
+    return UPRIGHT
+
+
+def is_mirrored(shown: Orientation) -> bool:
+    """Whether ``shown`` makes a mirror image (any turn aside)."""
+    transposed, rows_reversed, columns_reversed = shown
+    return transposed == (rows_reversed == columns_reversed)
+
+
+def displayed(pixels: np.ndarray, shown: Orientation) -> np.ndarray:
+    """``pixels`` ``[H, W, C]`` as ``shown`` (:func:`orientation`)."""
+    transposed, rows_reversed, columns_reversed = shown
+    if transposed:
+        pixels = pixels.swapaxes(0, 1)
+    if rows_reversed:
+        pixels = pixels[::-1]
+    if columns_reversed:
+        pixels = pixels[:, ::-1]
+    return pixels
 
 
 def one_field(frame: av.VideoFrame) -> av.VideoFrame:

@@ -203,16 +203,17 @@ def write_mp4(
     fps: int = 10,
     crf: int = 18,
     rotation: int = 0,
+    mirrored: bool = False,
     pixel_aspect: Fraction = Fraction(1),
     times_ms: Sequence[int] | None = None,
     gop: int | None = None,
 ) -> None:
     """Encode ``video`` ``[T, H, W, 3]`` uint8 RGB as H.264 (libx264, yuv420p) into ``path``,
-    to be shown turned ``rotation`` degrees counter-clockwise (as phones tag upright video) and
-    with pixels ``pixel_aspect`` times as wide as high (anamorphic video). ``times_ms`` (``[T]``,
-    ascending) gives each frame its own start in milliseconds, as phones and screen recorders
-    write variable-frame-rate video; without it frames come at ``fps``. ``gop`` puts a keyframe
-    every ``gop`` frames (x264's default: 250).
+    to be shown turned ``rotation`` degrees counter-clockwise (as phones tag upright video), then
+    ``mirrored`` left to right if asked, and with pixels ``pixel_aspect`` times as wide as high
+    (anamorphic video). ``times_ms`` (``[T]``, ascending) gives each frame its own start in
+    milliseconds, as phones and screen recorders write variable-frame-rate video; without it
+    frames come at ``fps``. ``gop`` puts a keyframe every ``gop`` frames (x264's default: 250).
 
     ``+faststart`` puts the index (moov atom) before the frames, as web videos usually do, so a
     truncated copy still opens and fails on its missing frames. The bytes are reproducible.
@@ -226,8 +227,8 @@ def write_mp4(
         # at these frame sizes, no slower overall.
         keyint = f":keyint={gop}:min-keyint={gop}" if gop else ""
         stream.options = {"preset": "veryfast", "crf": str(crf), "x264-params": f"asm=0{keyint}"}
-        if rotation:
-            stream.set_display_rotation(rotation)
+        if rotation or mirrored:
+            stream.set_display_rotation(rotation, hflip=mirrored)
         if pixel_aspect != 1:
             stream.sample_aspect_ratio = stream.codec_context.sample_aspect_ratio = pixel_aspect
         if times_ms is not None:

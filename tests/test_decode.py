@@ -149,6 +149,34 @@ def test_rotated_videos_are_decoded_as_players_show_them(tmp_path: Path, decoder
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
+def test_mirrored_videos_are_decoded_as_players_show_them(tmp_path: Path, decoder: str) -> None:
+    """A display matrix may mirror the picture after turning it (front cameras, editors' flips).
+    The frames come back turned and mirrored as players show them: the upright video's turned,
+    then reversed left to right. PyAV's rotation alone read a mirror image as one turned half a
+    turn: left to right mirrored, it came out upside down. decord turns frames but does not
+    mirror them: it hands such files to PyAV."""
+    upright = tmp_path / "upright.mp4"
+    synthetic.write_mp4(upright, quadrant_video())
+    uris = [str(upright)]
+    for rotation in RED_SHOWN_AT:
+        uri = tmp_path / f"mirrored-{rotation}.mp4"
+        synthetic.write_mp4(uri, quadrant_video(), rotation=rotation, mirrored=True)
+        uris.append(str(uri))
+
+    with DecodeStage(frames=FRAMES, image_size=32, decoder=decoder) as stage:
+        out = stage(batch(uris))
+    assert list(out[schema.ERROR]) == [""] * len(uris)
+    assert all(label.startswith(DECODER_PYAV) for label in out[schema.DECODER][1:])
+    first = out[schema.FRAMES][0].astype(int)
+    for row, (rotation, (red_row, red_column)) in enumerate(RED_SHOWN_AT.items(), start=1):
+        frames = out[schema.FRAMES][row]
+        assert all(red_quadrant(frame) == (red_row, 1 - red_column) for frame in frames), rotation
+        expected = np.rot90(first, rotation // 90, axes=(1, 2))[:, :, ::-1]
+        difference = np.abs(frames - expected).mean()
+        assert difference <= (0.0 if decoder == DECODER_PYAV else 10.0), (rotation, difference)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
 def test_anamorphic_video_is_decoded_with_square_pixels(tmp_path: Path, decoder: str) -> None:
     """A video of pixels twice as wide as high (anamorphic: DVD and broadcast SD, HDV) is
     decoded as shown, stretched to square pixels: within a few levels of the same picture coded

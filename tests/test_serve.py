@@ -475,18 +475,23 @@ def test_hdr_thumbnails_show_the_sdr_frame(tmp_path: Path, transfer: int) -> Non
     assert np.abs(read_as_sdr - expected).mean() > 10
 
 
-def test_thumbnails_of_turned_videos_are_upright(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_thumbnails_of_turned_videos_are_upright(tmp_path: Path, mirrored: bool) -> None:
     """A video tagged to be shown a quarter turn (an upright phone video) gets a portrait
-    thumbnail, turned as a player shows it."""
+    thumbnail, turned as a player shows it, and mirrored where the display matrix mirrors it
+    (a front camera's)."""
     video = np.full((10, 64, 96, 3), 128, np.uint8)
     video[:, :32, :48] = (230, 20, 20)  # red top-left quarter, coded
     uri = tmp_path / "turned.mp4"
-    write_mp4(uri, video, rotation=-90)  # shown turned clockwise: red at the top right
+    # Shown turned clockwise: red at the top right; mirrored then: at the top left.
+    write_mp4(uri, video, rotation=-90, mirrored=mirrored)
 
     shown = np.asarray(Image.open(io.BytesIO(MediaReader().thumbnail(str(uri), 0.5))))
     assert shown.shape == (96, 64, 3)
     redness = shown[..., 0].astype(int) - shown[..., 1]
-    assert redness[:48, 32:].mean() > 150 and np.abs(redness[48:]).mean() < 20
+    red, grey = (slice(0, 32), slice(32, 64)) if mirrored else (slice(32, 64), slice(0, 32))
+    assert redness[:48, red].mean() > 150 and np.abs(redness[:48, grey]).mean() < 20
+    assert np.abs(redness[48:]).mean() < 20
 
 
 def test_thumbnails_of_anamorphic_videos_have_square_pixels(tmp_path: Path) -> None:

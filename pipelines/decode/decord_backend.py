@@ -19,6 +19,7 @@ from pipelines.decode.sampling import (
     spread_frames,
 )
 from pipelines.decode.source import _damaged, _probe, output_size
+from pipelines.display import is_mirrored
 
 # Containers may count a frame or two more than the decoder can return (edit lists, a final
 # frame with no duration); only a larger shortfall means the file lost frames.
@@ -38,7 +39,9 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
     """
     import decord
 
-    width, height, claimed = _probe(path)
+    width, height, claimed, shown = _probe(path)
+    if is_mirrored(shown):
+        raise PyavFallback("decord turns but does not mirror what the display matrix mirrors")
     size = req.image_size
     out_w, out_h = output_size(width, height, size)
     if out_w in _BAD_WIDTHS:

@@ -36,6 +36,7 @@ from pipelines.display import (
     displayed,
     is_hdr,
     one_field,
+    orientation,
     pixel_aspect,
     shown_width,
     tone_mapped,
@@ -647,7 +648,7 @@ class _Thumbnailer:
         self._scaler, self._converter = VideoReformatter(), VideoReformatter()
 
     def __call__(self, frame: Any) -> np.ndarray:
-        rotation = frame.rotation
+        shown = orientation(frame)  # one_field's frame has no display matrix
         # Of the whole frame, even where one field is scaled: a field is the picture, half as high.
         scaled = output_size(shown_width(frame.width, self.aspect), frame.height, self.size)
         if frame.interlaced_frame:
@@ -663,7 +664,7 @@ class _Thumbnailer:
             pixels = self._centre(rgb.to_ndarray())
         else:
             pixels = self._centre(self._scale(frame, scaled, "rgb24").to_ndarray())
-        return displayed(pixels, rotation)
+        return displayed(pixels, shown)
 
     def _scale(self, frame: Any, size: tuple[int, int], pixel_format: str | None) -> Any:
         """``frame`` at ``size`` (width, height) in ``pixel_format`` (None: its own)."""

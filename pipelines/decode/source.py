@@ -25,7 +25,7 @@ from pipelines.decode.errors import (
     _Failure,
     _short,
 )
-from pipelines.display import shown_size, video_stream
+from pipelines.display import UPRIGHT, Orientation, orientation, shown_size, video_stream
 from pipelines.storage import StorageOptions
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -214,25 +214,26 @@ def _kind(stream: Any) -> str:
     return "cover picture" if stream.type == "video" else stream.type
 
 
-def _probe(path: str) -> tuple[int, int, int]:
-    """``(width, height, claimed frame count or 0)`` of the first video stream, as shown: in
-    square pixels, width and height swapped for a stream shown a quarter turn."""
+def _probe(path: str) -> tuple[int, int, int, Orientation]:
+    """``(width, height, claimed frame count or 0, orientation)`` of the video stream, as shown:
+    in square pixels, width and height swapped for a stream shown a quarter turn."""
     container, stream = _open_video(path)
     with container:
         width, height = shown_size(stream)
-        if _first_frame_rotation(container, stream) % 180:
+        shown = _first_frame_orientation(container, stream)
+        if shown[0]:
             width, height = height, width
-        return width, height, stream.frames
+        return width, height, stream.frames, shown
 
 
-def _first_frame_rotation(container: Any, stream: Any) -> int:
-    """The turn (degrees) the first frame is shown at, to the nearest quarter turn; 0 where no
+def _first_frame_orientation(container: Any, stream: Any) -> Orientation:
+    """How the first frame is shown (:func:`~pipelines.display.orientation`); upright where no
     frame decodes (the decoder proper then says why). Only frames carry the display matrix."""
     try:
         frame = next(container.decode(stream), None)
     except Exception:
-        return 0
-    return 0 if frame is None else round(frame.rotation / 90) * 90
+        return UPRIGHT
+    return UPRIGHT if frame is None else orientation(frame)
 
 
 def output_size(width: int, height: int, size: int) -> tuple[int, int]:

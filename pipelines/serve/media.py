@@ -122,7 +122,11 @@ def _image(frame: av.VideoFrame, aspect: Fraction, max_side: int) -> Image.Image
     """``frame`` as shown: its pixels of ``aspect`` made square, turned as its display matrix
     says, one field of an interlaced frame, SDR; at most ``max_side`` pixels on its longer side
     (never scaled up)."""
-    width, height, rotation = display.shown_width(frame.width, aspect), frame.height, frame.rotation
+    width, height, shown = (
+        display.shown_width(frame.width, aspect),
+        frame.height,
+        display.orientation(frame),
+    )
     scale = min(1.0, max_side / max(width, height))
     width, height = max(1, round(width * scale)), max(1, round(height * scale))
     if frame.interlaced_frame:
@@ -135,7 +139,7 @@ def _image(frame: av.VideoFrame, aspect: Fraction, max_side: int) -> Image.Image
     else:
         small = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
         pixels = small.to_ndarray()
-    return Image.fromarray(display.displayed(pixels, rotation))
+    return Image.fromarray(display.displayed(pixels, shown))
 
 
 def _image_at(file: object, t: float, max_side: int) -> Image.Image:
