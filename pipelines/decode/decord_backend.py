@@ -39,9 +39,12 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
     """
     import decord
 
-    width, height, claimed, shown = _probe(path)
-    if is_mirrored(shown):
+    probed = _probe(path)
+    if probed.container_format == "mpegts":
+        raise PyavFallback("decord returns other frames than those it names in MPEG-TS")
+    if is_mirrored(probed.shown):
         raise PyavFallback("decord turns but does not mirror what the display matrix mirrors")
+    width, height, claimed = probed.width, probed.height, probed.claimed
     size = req.image_size
     out_w, out_h = output_size(width, height, size)
     if out_w in _BAD_WIDTHS:

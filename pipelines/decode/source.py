@@ -9,6 +9,7 @@ import re
 import stat
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pipelines.decode.errors import (
@@ -214,16 +215,25 @@ def _kind(stream: Any) -> str:
     return "cover picture" if stream.type == "video" else stream.type
 
 
-def _probe(path: str) -> tuple[int, int, int, Orientation]:
-    """``(width, height, claimed frame count or 0, orientation)`` of the video stream, as shown:
-    in square pixels, width and height swapped for a stream shown a quarter turn."""
+@dataclass(frozen=True)
+class _Probed:
+    """What opening a file tells of its video stream."""
+
+    width: int  # as shown: in square pixels, swapped for a stream shown a quarter turn
+    height: int
+    claimed: int  # frames the container claims, 0 where it does not say
+    shown: Orientation
+    container_format: str  # FFmpeg's name for it
+
+
+def _probe(path: str) -> _Probed:
     container, stream = _open_video(path)
     with container:
         width, height = shown_size(stream)
         shown = _first_frame_orientation(container, stream)
         if shown[0]:
             width, height = height, width
-        return width, height, stream.frames, shown
+        return _Probed(width, height, stream.frames, shown, container.format.name)
 
 
 def _first_frame_orientation(container: Any, stream: Any) -> Orientation:
