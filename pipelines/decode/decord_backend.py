@@ -18,12 +18,8 @@ from pipelines.decode.sampling import (
     frames_to_reach,
     spread_frames,
 )
-from pipelines.decode.source import _damaged, _probe, output_size
+from pipelines.decode.source import _damaged, _lost_frames, _probe, output_size
 from pipelines.display import is_mirrored
-
-# Containers may count a frame or two more than the decoder can return (edit lists, a final
-# frame with no duration); only a larger shortfall means the file lost frames.
-_FRAME_SHORTFALL_SLACK = 0.02
 
 # decord 0.6 cannot return frames scaled to a few small widths (8, 12, 16, 24, 48 and 72 here):
 # its copy out of the decoder's padded picture fails with this message. One pixel wider works,
@@ -56,7 +52,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
     n = len(reader)
     if n == 0:
         raise _Failure(TRUNCATED, f"decoded 0 of {claimed} frames")
-    if claimed - n > max(1, _FRAME_SHORTFALL_SLACK * claimed):
+    if _lost_frames(claimed, n):
         raise _Failure(TRUNCATED, f"decoded {n} of {claimed} frames")
     times = reader.get_frame_timestamp(np.arange(n))  # [n, 2] start and end of each frame
     if times[0, 0] < -_SAME_MOMENT_S:

@@ -31,7 +31,7 @@ from pipelines.decode.sampling import (
     Target,
     targets_of_clips,
 )
-from pipelines.decode.source import _damaged, _open_video, output_size
+from pipelines.decode.source import _damaged, _lost_frames, _open_video, output_size
 from pipelines.display import (
     displayed,
     is_hdr,
@@ -54,9 +54,6 @@ _SEEKABLE_BY_BYTE = ("mpegts", "mpeg")
 # new part of the timeline (recordings joined end to end, a broadcast's splice), not a gap:
 # FFmpeg's own threshold for them.
 _TIMELINE_JUMP_S = 10.0
-# Containers may count a frame or two more than the file holds (edit lists, a final frame with
-# no duration); only a larger shortfall means the file lost frames.
-_FRAME_SHORTFALL_SLACK = 0.02
 
 
 @dataclass(frozen=True)
@@ -571,7 +568,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         except Exception as err:  # a demuxer error: the file is damaged
             raise _damaged(path, claimed, err) from None
         n = len(index.pts)
-        if claimed - n - index.hidden > max(1, _FRAME_SHORTFALL_SLACK * claimed):
+        if _lost_frames(claimed, n + index.hidden):
             raise _Failure(TRUNCATED, f"decoded {n + index.hidden} of {claimed} frames")
         starts, duration = index.starts_s, index.duration_s
 

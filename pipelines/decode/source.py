@@ -161,6 +161,17 @@ def _count_decodable_frames(path: str) -> int:
     return count
 
 
+# Containers may count a frame or two more than the file holds (edit lists, a final frame with
+# no duration); only a larger shortfall means the file lost frames.
+_FRAME_SHORTFALL_SLACK = 0.02
+
+
+def _lost_frames(claimed: int, found: int) -> bool:
+    """Whether a file holds fewer frames (``found``) than its container claims by more than
+    containers miscount."""
+    return claimed - found > max(1, _FRAME_SHORTFALL_SLACK * claimed)
+
+
 def _damaged(path: str, claimed: int, err: BaseException) -> _Failure:
     """Classify a decoder failure on a file whose container opened: frames lost, or other."""
     decoded = _count_decodable_frames(path)
