@@ -107,7 +107,7 @@ def floor_cost(path: str) -> tuple[float, int]:
         len(index.pts),
         FRAMES,
         sampling="uniform",
-        keyframes=index.keyframes,
+        keyframes=index.own_keyframes,
     )
     wanted = sorted({int(index.pts[t.want]) for t in targets})
     with av.open(path) as container:
