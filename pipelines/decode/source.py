@@ -238,6 +238,8 @@ class _Probed:
 
 
 def _probe(path: str) -> _Probed:
+    """What opening ``path`` tells of its video; its first frame is decoded for the display
+    matrix, which only frames carry."""
     container, stream = _open_video(path)
     with container:
         width, height = shown_size(stream)
