@@ -88,11 +88,11 @@ def stage_cost(stage: Any, batch: dict) -> tuple[float, dict]:
 def floor_cost(path: str) -> tuple[float, int]:
     """``(CPU seconds, frames)`` to decode exactly what uniform sampling of ``path`` needs: from
     the keyframe before each sampled frame, forward, sought as the stage seeks
-    (:func:`~pipelines.decode.pyav_backend.keyframe_packets`: MPEG-TS by byte position; where a
-    seek lands a group of pictures early, its packets are read past). MPEG-PS, which cannot be
-    sought exactly, is read from the start, its packets before each such keyframe read past
-    (:func:`~pipelines.decode.pyav_backend.read_past`), and so are those shown before it (the
-    leading pictures of an open group of pictures)."""
+    (:func:`~pipelines.decode.pyav_backend.keyframe_packets`: MPEG-TS and MPEG-PS by byte
+    position; where a seek lands a group of pictures early, its packets are read past). Files
+    that cannot be sought (Ogg, timestamps that restart) are read from the start, their packets
+    before each such keyframe read past (:func:`~pipelines.decode.pyav_backend.read_past`), and
+    so are those shown before it (the leading pictures of an open group of pictures)."""
     import av
 
     from pipelines.decode.pyav_backend import _index_frames, keyframe_packets, read_past

@@ -33,16 +33,15 @@ _PRIMARIES_DEFINED = (1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 22)
 _SCALERS: dict[tuple[Any, ...], Any] = {}  # av.video.reformatter.VideoReformatter
 
 
-# AV_DISPOSITION_ATTACHED_PIC: a stream of one picture, cover art, rather than video.
-_ATTACHED_PICTURE = 0x400
-
-
 def video_stream(container: Any) -> Any | None:
     """``container``'s first video stream that is video, or None: cover art attached to music,
-    podcast and some video files is a one-picture video stream, which players show as a still
-    picture, not as the video."""
+    podcast and some video files is a one-picture video stream (an attached picture), which
+    players show as a still picture, not as the video."""
+    from av.stream import Disposition
+
     return next(
-        (s for s in container.streams.video if not int(s.disposition) & _ATTACHED_PICTURE), None
+        (s for s in container.streams.video if not s.disposition & Disposition.attached_pic),
+        None,
     )
 
 

@@ -280,7 +280,9 @@ def read_past(packets: Iterator[Any], key_pts: int) -> Iterator[Any]:
 
     The packets before the keyframe are read and dropped, not decoded: demuxing a group of
     pictures costs a small part of decoding it, so this is how a pass skips what holds no target
-    where it cannot seek there (MPEG-PS), or where a seek lands early (:func:`packets_from`).
+    where it cannot seek there (Ogg, timestamps that restart: :meth:`_Pass._read_forward`), where
+    a seek lands early (:func:`packets_from`), and past what a byte seek lands on before the
+    keyframe (:func:`keyframe_packets`).
     Dropping stops at a packet that decodes at or after the keyframe's time, should the
     keyframe's own packet never come. The packets after the keyframe that are shown before it
     are dropped too: the leading pictures of an open group of pictures (DVD MPEG-2), which
