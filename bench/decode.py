@@ -88,18 +88,18 @@ def stage_cost(stage: Any, batch: dict) -> tuple[float, dict]:
 def floor_cost(path: str) -> tuple[float, int]:
     """``(CPU seconds, frames)`` to decode exactly what uniform sampling of ``path`` needs: from
     the keyframe before each sampled frame, forward, sought as the stage seeks
-    (:func:`~pipelines.decode.pyav_backend.keyframe_packets`: MPEG-TS and MPEG-PS by byte
+    (:func:`~pipelines.decode.frame_index.keyframe_packets`: MPEG-TS and MPEG-PS by byte
     position; where a seek lands a group of pictures early, its packets are read past). Files
     that cannot be sought (Ogg, timestamps that restart) are read from the start, their packets
-    before each such keyframe read past (:func:`~pipelines.decode.pyav_backend.read_past`), and
+    before each such keyframe read past (:func:`~pipelines.decode.frame_index.read_past`), and
     so are those shown before it (the leading pictures of an open group of pictures)."""
     import av
 
-    from pipelines.decode.pyav_backend import _index_frames, keyframe_packets, read_past
+    from pipelines.decode.frame_index import index_frames, keyframe_packets, read_past
     from pipelines.decode.sampling import choose_targets
 
     with av.open(path) as container:
-        index = _index_frames(container, container.streams.video[0])
+        index = index_frames(container, container.streams.video[0])
     targets = choose_targets(
         index.starts_s,
         index.duration_s,
@@ -154,11 +154,11 @@ def floor_cost(path: str) -> tuple[float, int]:
 
 def index_cost(path: str) -> dict[str, Any]:
     """CPU seconds to index ``path`` as the stage does (from the container's list of frames
-    where ``pyav_backend._listed_frames`` takes it, else by demuxing) and by demuxing the whole
+    where ``frame_index.listed_frames`` takes it, else by demuxing) and by demuxing the whole
     file, and whether the list was taken."""
     import av
 
-    from pipelines.decode.pyav_backend import _demuxed_frames, _listed_frames
+    from pipelines.decode.frame_index import demuxed_frames, listed_frames
 
     def timed(index: Any) -> tuple[float, Any]:
         with av.open(path) as container:
@@ -167,8 +167,8 @@ def index_cost(path: str) -> dict[str, Any]:
             found = index(container, stream)
             return time.process_time() - began, found
 
-    listed_s, listed = timed(_listed_frames)
-    demuxed_s, _ = timed(_demuxed_frames)
+    listed_s, listed = timed(listed_frames)
+    demuxed_s, _ = timed(demuxed_frames)
     return {
         "listed": listed is not None,
         "core_s": listed_s + (0.0 if listed is not None else demuxed_s),
@@ -321,7 +321,7 @@ def measure_scaling(paths: list[str], repeats: int) -> list[dict[str, Any]]:
     """Ways from a decoded frame to the ``SIZE`` px thumbnail, on ``FRAMES`` frames spread over
     each video: scaling straight into RGB (swscale's bilinear, the first decode stage's),
     scaling bilinearly in the frame's own YUV format and converting only the small result (the
-    next one's), and ``pyav_backend._Thumbnailer`` (today's: area averaging; frames of more than
+    next one's), and ``thumbnails.Thumbnailer`` (today's: area averaging; frames of more than
     8 bits scaled into 8-bit planar RGB). CPU seconds per frame of each, and each one's mean
     distance (levels) from what CLIP's own preprocessing sees: the full-size RGB frame
     (converted at 16 bits) resized by PIL's bicubic filter."""
@@ -333,11 +333,12 @@ def _scaling_of(path: str, repeats: int) -> dict[str, Any]:
     from av.video.reformatter import VideoReformatter
     from PIL import Image
 
-    from pipelines.decode.pyav_backend import _index_frames, _Thumbnailer
+    from pipelines.decode.frame_index import index_frames
     from pipelines.decode.source import output_size
+    from pipelines.decode.thumbnails import Thumbnailer
 
     with av.open(path) as container:
-        count = len(_index_frames(container, container.streams.video[0]).pts)
+        count = len(index_frames(container, container.streams.video[0]).pts)
     picked = {int((i + 0.5) * count / FRAMES) for i in range(FRAMES)}
     with av.open(path) as container:
         frames = [f for i, f in enumerate(container.decode(video=0)) if i in picked]
@@ -367,7 +368,7 @@ def _scaling_of(path: str, repeats: int) -> dict[str, Any]:
     variants = {
         "rgb": direct,
         "own_format_bilinear": own_format_bilinear,
-        "thumbnailer": _Thumbnailer(SIZE, threads=1),
+        "thumbnailer": Thumbnailer(SIZE, threads=1),
     }
     best: dict[str, float] = {}
     for _ in range(repeats):

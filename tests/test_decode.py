@@ -36,8 +36,9 @@ from pipelines.decode import (
     error_category,
     sample_frames,
 )
-from pipelines.decode.pyav_backend import _demuxed_frames, _listed_frames, _Thumbnailer
+from pipelines.decode.frame_index import demuxed_frames, listed_frames
 from pipelines.decode.sampling import choose_targets, frames_to_reach
+from pipelines.decode.thumbnails import Thumbnailer
 from pipelines.manifest import read_manifest
 
 FRAMES = 6
@@ -709,7 +710,7 @@ def test_a_cut_video_hides_its_pre_roll_from_the_index(cut_video: str) -> None:
     with av.open(cut_video) as container:
         stream = container.streams.video[0]
         claimed = stream.frames
-        index = _demuxed_frames(container, stream)
+        index = demuxed_frames(container, stream)
     assert claimed == CLIP_FRAMES - CUT_FRAME + CUT_FRAME % CUT_GOP
     assert (len(index.pts), index.hidden) == (CLIP_FRAMES - CUT_FRAME, CUT_FRAME % CUT_GOP)
     assert index.pts[0] == 0 and not index.first_is_key
@@ -777,7 +778,7 @@ def test_seeks_in_variable_rate_and_cut_videos_start_at_the_keyframe(
     took 63 and 56 frames for uniform's 27 and 28, 20 and 13 for keyframe's 5 and 3."""
     path = request.getfixturevalue(video)
     with av.open(path) as container:
-        index = _demuxed_frames(container, container.streams.video[0])
+        index = demuxed_frames(container, container.streams.video[0])
     with DecodeStage(frames=FRAMES, image_size=32, sampling=sampling) as stage:
         out = stage(batch([path]))
     assert out[schema.ERROR].tolist() == [""]
@@ -791,7 +792,7 @@ def test_a_keyframe_target_is_decoded_once(clips: dict[str, str]) -> None:
     keyframe to that target instead of seeking back and decoding the keyframe again."""
     uri = clips["x264-short-gop.mp4"]
     with av.open(uri) as container:
-        index = _demuxed_frames(container, container.streams.video[0])
+        index = demuxed_frames(container, container.streams.video[0])
     with DecodeStage(frames=16, image_size=32) as stage:
         out = stage(batch([uri]))
     picked = np.round(out[schema.FRAME_TIMES_S][0] * CLIP_FPS).astype(int)
@@ -805,8 +806,8 @@ def test_exact_sampling_gives_decords_frames(
 ) -> None:
     """PyAV's frames are decord's: the same frames (timestamps), bit-identical when no scaling
     is needed (64 px of a 96x64 clip). Scaled, they differ by the way each scales: decord into
-    RGB, PyAV in YUV with chroma at half the output's resolution (cheaper, pyav_backend's
-    _Thumbnailer), which these tiny frames of saturated colour texture show most: about 4 levels
+    RGB, PyAV in YUV with chroma at half the output's resolution (cheaper, thumbnails.py's
+    Thumbnailer), which these tiny frames of saturated colour texture show most: about 4 levels
     on average here, 1.1 to 1.9 at 224 px of the benchmark's 8-bit MP4 files (README). In
     MPEG-TS decord returns other frames than those it names: it hands such files to PyAV."""
     uris = list(clips.values())
@@ -893,16 +894,16 @@ def test_intra_only_files_are_indexed_from_their_containers_list(
     with CountingReader(intact) as file, av.open(file) as container:
         stream = container.streams.video[0]
         opened = file.bytes_read
-        listed = _listed_frames(container, stream)
+        listed = listed_frames(container, stream)
         assert listed is not None and file.bytes_read == opened
-        demuxed = _demuxed_frames(container, stream)
+        demuxed = demuxed_frames(container, stream)
         assert file.bytes_read > opened
     np.testing.assert_array_equal(listed.pts, demuxed.pts)
     np.testing.assert_array_equal(listed.keyframes, demuxed.keyframes)
     assert (listed.time_base, listed.end_pts) == (demuxed.time_base, demuxed.end_pts)
     for unlisted in (cut, Path(clips["x264-no-bframes.mp4"])):
         with av.open(str(unlisted)) as container:
-            assert _listed_frames(container, container.streams.video[0]) is None
+            assert listed_frames(container, container.streams.video[0]) is None
 
     with DecodeStage(frames=FRAMES, image_size=32) as stage:
         out = stage(batch([str(intact), str(cut)]))
@@ -994,7 +995,7 @@ def test_files_without_a_seek_index(
             [f.to_ndarray(format="rgb24")[:, 16:80] for f in container.decode(video=0)]
         )
     with av.open(uri) as container:
-        index = _demuxed_frames(container, container.streams.video[0])
+        index = demuxed_frames(container, container.streams.video[0])
     indices = np.round(out[schema.FRAME_TIMES_S][0] * CLIP_FPS).astype(int)
     assert indices.tolist() == [int((i + 0.5) * CLIP_FRAMES / FRAMES) for i in range(FRAMES)]
     np.testing.assert_array_equal(out[schema.FRAMES][0], every[indices])
@@ -1036,7 +1037,7 @@ def test_recordings_joined_end_to_end_are_one_timeline(
             [f.to_ndarray(format="rgb24")[:, 16:80] for f in container.decode(video=0)]
         )
     with av.open(str(uri)) as container:
-        index = _demuxed_frames(container, container.streams.video[0])
+        index = demuxed_frames(container, container.streams.video[0])
     assert len(every) == len(index.pts) == 2 * CLIP_FRAMES
     picked = np.searchsorted(index.starts_s, out[schema.FRAME_TIMES_S][0] + 1e-4) - 1
     assert (np.diff(picked) > 0).all() and (picked >= CLIP_FRAMES).sum() == FRAMES // 2
@@ -1058,7 +1059,7 @@ def test_fast_frames_are_true_frames_and_cheaper(clips: dict[str, str]) -> None:
     assert decoded[SAMPLING_KEYFRAME] < decoded[SAMPLING_FAST] < decoded[SAMPLING_UNIFORM]
 
     indices = np.round(fast[schema.FRAME_TIMES_S][0] * CLIP_FPS).astype(int)
-    thumbnail = _Thumbnailer(32, threads=1)  # as the stage scales and crops
+    thumbnail = Thumbnailer(32, threads=1)  # as the stage scales and crops
     with av.open(uri) as container:
         every = [thumbnail(f) for f in container.decode(video=0)]
     difference = np.abs(fast[schema.FRAMES][0].astype(int) - np.stack(every)[indices])

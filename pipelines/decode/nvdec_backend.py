@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.decode.errors import PyavFallback, _Failure, _short
+from pipelines.decode.frame_index import index_frames
 from pipelines.decode.protocol import _ClipResult, _Request
-from pipelines.decode.pyav_backend import _index_frames
 from pipelines.decode.sampling import frames_of_clips, spread_frames
 from pipelines.decode.source import _damaged, _open_video, output_size
 from pipelines.display import shown_size
@@ -80,7 +80,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
     with container:
         claimed = stream.frames
         try:
-            index = _index_frames(container, stream)
+            index = index_frames(container, stream)
         except _Failure:
             raise
         except Exception as err:
