@@ -178,13 +178,17 @@ def test_mirrored_videos_are_decoded_as_players_show_them(tmp_path: Path, decode
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
-def test_anamorphic_video_is_decoded_with_square_pixels(tmp_path: Path, decoder: str) -> None:
+@pytest.mark.parametrize("suffix", [".mp4", ".ts"])
+def test_anamorphic_video_is_decoded_with_square_pixels(
+    tmp_path: Path, decoder: str, suffix: str
+) -> None:
     """A video of pixels twice as wide as high (anamorphic: DVD and broadcast SD, HDV) is
     decoded as shown, stretched to square pixels: within a few levels of the same picture coded
     with square pixels (it has half the detail across), where the squeezed picture is tens of
-    levels away."""
+    levels away. MP4 states the pixel aspect in its own header, MPEG-TS only in H.264's: the
+    file is opened without decoding a frame, so that is read once one is."""
     video = quadrant_video()
-    square, anamorphic = tmp_path / "square.mp4", tmp_path / "anamorphic.mp4"
+    square, anamorphic = tmp_path / "square.mp4", tmp_path / f"anamorphic{suffix}"
     synthetic.write_mp4(square, video)
     synthetic.write_mp4(
         anamorphic, np.ascontiguousarray(video[:, :, ::2]), pixel_aspect=Fraction(2)

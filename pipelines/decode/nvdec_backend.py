@@ -76,7 +76,8 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         _Failure: the file is damaged (as the PyAV backend says it).
         PyavFallback: PyAV reads the file but the GPU decoder cannot decode it.
     """
-    container, stream = _open_video(path)
+    # The GPU decodes the frames: the probe decodes the first with PyAV for the pixel aspect.
+    container, stream = _open_video(path, codec_parameters=True)
     with container:
         claimed = stream.frames
         try:

