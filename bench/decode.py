@@ -19,9 +19,11 @@ RGB; bilinearly in YUV, converting the small frame; today's, area-averaging, fra
 8 bits scaled into planar RGB), their cost and their distance from CLIP's own PIL
 preprocessing, on every SDR profile; the long video's 60 clips decoded in one pass against one
 full decode pass of the file; what indexing each file costs, as the stage does it and by
-demuxing it whole; what is left of the stage's cost over its floor once the index and the
-thumbnails of its frames (at today's cost per frame) are counted with the floor; which codecs and
-containers each library reads; and the broken-file cases of the tests under each library.
+demuxing it whole; what opening it costs, as the stage does it (a probe that decodes nothing)
+and with the probe decoding as FFmpeg's does by default; what is left of the stage's cost over
+its floor once the index and the thumbnails of its frames (at today's cost per frame) are
+counted with the floor; which codecs and containers each library reads; and the broken-file
+cases of the tests under each library.
 
 Headline figures (top level of ``bench/results/decode.json``): ``uniform_over_floor`` (worst
 profile), ``fast_speedup`` and ``keyframe_speedup`` (uniform core-s over the policy's, worst
@@ -176,6 +178,21 @@ def index_cost(path: str) -> dict[str, Any]:
     }
 
 
+def open_cost(path: str) -> dict[str, float]:
+    """CPU seconds to open ``path`` and close it as the stage does (a 32-byte probe that decodes
+    nothing), and with that probe left to decode what the headers leave out, as FFmpeg does by
+    default (the first frame of H.264 or VP9): the difference is what the stage saves a file."""
+    from pipelines.decode.source import _open_video
+
+    def timed(codec_parameters: bool) -> float:
+        began = time.process_time()
+        container, _ = _open_video(path, codec_parameters=codec_parameters)
+        container.close()
+        return time.process_time() - began
+
+    return {"core_s": timed(False), "probe_decoding_core_s": timed(True)}
+
+
 def full_pass_cost(path: str) -> tuple[float, int]:
     """``(CPU seconds, frames)`` of decoding every frame of ``path`` once, one thread."""
     import av
@@ -201,7 +218,9 @@ def measure_profiles(corpus: dict[str, dict], repeats: int) -> dict[str, dict]:
         for policy in POLICIES
         for library in LIBRARIES
     }
-    results: dict[str, dict] = {name: {"floor": {}, "stage": {}, "index": {}} for name in names}
+    results: dict[str, dict] = {
+        name: {"floor": {}, "stage": {}, "index": {}, "open": {}} for name in names
+    }
     try:
         for stage in stages.values():  # warm up: imports, first-call costs
             stage(_batch([corpus[names[0]]["path"]]))
@@ -216,6 +235,9 @@ def measure_profiles(corpus: dict[str, dict], repeats: int) -> dict[str, dict]:
                 index["listed"] = cost.pop("listed")
                 for label, seconds in cost.items():
                     index[label] = min(index.get(label, math.inf), seconds)
+                opened = results[name]["open"]
+                for label, seconds in open_cost(path).items():
+                    opened[label] = min(opened.get(label, math.inf), seconds)
                 for (policy, library), stage in stages.items():
                     seconds, out = stage_cost(stage, _batch([path]))
                     key = f"{policy}/{library}"
@@ -556,6 +578,21 @@ def main() -> None:
         ],
         ["profile", "stage's index", "index ms", "demuxed ms", "demuxed / floor"],
         title=f"indexing a file (which frames, which keyframes), best of {args.repeats}",
+    )
+    print_table(
+        [
+            [
+                name,
+                f"{result['open']['core_s'] * 1000:.2f}",
+                f"{result['open']['probe_decoding_core_s'] * 1000:.2f}",
+                f"{saved * 1000:.2f}",
+                f"{saved / result['floor']['core_s']:.3f}",
+            ]
+            for name, result in results.items()
+            for saved in [result["open"]["probe_decoding_core_s"] - result["open"]["core_s"]]
+        ],
+        ["profile", "open ms", "probe decoding ms", "saved ms", "saved / floor"],
+        title=f"opening a file (and closing it), best of {args.repeats}",
     )
     print_table(
         fixed_costs,
