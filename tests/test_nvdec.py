@@ -89,6 +89,28 @@ def test_a_file_the_gpu_decoder_fails_on_is_decoded_on_the_cpu(uris: list[str]) 
     assert fallback.frames_decoded == cpu.frames_decoded
 
 
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_turned_or_mirrored_video_is_decoded_on_the_cpu(tmp_path: Path, mirrored: bool) -> None:
+    """Upright phone video (landscape frames and a quarter turn) and mirrored video are handed to
+    PyAV before the GPU is asked: how torchcodec's versions turn frames is unchecked on a GPU.
+    The row's frames are PyAV's, turned as players show them, and its ``decoder`` says why."""
+    uri = tmp_path / "turned.mp4"
+    video = np.zeros((8, 48, 64, 3), np.uint8)
+    video[:, :24, :32] = 255  # not symmetric: frames turned another way would differ
+    synthetic.write_mp4(uri, video, rotation=90, mirrored=mirrored)
+    results, outs = {}, {}
+    for decoder in (DECODER_NVDEC, DECODER_PYAV):
+        req = _Request(uri=str(uri), clips=(_Clip(),), frames=FRAMES, image_size=SIZE,
+                       sampling="uniform", threads=1, storage=StorageOptions(),
+                       decoder=decoder)  # fmt: skip
+        outs[decoder] = np.zeros((1, FRAMES, SIZE, SIZE, 3), np.uint8)
+        results[decoder] = _decode_request(req, outs[decoder])
+    reason = f"{DECODER_NVDEC} is unchecked on turned or mirrored video"
+    assert results[DECODER_NVDEC].decoder == f"{DECODER_PYAV} ({reason})"
+    assert [c.error for c in results[DECODER_NVDEC].clips] == [""]
+    np.testing.assert_array_equal(outs[DECODER_NVDEC], outs[DECODER_PYAV])
+
+
 def test_a_damaged_file_fails_as_on_the_cpu_before_the_gpu_is_asked(uris: list[str]) -> None:
     """A damaged file is found while its frames are indexed (PyAV, on the CPU): the GPU decoder
     never sees it and the row's error is the CPU decoders'."""

@@ -15,8 +15,9 @@ Fallback to CPU decoding, with the reason recorded in the row's ``decoder`` colu
 - for the whole stage, when torchcodec (or the FFmpeg shared libraries it loads) is missing or
   no CUDA device is visible (:func:`unavailable_reason`, checked when the stage starts);
 - for one file, when the GPU decoder fails on a file PyAV could index (a codec or profile NVDEC
-  does not support): :class:`~pipelines.decode.errors.PyavFallback` makes the decoder process
-  decode it with PyAV.
+  does not support), when its timestamps restart partway, and when it is shown turned or
+  mirrored (how torchcodec's versions turn frames is unchecked on a GPU):
+  :class:`~pipelines.decode.errors.PyavFallback` makes the decoder process decode it with PyAV.
 
 The decoding runs in the stage's decoder process like every backend, so timeouts and crash
 isolation are the CPU decoders'.
@@ -33,8 +34,8 @@ from pipelines.decode.errors import PyavFallback, _Failure, _short
 from pipelines.decode.frame_index import index_frames
 from pipelines.decode.protocol import _ClipResult, _Request
 from pipelines.decode.sampling import frames_of_clips, spread_frames
-from pipelines.decode.source import _damaged, _open_video, output_size
-from pipelines.display import shown_size
+from pipelines.decode.source import _damaged, _open_video, _probe, output_size
+from pipelines.display import UPRIGHT
 
 DECODER_NVDEC = "nvdec"
 
@@ -76,8 +77,7 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         _Failure: the file is damaged (as the PyAV backend says it).
         PyavFallback: PyAV reads the file but the GPU decoder cannot decode it.
     """
-    # The GPU decodes the frames: the probe decodes the first with PyAV for the pixel aspect.
-    container, stream = _open_video(path, codec_parameters=True)
+    container, stream = _open_video(path)
     with container:
         claimed = stream.frames
         try:
@@ -89,7 +89,12 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         if index.timeline is not None:
             # The GPU decoder numbers the frames by their own timestamps, which repeat.
             raise PyavFallback(f"{DECODER_NVDEC} cannot follow timestamps that restart partway")
-        width, height = shown_size(stream)
+    probed = _probe(path)  # its first frame decoded by PyAV: how it is shown, its pixel aspect
+    if probed.shown != UPRIGHT:
+        # torchcodec turns frames itself since 0.11, by the nearest quarter turn and without
+        # mirroring; which of its versions does what is unchecked on a GPU.
+        raise PyavFallback(f"{DECODER_NVDEC} is unchecked on turned or mirrored video")
+    width, height = probed.width, probed.height
     starts, duration = index.starts_s, index.duration_s
     results, wanted = frames_of_clips(req, starts, duration, index.own_keyframes)
     every = np.concatenate(wanted)

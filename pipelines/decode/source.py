@@ -193,20 +193,18 @@ _QUICK_PROBE = {"probesize": "32"}
 _PROBE_DECODES_NOTHING = ({"codec_whitelist": "none"},) * 64
 
 
-def _open_video(path: str, *, codec_parameters: bool = False) -> tuple[Any, Any]:
+def _open_video(path: str) -> tuple[Any, Any]:
     """``(container, video stream)`` of ``path`` (:func:`~pipelines.display.video_stream`); the
     caller closes the container.
 
     The stream's codec context states only what the headers say until a frame of it is decoded:
     not the pixel format, nor the pixel aspect of H.264 outside MP4
-    (:func:`~pipelines.display.pixel_aspect`). ``codec_parameters`` has the probe decode the
-    first frame for them, as FFmpeg does by default, for a caller that decodes no frame with
-    PyAV.
+    (:func:`~pipelines.display.pixel_aspect`).
     """
     import av
 
     try:
-        container = _quick_open(path, decode=codec_parameters)
+        container = _quick_open(path)
     except Exception:  # classified by the full probe below
         pass
     else:
@@ -234,23 +232,22 @@ def _open_video(path: str, *, codec_parameters: bool = False) -> tuple[Any, Any]
     return container, stream
 
 
-def _quick_open(path: str, *, decode: bool) -> Any:
-    """``path`` opened with the quick probe, which decodes a frame only if ``decode``."""
+def _quick_open(path: str) -> Any:
+    """``path`` opened with the quick probe, which decodes nothing."""
     import av
 
-    if not decode:
-        try:
-            return av.open(
-                path,
-                metadata_errors="ignore",
-                options=_QUICK_PROBE,
-                stream_options=list(_PROBE_DECODES_NOTHING),
-            )
-        except ValueError as err:
-            if isinstance(err, av.FFmpegError):
-                raise
-            # PyAV's refusal: the format declares its streams only in its packets (MPEG-PS),
-            # after the probe has begun, so no options reach their decoders.
+    try:
+        return av.open(
+            path,
+            metadata_errors="ignore",
+            options=_QUICK_PROBE,
+            stream_options=list(_PROBE_DECODES_NOTHING),
+        )
+    except ValueError as err:
+        if isinstance(err, av.FFmpegError):
+            raise
+        # PyAV's refusal: the format declares its streams only in its packets (MPEG-PS), after
+        # the probe has begun, so no options reach their decoders.
     return av.open(path, metadata_errors="ignore", options=_QUICK_PROBE)
 
 
