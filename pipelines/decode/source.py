@@ -186,11 +186,11 @@ def _damaged(path: str, claimed: int, err: BaseException) -> _Failure:
 # video stream found, no picture size) are opened again with the default probe.
 _QUICK_PROBE = {"probesize": "32"}
 # Even reading one packet, FFmpeg's probe decodes it where the headers leave out the pixel format
-# (H.264, VP9): a keyframe decoded twice, 1 to 4 ms at 480p to 720p (more than the rest of
-# opening). No decoder is on the list of those the probe may open (FFmpeg's ``codec_whitelist``);
-# the first frame the pass decodes sets what it would have learnt. One entry per stream (files
-# hold a few; any past these are probed as FFmpeg does by default).
-_PROBE_DECODES_NOTHING = ({"codec_whitelist": "none"},) * 64
+# (H.264, VP9): a keyframe decoded twice, 1 to 6 ms at 480p to 1080p (more than the rest of
+# opening). No decoder is on the list of those the probe may open (the format's
+# ``codec_whitelist``, which FFmpeg hands to the probe's decoders); the first frame the pass
+# decodes sets what they would have learnt.
+_OPEN_OPTIONS = {**_QUICK_PROBE, "codec_whitelist": "none"}
 
 
 def _open_video(path: str) -> tuple[Any, Any]:
@@ -204,7 +204,7 @@ def _open_video(path: str) -> tuple[Any, Any]:
     import av
 
     try:
-        container = _quick_open(path)
+        container = av.open(path, metadata_errors="ignore", options=_OPEN_OPTIONS)
     except Exception:  # classified by the full probe below
         pass
     else:
@@ -230,25 +230,6 @@ def _open_video(path: str) -> tuple[Any, Any]:
         container.close()
         raise _Failure(NOT_A_VIDEO, f"video stream has no picture size ({width}x{height})")
     return container, stream
-
-
-def _quick_open(path: str) -> Any:
-    """``path`` opened with the quick probe, which decodes nothing."""
-    import av
-
-    try:
-        return av.open(
-            path,
-            metadata_errors="ignore",
-            options=_QUICK_PROBE,
-            stream_options=list(_PROBE_DECODES_NOTHING),
-        )
-    except ValueError as err:
-        if isinstance(err, av.FFmpegError):
-            raise
-        # PyAV's refusal: the format declares its streams only in its packets (MPEG-PS), after
-        # the probe has begun, so no options reach their decoders.
-    return av.open(path, metadata_errors="ignore", options=_QUICK_PROBE)
 
 
 def _kind(stream: Any) -> str:
