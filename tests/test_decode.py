@@ -124,6 +124,26 @@ RED_SHOWN_AT = {0: (0, 0), 90: (1, 0), -90: (0, 1), 180: (1, 1)}
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
+def test_a_raw_stream_without_timestamps_is_an_error_row(tmp_path: Path, decoder: str) -> None:
+    """A raw H.264 stream (``.h264``: no container) times none of its frames, so none can be
+    placed in its chunk: a ``decode failed`` row under every decoder, PyAV's saying why and how
+    to mend it, where it said ``truncated`` before."""
+    uri = tmp_path / "raw.h264"
+    with av.open(str(uri), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for pixels in quadrant_video():
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+
+    with DecodeStage(frames=FRAMES, image_size=32, decoder=decoder) as stage:
+        error = stage(batch([str(uri)]))[schema.ERROR][0]
+    assert error_category(error) == DECODE_FAILED, error
+    if decoder != DECODER_DECORD:
+        assert "has a timestamp" in error and "ffmpeg -framerate" in error, error
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
 def test_rotated_videos_are_decoded_as_players_show_them(tmp_path: Path, decoder: str) -> None:
     """A video tagged to be shown turned (phones record upright video as landscape frames and a
     quarter turn) is decoded turned, as a player shows it: PyAV's frames are exactly the upright

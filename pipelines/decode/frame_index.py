@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.decode.errors import TRUNCATED, _Failure
+from pipelines.decode.errors import DECODE_FAILED, TRUNCATED, _Failure
 
 _TIMESTAMP_DISCONTINUITIES = 0x200  # AVFMT_TS_DISCONT: the formats without a seek index
 # Of those, the ones sought by byte position: MPEG-TS and MPEG-PS (its demuxer resynchronises
@@ -164,6 +164,7 @@ def demuxed_frames(container: Any, stream: Any) -> FrameIndex:
     may_restart = bool(container.format.flags & _TIMESTAMP_DISCONTINUITIES)
     jump = max(1, round(_TIMELINE_JUMP_S / float(stream.time_base)))
     offsets, last_dts, step, latest = [0], None, 1, None
+    unstamped = 0  # packets with data and no timestamp
     for packet in container.demux(stream):
         start = before
         if packet.pos is not None and packet.pos >= 0:
@@ -178,6 +179,7 @@ def demuxed_frames(container: Any, stream: Any) -> FrameIndex:
             last_dts = dts
         stamp = packet.pts if packet.pts is not None else dts
         if stamp is None or packet.size == 0:
+            unstamped += stamp is None and packet.size > 0
             continue
         if packet.is_discard:
             hidden += 1
@@ -188,6 +190,14 @@ def demuxed_frames(container: Any, stream: Any) -> FrameIndex:
         keys.append(packet.is_keyframe)
         durations.append(packet.duration or 0)
         reach.append(start)
+    if not pts and unstamped:
+        # A raw H.264 or HEVC stream (.h264, .264: no container) times nothing; FFmpeg guesses
+        # 25 fps for it, which would sample the wrong moments of most such videos.
+        detail = (
+            f"none of its {unstamped} frames has a timestamp (a raw stream without a container):"
+            " put it in one at its frame rate, e.g. ffmpeg -framerate 30 -i in.h264 -c copy out.mp4"
+        )
+        raise _Failure(DECODE_FAILED, detail)
     if not pts:
         raise _Failure(TRUNCATED, f"decoded 0 of {stream.frames} frames")
     order = np.argsort(np.asarray(pts, np.int64), kind="stable")
