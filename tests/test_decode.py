@@ -129,12 +129,7 @@ def test_a_raw_stream_without_timestamps_is_an_error_row(tmp_path: Path, decoder
     placed in its chunk: a ``decode failed`` row under every decoder, PyAV's saying why and how
     to mend it, where it said ``truncated`` before."""
     uri = tmp_path / "raw.h264"
-    with av.open(str(uri), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        for pixels in quadrant_video():
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        container.mux(stream.encode())
+    synthetic.write_mp4(uri, quadrant_video())  # H.264, in the format its suffix names
 
     with DecodeStage(frames=FRAMES, image_size=32, decoder=decoder) as stage:
         error = stage(batch([str(uri)]))[schema.ERROR][0]
