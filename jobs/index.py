@@ -84,7 +84,8 @@ def add_decode_arguments(parser: argparse.ArgumentParser, *, decoder: bool = Tru
             choices=DECODERS,
             default=DEFAULT_DECODER,
             help="decoding library (the same frames, scalers aside; nvdec decodes on the GPU "
-            "and falls back to pyav where it cannot; default: %(default)s)",
+            "through torchcodec, torchcodec on the CPU; both fall back to pyav where they "
+            "cannot; default: %(default)s)",
         )
 
 

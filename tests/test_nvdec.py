@@ -7,6 +7,9 @@ Either way the rows, frames and errors are PyAV's. ``tests/test_gpu.py`` holds t
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -15,9 +18,18 @@ import pytest
 import torch
 
 from pipelines import schema, synthetic
-from pipelines.decode import DECODER_NVDEC, DECODER_PYAV, DecodeStage, error_category
+from pipelines.decode import (
+    DECODER_NVDEC,
+    DECODER_PYAV,
+    DECODER_TORCHCODEC,
+    DecodeStage,
+    error_category,
+)
 from pipelines.decode.child import _decode_request
-from pipelines.decode.nvdec_backend import scale_and_crop, unavailable_reason
+from pipelines.decode.environment import decoder_environment, pyav_ffmpeg_folder
+from pipelines.decode.errors import PyavFallback
+from pipelines.decode.frame_index import index_frames
+from pipelines.decode.nvdec_backend import check_times, scale_and_crop, unavailable_reason
 from pipelines.decode.protocol import _Clip, _Request
 from pipelines.manifest import read_manifest
 from pipelines.storage import StorageOptions
@@ -148,3 +160,76 @@ def test_gpu_scaling_and_crop_match_the_cpu_decoders_frames(tmp_path: Path) -> N
     assert got.shape == expected.shape == (SIZE, SIZE, 3) and got.dtype == np.uint8
     difference = np.abs(got.astype(int) - expected.astype(int))
     assert difference.mean() < 6.0, difference.mean()
+
+
+TORCHCODEC_RUNS_HERE = unavailable_reason(DECODER_TORCHCODEC) is None
+
+
+def test_pyavs_ffmpeg_libraries_load_under_ffmpegs_own_names() -> None:
+    """torchcodec loads ``libavutil.so.60`` and its siblings by those names; the decoder process
+    finds PyAV's copies under them (a new interpreter with the decoder process's environment
+    loads each by its plain name), so torchcodec needs no FFmpeg from the system."""
+    folder = pyav_ffmpeg_folder()
+    assert folder is not None and folder == pyav_ffmpeg_folder()  # made once
+    env = decoder_environment()
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep)[0] == str(folder)
+    versions = {name: av.library_versions[f"lib{name}"][0] for name in ("avutil", "avcodec")}
+    plain = [f"lib{name}.so.{major}" for name, major in versions.items()]
+    for name in plain:
+        assert (folder / name).resolve().parent.name == "av.libs", name
+    code = f"import ctypes; [ctypes.CDLL(n) for n in {plain!r}]; print('loaded')"
+    loaded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert loaded.stdout.strip() == "loaded", loaded.stderr
+    unaided = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "cannot open shared object file" in unaided.stderr  # the system has no FFmpeg
+
+
+def test_frames_other_than_those_asked_for_are_refused(tmp_path: Path) -> None:
+    """torchcodec's frames are checked against the index by their timestamps: a frame a frame
+    away from the one asked for hands the file to PyAV."""
+    path = tmp_path / "ten.mp4"
+    synthetic.write_mp4(path, np.zeros((10, 32, 48, 3), np.uint8), fps=10)
+    with av.open(str(path)) as container:
+        index = index_frames(container, container.streams.video[0])
+    frames = np.array([0, 4, 9])
+    exact = index.pts[frames] * float(index.time_base)
+    check_times("torchcodec", index, frames, exact)
+    check_times("torchcodec", index, frames, exact + 0.02)  # a fifth of a frame: rounding
+    with pytest.raises(
+        PyavFallback, match=r"returned the frame at 0\.500 s for frame 4, at 0\.400"
+    ):
+        check_times("torchcodec", index, frames, exact + np.array([0, 0.1, 0]))
+
+
+@pytest.mark.skipif(not TORCHCODEC_RUNS_HERE, reason="torchcodec cannot run here")
+def test_torchcodec_on_the_cpu_decodes_the_frames_pyav_decodes(tmp_path: Path) -> None:
+    """The GPU decoder's path run on the CPU (``--decoder torchcodec``: needs a CUDA build of
+    torch, which runs without a GPU): the same frame times and frames within a few levels of
+    PyAV's (scaled in RGB, not in YUV); MPEG-TS, FLV and turned video are handed to PyAV."""
+    generator = np.random.default_rng(0)
+    coarse = generator.integers(0, 255, (30, 3, 6, 10)).astype(np.float32)
+    smooth = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(96, 160),
+                                             mode="bicubic").clamp(0, 255)  # fmt: skip
+    video = smooth.permute(0, 2, 3, 1).round().to(torch.uint8).numpy()  # [30, 96, 160, 3]
+    files = {"a.mp4": {}, "a.mkv": {}, "a.ts": {}, "a.flv": {}, "turned.mp4": {"rotation": 90}}
+    for name, options in files.items():
+        synthetic.write_mp4(tmp_path / name, video, fps=30, gop=10, **options)
+    uris = [str(tmp_path / name) for name in files]
+    with DecodeStage(frames=FRAMES, image_size=SIZE, decoder=DECODER_TORCHCODEC) as torchcodec:
+        got = torchcodec(batch(uris))
+    with DecodeStage(frames=FRAMES, image_size=SIZE, decoder=DECODER_PYAV) as cpu:
+        expected = cpu(batch(uris))
+    unsought = (
+        f"{DECODER_PYAV} ({DECODER_TORCHCODEC} does not seek MPEG-TS, MPEG-PS or FLV reliably)"
+    )
+    turned = f"{DECODER_PYAV} ({DECODER_TORCHCODEC} is unchecked on turned or mirrored video)"
+    assert list(got[schema.DECODER]) == [DECODER_TORCHCODEC] * 2 + [unsought] * 2 + [turned]
+    assert list(got[schema.ERROR]) == [""] * len(uris)
+    np.testing.assert_array_equal(got[schema.FRAME_TIMES_S], expected[schema.FRAME_TIMES_S])
+    levels = np.abs(got[schema.FRAMES].astype(int) - expected[schema.FRAMES].astype(int))
+    per_frame = levels.mean(axis=(2, 3, 4))  # [B, T]
+    assert per_frame[:2].max() < 6.0, per_frame[:2].max()  # a crop one pixel off: 10 to 12
+    assert per_frame[2:].max() == 0  # PyAV's own frames
+    # Each frame of this video is new texture: the next frame would be far from PyAV's.
+    neighbour = np.roll(expected[schema.FRAMES][:2], 1, axis=1).astype(int)
+    assert np.abs(got[schema.FRAMES][:2].astype(int) - neighbour).mean(axis=(2, 3, 4)).min() > 20

@@ -17,7 +17,7 @@ hold none, and converts only those frames, straight to the output size. ``fast``
 sampling pick, per chunk, frames that are cheaper to reach and let the decoder skip frames on the
 way. Rows of a batch that share a ``uri`` are decoded in one pass over the file. Each row reports
 what it cost: ``decode_cpu_s`` and ``frames_decoded``. decord (``decoder="decord"``) remains
-selectable.
+selectable, and so does torchcodec, on the GPU (``"nvdec"``) or the CPU (``"torchcodec"``).
 """
 
 from pipelines.decode.child import DECODER_DECORD, DECODER_PYAV, DECODERS, _child_main
@@ -38,7 +38,7 @@ from pipelines.decode.errors import (
     TRUNCATED,
     error_category,
 )
-from pipelines.decode.nvdec_backend import DECODER_NVDEC
+from pipelines.decode.nvdec_backend import DECODER_NVDEC, DECODER_TORCHCODEC
 from pipelines.decode.sampling import (
     INDEX_SAMPLINGS,
     SAMPLING_FAST,
@@ -58,6 +58,7 @@ __all__ = [
     "DECODER_DECORD",
     "DECODER_NVDEC",
     "DECODER_PYAV",
+    "DECODER_TORCHCODEC",
     "DECODE_FAILED",
     "DEFAULT_DECODER",
     "EMPTY_FILE",

@@ -22,6 +22,7 @@ from typing import IO
 import numpy as np
 
 from pipelines.decode import decord_backend, nvdec_backend, pyav_backend
+from pipelines.decode.environment import decoder_environment
 from pipelines.decode.errors import DECODE_FAILED, PyavFallback, _Failure, _short
 from pipelines.decode.protocol import _ClipResult, _Request, _Result
 from pipelines.decode.source import _local_file
@@ -37,6 +38,7 @@ _BACKENDS = {
     DECODER_PYAV: pyav_backend.decode_file,
     DECODER_DECORD: decord_backend.decode_file,
     nvdec_backend.DECODER_NVDEC: nvdec_backend.decode_file,
+    nvdec_backend.DECODER_TORCHCODEC: nvdec_backend.decode_file,
 }
 DECODERS = tuple(_BACKENDS)
 
@@ -107,10 +109,7 @@ class _DecoderProcess:
     """One child Python process running :func:`_child_main`, talking over a socket pair."""
 
     def __init__(self, buffer_bytes: int) -> None:
-        env = dict(os.environ)
-        # The child must import this package exactly as the parent did (Ray's working_dir,
-        # an uninstalled checkout...): hand it the parent's import path.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env = decoder_environment()
         parent_sock, child_sock = socket.socketpair()
         with _shareable_file() as shared, child_sock:
             os.ftruncate(shared.fileno(), buffer_bytes)

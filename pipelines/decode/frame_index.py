@@ -148,10 +148,10 @@ def listed_frames(container: Any, stream: Any) -> FrameIndex | None:
     if end_of_data > container.size:
         return None
     pts.sort(kind="stable")
-    return FrameIndex(pts, np.arange(claimed), stream.time_base, int(pts[-1]) + _usual_step(pts))
+    return FrameIndex(pts, np.arange(claimed), stream.time_base, int(pts[-1]) + usual_step(pts))
 
 
-def _usual_step(pts: np.ndarray) -> int:
+def usual_step(pts: np.ndarray) -> int:
     """The usual gap between the sorted timestamps ``pts`` (1 for a single frame): how long the
     last frame lasts where nothing says."""
     return int(np.median(np.diff(pts))) if len(pts) > 1 else 1
@@ -207,7 +207,7 @@ def demuxed_frames(container: Any, stream: Any) -> FrameIndex:
     if not first_is_key:
         keyframes = np.concatenate([[0], keyframes]).astype(np.int64)
     last = int(order[-1])
-    step = durations[last] or _usual_step(sorted_pts)
+    step = durations[last] or usual_step(sorted_pts)
     end = int(sorted_pts[-1]) + step
     at = np.asarray(reach, np.int64)[order] if positioned else None
     timeline = _Timeline(np.asarray(offsets, np.int64), jump) if len(offsets) > 1 else None

@@ -1,22 +1,30 @@
-"""The NVDEC backend: frames decoded by the GPU's video decoder, through torchcodec's CUDA decoder.
+"""The torchcodec backend: frames decoded by the GPU's video decoder (NVDEC) through torchcodec's
+CUDA decoder (``nvdec``), or by torchcodec on the CPU (``torchcodec``), which runs this same path
+on machines without a GPU: how the GPU path is checked where none is at hand.
 
-Chosen over PyNvVideoCodec (both install from the registry) because torchcodec hands decoded
-frames over as CUDA tensors, so scaling and cropping stay on the GPU, and it seeks by frame index
-exactly as the CPU backends do. Neither was measured against the other: no GPU was available.
+torchcodec was chosen over PyNvVideoCodec (both install from the registry) because it hands
+decoded frames over as CUDA tensors, so scaling and cropping stay on the GPU, and it seeks by
+frame index exactly as the CPU backends do. Neither was measured against the other: no GPU was
+available.
 
 A file is first demuxed with PyAV (cheap: no decoding) for its frames' timestamps and keyframes,
 exactly as :mod:`pipelines.decode.pyav_backend` does, so the same rows fail with the same errors
 and the same targets are chosen (each target's ``want`` frame is fetched). torchcodec then
-decodes the targets on the GPU, which scales each to the output size (bilinear, antialiased)
-and cuts the centre; only the ``[T, S, S, 3]`` uint8 crops are copied back to the host.
+decodes the targets on its device, which scales each to the output size (bilinear, antialiased)
+and cuts the centre; only the ``[T, S, S, 3]`` uint8 crops are copied back to the host. The
+timestamps of the frames torchcodec returns are checked against the index's.
 
-Fallback to CPU decoding, with the reason recorded in the row's ``decoder`` column:
+Fallback to PyAV, with the reason recorded in the row's ``decoder`` column:
 
-- for the whole stage, when torchcodec (or the FFmpeg shared libraries it loads) is missing or
-  no CUDA device is visible (:func:`unavailable_reason`, checked when the stage starts);
-- for one file, when the GPU decoder fails on a file PyAV could index (a codec or profile NVDEC
-  does not support), when its timestamps restart partway, and when it is shown turned or
-  mirrored (how torchcodec's versions turn frames is unchecked on a GPU):
+- for the whole stage, when torchcodec (or the FFmpeg shared libraries it loads) is missing or,
+  for ``nvdec``, no CUDA device is visible (:func:`unavailable_reason`, checked when the stage
+  starts);
+- for one file, when torchcodec fails on a file PyAV could index (a codec or profile NVDEC does
+  not support) or returns other frames than those asked for; when the file is MPEG-TS, MPEG-PS
+  or FLV, which torchcodec does not seek reliably, or its timestamps restart partway; when it is
+  shown
+  turned or mirrored (how torchcodec's versions turn frames is unchecked); and when it is HDR,
+  which torchcodec does not tone-map:
   :class:`~pipelines.decode.errors.PyavFallback` makes the decoder process decode it with PyAV.
 
 The decoding runs in the stage's decoder process like every backend, so timeouts and crash
@@ -26,57 +34,105 @@ isolation are the CPU decoders'.
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
 
+from pipelines.decode.environment import decoder_environment
 from pipelines.decode.errors import PyavFallback, _Failure, _short
-from pipelines.decode.frame_index import index_frames
+from pipelines.decode.frame_index import FrameIndex, index_frames, usual_step
 from pipelines.decode.protocol import _ClipResult, _Request
 from pipelines.decode.sampling import frames_of_clips, spread_frames
 from pipelines.decode.source import _damaged, _open_video, _probe, output_size
 from pipelines.display import UPRIGHT
 
 DECODER_NVDEC = "nvdec"
+DECODER_TORCHCODEC = "torchcodec"
+# torchcodec's device for each decoder this backend runs.
+DEVICES = {DECODER_NVDEC: "cuda", DECODER_TORCHCODEC: "cpu"}
+# FFmpeg's names for MPEG-TS, MPEG-PS and FLV, which torchcodec seeks to the wrong frames or not
+# at all (on the CPU, torchcodec 0.17: frames seconds away, the same frame for several asked for,
+# or "no more frames left to decode").
+_UNSOUGHT_FORMATS = ("mpegts", "mpeg", "flv")
+# Importing torch and torchcodec in a new interpreter: seconds, on a loaded node more.
+_CHECK_TIMEOUT_S = 120.0
+_ANSWER = "unavailable because: "
 
 
 @functools.cache
-def unavailable_reason() -> str | None:
-    """Why GPU decoding cannot run in this process (``None`` when it can): torchcodec missing or
-    unable to load FFmpeg's shared libraries, or no CUDA device visible."""
+def unavailable_reason(decoder: str = DECODER_NVDEC) -> str | None:
+    """Why ``decoder`` (one of :data:`DEVICES`) cannot run in the decoder process (``None`` when
+    it can): torchcodec missing or unable to load FFmpeg's shared libraries, or, for the GPU, no
+    CUDA device visible.
+
+    Asked of a new interpreter started as the decoder process is
+    (:func:`~pipelines.decode.environment.decoder_environment`): the FFmpeg libraries torchcodec
+    loads are found there, not in this process, which started without them on its library path.
+    """
+    code = f"import {__name__} as b; print(b._ANSWER + b._reason_here({DEVICES[decoder]!r}))"
     try:
-        import torchcodec.decoders  # noqa: F401
+        check = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env=decoder_environment(),
+            stdin=subprocess.DEVNULL,
+            timeout=_CHECK_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        return f"checking for torchcodec took over {_CHECK_TIMEOUT_S:g} s"
+    if check.returncode != 0:
+        last = (check.stderr.strip().splitlines() or [f"exit status {check.returncode}"])[-1]
+        return f"checking for torchcodec failed: {_short(RuntimeError(last))}"
+    # The answer's own line: the libraries may print lines of their own.
+    answers = [line for line in check.stdout.splitlines() if line.startswith(_ANSWER)]
+    if not answers:
+        return "checking for torchcodec gave no answer"
+    return answers[-1][len(_ANSWER) :] or None
+
+
+def _reason_here(device: str) -> str:
+    """:func:`unavailable_reason` in this process ("" where torchcodec can decode on
+    ``device``)."""
+    try:
+        import torchcodec
     except ImportError:
         return "torchcodec is not installed"
-    except Exception as err:  # torchcodec raises RuntimeError when FFmpeg's libraries are missing
+    except Exception as err:  # its older versions raise here when FFmpeg's libraries are missing
         return f"torchcodec cannot load FFmpeg: {_short(err)}"
+    if torchcodec.ffmpeg_major_version is None:  # newer ones say None
+        return "torchcodec cannot load FFmpeg: no FFmpeg 4 to 9 shared libraries found"
     import torch
 
-    if not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         return "no CUDA device visible to this process"
-    return None
+    return ""
 
 
 def resolve_decoder(requested: str, cpu_decoder: str) -> tuple[str, str]:
-    """``(decoder to run, label for the rows)``: ``requested`` unless it is NVDEC and NVDEC
-    cannot run here, in which case ``cpu_decoder``, labelled with the reason."""
-    if requested != DECODER_NVDEC:
+    """``(decoder to run, label for the rows)``: ``requested`` unless it is one of torchcodec's
+    and cannot run here, in which case ``cpu_decoder``, labelled with the reason."""
+    if requested not in DEVICES:
         return requested, requested
-    reason = unavailable_reason()
+    reason = unavailable_reason(requested)
     if reason is None:
         return requested, requested
-    return cpu_decoder, f"{cpu_decoder} ({DECODER_NVDEC} unavailable: {reason})"
+    return cpu_decoder, f"{cpu_decoder} ({requested} unavailable: {reason})"
 
 
 def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipResult], int]:
-    """Decode the clips of ``req`` from ``path`` into ``out`` ``[C, T, S, S, 3]`` on the GPU.
+    """Decode the clips of ``req`` from ``path`` into ``out`` ``[C, T, S, S, 3]`` with torchcodec
+    on the device of ``req.decoder``.
 
-    Returns each clip's result and the frames the GPU decoded (the distinct targets).
+    Returns each clip's result and the frames torchcodec decoded (the distinct targets).
 
     Raises:
         _Failure: the file is damaged (as the PyAV backend says it).
-        PyavFallback: PyAV reads the file but the GPU decoder cannot decode it.
+        PyavFallback: PyAV reads the file but torchcodec cannot decode it, or not as PyAV does.
     """
+    name = req.decoder
     container, stream = _open_video(path)
     with container:
         claimed = stream.frames
@@ -87,13 +143,17 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         except Exception as err:
             raise _damaged(path, claimed, err) from None
         if index.timeline is not None:
-            # The GPU decoder numbers the frames by their own timestamps, which repeat.
-            raise PyavFallback(f"{DECODER_NVDEC} cannot follow timestamps that restart partway")
+            # torchcodec numbers the frames by their own timestamps, which repeat.
+            raise PyavFallback(f"{name} cannot follow timestamps that restart partway")
+        if container.format.name in _UNSOUGHT_FORMATS:
+            raise PyavFallback(f"{name} does not seek MPEG-TS, MPEG-PS or FLV reliably")
     probed = _probe(path)  # its first frame decoded by PyAV: how it is shown, its pixel aspect
     if probed.shown != UPRIGHT:
         # torchcodec turns frames itself since 0.11, by the nearest quarter turn and without
-        # mirroring; which of its versions does what is unchecked on a GPU.
-        raise PyavFallback(f"{DECODER_NVDEC} is unchecked on turned or mirrored video")
+        # mirroring; which of its versions does what is unchecked.
+        raise PyavFallback(f"{name} is unchecked on turned or mirrored video")
+    if probed.hdr:
+        raise PyavFallback(f"{name} does not tone-map HDR")
     width, height = probed.width, probed.height
     starts, duration = index.starts_s, index.duration_s
     results, wanted = frames_of_clips(req, starts, duration, index.own_keyframes)
@@ -103,23 +163,44 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
     unique, inverse = np.unique(every, return_inverse=True)
     size = out.shape[2]
     try:
-        crops = _decode_on_gpu(path, unique, output_size(width, height, size), size)
+        crops, times_s = _decode_with_torchcodec(
+            path, unique, output_size(width, height, size), size, DEVICES[name]
+        )
     except Exception as err:
-        raise PyavFallback(f"{DECODER_NVDEC} failed on this file: {_short(err)}") from None
+        raise PyavFallback(f"{name} failed on this file: {_short(err)}") from None
+    check_times(name, index, unique, times_s)
     spread_frames(crops, inverse, wanted, out)
     return results, len(unique)
 
 
-def _decode_on_gpu(
-    path: str, indices: np.ndarray, scaled: tuple[int, int], size: int
-) -> np.ndarray:
-    """Frames ``indices`` of ``path``, decoded by NVDEC, scaled to ``scaled`` (width, height) and
-    centre-cropped: ``[N, size, size, 3]`` uint8 on the host."""
+def check_times(name: str, index: FrameIndex, frames: np.ndarray, times_s: np.ndarray) -> None:
+    """Raises PyavFallback unless torchcodec's frames ``times_s`` (its timestamps, in seconds)
+    are frames ``frames`` of ``index``, each within a quarter of a frame's usual length."""
+    expected = index.pts[frames] * float(index.time_base)
+    tolerance = usual_step(index.pts) * float(index.time_base) / 4
+    off = np.flatnonzero(np.abs(times_s - expected) > tolerance)
+    if len(off):
+        at = off[0]
+        raise PyavFallback(
+            f"{name} returned the frame at {times_s[at]:.3f} s for frame {frames[at]},"
+            f" at {expected[at]:.3f} s"
+        )
+
+
+def _decode_with_torchcodec(
+    path: str, indices: np.ndarray, scaled: tuple[int, int], size: int, device: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``indices`` of ``path``, decoded by torchcodec on ``device``, scaled to ``scaled``
+    (width, height) and centre-cropped: ``[N, size, size, 3]`` uint8 on the host, and their
+    timestamps in seconds ``[N]``."""
     from torchcodec.decoders import VideoDecoder
 
-    decoder = VideoDecoder(path, device="cuda", seek_mode="exact")
-    frames = decoder.get_frames_at(indices.tolist()).data  # [N, 3, H, W] uint8 on the GPU
-    return scale_and_crop(frames, scaled, size).cpu().numpy()
+    # One FFmpeg thread on the CPU, as the other decoders: parallelism comes from many stages.
+    threads = {"num_ffmpeg_threads": 1} if device == "cpu" else {}
+    decoder = VideoDecoder(path, device=device, seek_mode="exact", **threads)
+    batch = decoder.get_frames_at(indices.tolist())  # [N, 3, H, W] uint8 on the device
+    crops = scale_and_crop(batch.data, scaled, size).cpu().numpy()
+    return crops, batch.pts_seconds.cpu().numpy().astype(np.float64)
 
 
 def scale_and_crop(frames: Any, scaled: tuple[int, int], size: int) -> Any:

@@ -26,7 +26,14 @@ from pipelines.decode.errors import (
     _Failure,
     _short,
 )
-from pipelines.display import UPRIGHT, Orientation, orientation, shown_size, video_stream
+from pipelines.display import (
+    UPRIGHT,
+    Orientation,
+    is_hdr,
+    orientation,
+    shown_size,
+    video_stream,
+)
 from pipelines.storage import StorageOptions
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -246,28 +253,30 @@ class _Probed:
     claimed: int  # frames the container claims, 0 where it does not say
     shown: Orientation
     container_format: str  # FFmpeg's name for it
+    hdr: bool  # its first frame is tagged with an HDR transfer (PQ or HLG)
 
 
 def _probe(path: str) -> _Probed:
     """What opening ``path`` tells of its video; its first frame is decoded for the display
-    matrix, which only frames carry."""
+    matrix and the transfer, which only frames carry."""
     container, stream = _open_video(path)
     with container:
-        shown = _first_frame_orientation(container, stream)
+        first = _first_frame(container, stream)
+        shown = UPRIGHT if first is None else orientation(first)
         width, height = shown_size(stream)  # the frame decoded, its codec's pixel aspect is known
         if shown[0]:
             width, height = height, width
-        return _Probed(width, height, stream.frames, shown, container.format.name)
+        hdr = first is not None and is_hdr(first)
+        return _Probed(width, height, stream.frames, shown, container.format.name, hdr)
 
 
-def _first_frame_orientation(container: Any, stream: Any) -> Orientation:
-    """How the first frame is shown (:func:`~pipelines.display.orientation`); upright where no
-    frame decodes (the decoder proper then says why). Only frames carry the display matrix."""
+def _first_frame(container: Any, stream: Any) -> Any | None:
+    """The stream's first frame; None where no frame decodes (the decoder proper then says
+    why)."""
     try:
-        frame = next(container.decode(stream), None)
+        return next(container.decode(stream), None)
     except Exception:
-        return UPRIGHT
-    return UPRIGHT if frame is None else orientation(frame)
+        return None
 
 
 def output_size(width: int, height: int, size: int) -> tuple[int, int]:

@@ -79,8 +79,10 @@ class DecodeStage:
         storage: how to reach ``s3://`` videos. Pass the driver's
             (:meth:`StorageOptions.from_env` there): a Ray actor's own environment is the
             cluster's, which is what the default reads.
-        decoder: the library decoding in the child, ``"pyav"`` (default), ``"decord"`` or
-            ``"nvdec"`` (the GPU; PyAV where it cannot run, see ``nvdec_backend``).
+        decoder: the library decoding in the child, ``"pyav"`` (default), ``"decord"``,
+            ``"nvdec"`` (the GPU, through torchcodec) or ``"torchcodec"`` (torchcodec on the CPU:
+            the GPU path without a GPU); PyAV where the last two cannot run, see
+            ``nvdec_backend``.
 
     Input batch: at least ``video_id`` and ``uri`` (``[B]``), optionally ``start_s`` / ``end_s``
     (``[B]`` float, NaN or None for the whole video) and ``sample_seed`` (``[B]`` int: seeds that

@@ -1,0 +1,223 @@
+"""The GPU decoder's path without a GPU: torchcodec on the CPU against PyAV, file by file.
+
+``--decoder nvdec`` and ``--decoder torchcodec`` run one backend (``nvdec_backend``): PyAV's
+index, then torchcodec's ``get_frames_at`` on the GPU or the CPU, the same scaling and crop, the
+same checks and fallbacks. On the CPU everything but NVDEC itself runs, so this script checks on
+any machine where torchcodec loads (it needs a CUDA build of torch, which runs on the CPU:
+``CENTERCLIP_TORCH=cuda bash scripts/setup.sh``), for every file of the quick corpus, a few
+files made here (turned, anamorphic, FLV) and the tests' broken files:
+
+* which decoder decoded each file (the row's ``decoder``: torchcodec, or PyAV and why);
+* whether the rows agree with PyAV's: errors, frame times, and frames within a few levels
+  (torchcodec's frames are scaled in RGB, PyAV's in YUV);
+* what each costs: the decoder process's CPU seconds per video, best of ``--repeats``,
+  interleaved, and their ratio.
+
+Writes ``bench/results/torchcodec-cpu.json``; exits without writing where torchcodec cannot run.
+
+    python -m bench.torchcodec_cpu              # the quick corpus (generated if missing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench._common import print_table, run_metadata, write_results
+from bench.corpus import DEFAULT_OUT, generate
+
+FRAMES = 12
+SIZE = 224
+# Mean level difference per frame above which torchcodec's frame is not PyAV's: a crop one pixel
+# off differs by 10 to 12 levels on colourful texture (tests/test_nvdec.py).
+SAME_FRAME_LEVELS = 6.0
+
+
+def _batch(uris: list[str]) -> dict[str, np.ndarray]:
+    from pipelines import schema
+
+    return {
+        schema.VIDEO_ID: np.array([f"v{i}" for i in range(len(uris))], dtype=object),
+        schema.URI: np.array(uris, dtype=object),
+    }
+
+
+def extra_files(folder: Path) -> dict[str, str]:
+    """Files the quick corpus lacks: turned (a phone held upright), anamorphic, FLV."""
+    from pipelines import synthetic
+
+    generator = np.random.default_rng(0)
+    coarse = generator.integers(0, 255, (30, 6, 10, 3)).astype(np.uint8)
+    video = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)  # [30, 96, 160, 3] blocks
+    files = {
+        "turned_90.mp4": {"rotation": 90},
+        "anamorphic_16_11.mkv": {"pixel_aspect": Fraction(16, 11)},
+        "h264.flv": {},
+    }
+    paths = {}
+    for name, options in files.items():
+        path = folder / name
+        synthetic.write_mp4(path, video, fps=30, gop=10, **options)
+        paths[name] = str(path)
+    return paths
+
+
+def measure(paths: dict[str, str], repeats: int) -> dict[str, dict[str, Any]]:
+    """Each file through the stage with PyAV and with torchcodec, ``repeats`` times interleaved."""
+    from pipelines import schema
+    from pipelines.decode import DECODER_PYAV, DECODER_TORCHCODEC, DecodeStage
+
+    decoders = (DECODER_PYAV, DECODER_TORCHCODEC)
+    rows: dict[str, dict[str, Any]] = {name: {} for name in paths}
+    with (
+        DecodeStage(frames=FRAMES, image_size=SIZE, decoder=DECODER_PYAV) as pyav,
+        DecodeStage(frames=FRAMES, image_size=SIZE, decoder=DECODER_TORCHCODEC) as torchcodec,
+    ):
+        stages = {DECODER_PYAV: pyav, DECODER_TORCHCODEC: torchcodec}
+        for _ in range(repeats):
+            for name, path in paths.items():
+                for decoder in decoders:
+                    out = stages[decoder](_batch([path]))
+                    best = rows[name].get(decoder)
+                    cpu_s = float(out[schema.DECODE_CPU_S][0])
+                    if best is None or cpu_s < best["cpu_s"]:
+                        rows[name][decoder] = {
+                            "cpu_s": cpu_s,
+                            "decoder": str(out[schema.DECODER][0]),
+                            "error": str(out[schema.ERROR][0]),
+                            "frames_decoded": int(out[schema.FRAMES_DECODED][0]),
+                            "frames": out[schema.FRAMES][0],
+                            "times": out[schema.FRAME_TIMES_S][0],
+                        }
+    results = {}
+    for name, by_decoder in rows.items():
+        ours, theirs = by_decoder[DECODER_TORCHCODEC], by_decoder[DECODER_PYAV]
+        levels = np.abs(ours["frames"].astype(int) - theirs["frames"].astype(int))
+        per_frame = levels.mean(axis=(1, 2, 3))
+        results[name] = {
+            "decoded_by": ours["decoder"],
+            "torchcodec_ran": ours["decoder"] == DECODER_TORCHCODEC,
+            "errors_match": ours["error"] == theirs["error"],
+            "error": theirs["error"],
+            "times_match": bool(np.array_equal(ours["times"], theirs["times"], equal_nan=True)),
+            "mean_levels_from_pyav": float(per_frame.mean()),
+            "worst_frame_levels_from_pyav": float(per_frame.max()),
+            "frames_decoded": {
+                "torchcodec": ours["frames_decoded"],
+                "pyav": theirs["frames_decoded"],
+            },
+            "cpu_s": {"torchcodec": ours["cpu_s"], "pyav": theirs["cpu_s"]},
+            "torchcodec_over_pyav": ours["cpu_s"] / theirs["cpu_s"],
+        }
+    return results
+
+
+def broken_files(folder: Path) -> dict[str, str]:
+    from pipelines import synthetic
+
+    folder.mkdir()
+    good = folder / "good.mp4"
+    synthetic.write_mp4(good, np.zeros((12, 64, 96, 3), np.uint8) + 90)
+    return {
+        name: str(path)
+        for name, path in synthetic.write_damaged_videos(folder, good_video=good).items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_OUT, help="corpus folder")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--output", type=Path, help="JSON file (default bench/results/)")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from pipelines.decode import DECODER_TORCHCODEC
+    from pipelines.decode.nvdec_backend import unavailable_reason
+
+    reason = unavailable_reason(DECODER_TORCHCODEC)
+    if reason is not None:
+        raise SystemExit(f"torchcodec cannot run here ({reason}); nothing measured")
+    corpus = generate(args.corpus, quick=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {name: entry["path"] for name, entry in corpus.items()}
+        paths |= extra_files(Path(tmp))
+        results = measure(paths, args.repeats)
+        broken = measure(broken_files(Path(tmp) / "broken"), 1)
+
+    decoded = {n: r for n, r in results.items() if r["torchcodec_ran"]}
+    print_table(
+        [
+            [
+                name,
+                r["decoded_by"] if not r["torchcodec_ran"] else "torchcodec",
+                f"{r['mean_levels_from_pyav']:.1f} / {r['worst_frame_levels_from_pyav']:.1f}",
+                "yes" if r["times_match"] and r["errors_match"] else "NO",
+                f"{r['cpu_s']['torchcodec'] * 1000:.0f}",
+                f"{r['cpu_s']['pyav'] * 1000:.0f}",
+                f"{r['torchcodec_over_pyav']:.2f}",
+            ]
+            for name, r in results.items()
+        ],
+        [
+            "file",
+            "decoded by",
+            "levels from PyAV (mean / worst frame)",
+            "rows as PyAV's",
+            "torchcodec ms",
+            "pyav ms",
+            "ratio",
+        ],
+        title=f"torchcodec on the CPU against PyAV, {FRAMES} frames at {SIZE}, "
+        f"best of {args.repeats}",
+    )
+    print_table(
+        [
+            [name, r["error"] or "(decodes)", "yes" if r["errors_match"] else "NO"]
+            for name, r in broken.items()
+        ],
+        ["broken file", "PyAV's row", "torchcodec's the same"],
+        title="the tests' broken files",
+    )
+    ratios = [r["torchcodec_over_pyav"] for r in decoded.values()]
+    payload = {
+        **run_metadata(),
+        "command": "python -m bench.torchcodec_cpu",
+        "frames": FRAMES,
+        "image_size": SIZE,
+        "repeats": args.repeats,
+        "same_frame_levels": SAME_FRAME_LEVELS,
+        "files_decoded_by_torchcodec": len(decoded),
+        "files_handed_to_pyav": {
+            n: r["decoded_by"] for n, r in results.items() if not r["torchcodec_ran"]
+        },
+        "rows_match_pyav": all(r["errors_match"] and r["times_match"] for r in results.values()),
+        "worst_frame_levels_from_pyav": max(
+            r["worst_frame_levels_from_pyav"] for r in decoded.values()
+        ),
+        "frames_match_pyav": all(
+            r["worst_frame_levels_from_pyav"] <= SAME_FRAME_LEVELS for r in decoded.values()
+        ),
+        "torchcodec_over_pyav_cpu": {
+            "min": min(ratios),
+            "max": max(ratios),
+            "median": float(np.median(ratios)),
+        },
+        "broken_files_errors_match": all(r["errors_match"] for r in broken.values()),
+        "files": results,
+        "broken_files": broken,
+    }
+    path = write_results("torchcodec-cpu", payload, output=args.output)
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()
