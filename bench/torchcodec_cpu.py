@@ -5,7 +5,7 @@ index, then torchcodec's ``get_frames_at`` on the GPU or the CPU, the same scali
 same checks and fallbacks. On the CPU everything but NVDEC itself runs, so this script checks on
 any machine where torchcodec loads (it needs a CUDA build of torch, which runs on the CPU:
 ``CENTERCLIP_TORCH=cuda bash scripts/setup.sh``), for every file of the quick corpus, a few
-files made here (turned, anamorphic, FLV) and the tests' broken files:
+files made here (turned, mirrored, anamorphic, FLV) and the tests' broken files:
 
 * which decoder decoded each file (the row's ``decoder``: torchcodec, or PyAV and why);
 * whether the rows agree with PyAV's: errors, frame times, and frames within a few levels
@@ -49,7 +49,7 @@ def _batch(uris: list[str]) -> dict[str, np.ndarray]:
 
 
 def extra_files(folder: Path) -> dict[str, str]:
-    """Files the quick corpus lacks: turned (a phone held upright), anamorphic, FLV."""
+    """Files the quick corpus lacks: turned (a phone held upright), mirrored, anamorphic, FLV."""
     from pipelines import synthetic
 
     generator = np.random.default_rng(0)
@@ -57,6 +57,8 @@ def extra_files(folder: Path) -> dict[str, str]:
     video = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)  # [30, 96, 160, 3] blocks
     files = {
         "turned_90.mp4": {"rotation": 90},
+        "turned_270.mp4": {"rotation": 270},
+        "turned_90_mirrored.mp4": {"rotation": 90, "mirrored": True},
         "anamorphic_16_11.mkv": {"pixel_aspect": Fraction(16, 11)},
         "h264.flv": {},
     }
@@ -116,6 +118,12 @@ def measure(paths: dict[str, str], repeats: int) -> dict[str, dict[str, Any]]:
             "torchcodec_over_pyav": ours["cpu_s"] / theirs["cpu_s"],
         }
     return results
+
+
+def _torchcodec_version() -> str:
+    import torchcodec
+
+    return torchcodec.__version__
 
 
 def broken_files(folder: Path) -> dict[str, str]:
@@ -191,6 +199,7 @@ def main() -> None:
     payload = {
         **run_metadata(),
         "command": "python -m bench.torchcodec_cpu",
+        "torchcodec": _torchcodec_version(),
         "frames": FRAMES,
         "image_size": SIZE,
         "repeats": args.repeats,

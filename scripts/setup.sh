@@ -29,10 +29,13 @@ esac
 uv_args=(--python .venv/bin/python --constraint requirements/constraints.txt
          --constraint "requirements/torch-$variant.txt")
 # uv does not read pip's configuration: forward a local wheel folder (where a CPU torch may lie).
+# Not for the CUDA build: a local torch-2.13.0+cpu satisfies torch==2.13.0 and would be taken.
 find_links=$(.venv/bin/python -m pip config get global.find-links 2>/dev/null || true)
-for folder in $find_links; do
-    uv_args+=(--find-links "$folder")
-done
+if [ "$variant" = cpu ]; then
+    for folder in $find_links; do
+        uv_args+=(--find-links "$folder")
+    done
+fi
 if [ "$variant" = cpu ] && ! ls $find_links 2>/dev/null | grep -q '^torch-.*+cpu'; then
     uv_args+=(--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 fi

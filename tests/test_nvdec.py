@@ -29,8 +29,14 @@ from pipelines.decode.child import _decode_request
 from pipelines.decode.environment import decoder_environment, pyav_ffmpeg_folder
 from pipelines.decode.errors import PyavFallback
 from pipelines.decode.frame_index import index_frames
-from pipelines.decode.nvdec_backend import check_times, scale_and_crop, unavailable_reason
+from pipelines.decode.nvdec_backend import (
+    check_size,
+    check_times,
+    scale_and_crop,
+    unavailable_reason,
+)
 from pipelines.decode.protocol import _Clip, _Request
+from pipelines.decode.source import _probe
 from pipelines.manifest import read_manifest
 from pipelines.storage import StorageOptions
 
@@ -101,15 +107,21 @@ def test_a_file_the_gpu_decoder_fails_on_is_decoded_on_the_cpu(uris: list[str]) 
     assert fallback.frames_decoded == cpu.frames_decoded
 
 
-@pytest.mark.parametrize("mirrored", [False, True])
-def test_turned_or_mirrored_video_is_decoded_on_the_cpu(tmp_path: Path, mirrored: bool) -> None:
-    """Upright phone video (landscape frames and a quarter turn) and mirrored video are handed to
-    PyAV before the GPU is asked: how torchcodec's versions turn frames is unchecked on a GPU.
-    The row's frames are PyAV's, turned as players show them, and its ``decoder`` says why."""
+@pytest.mark.parametrize(
+    ("rotation", "mirrored", "reason"),
+    [(90, True, "does not mirror video"), (180, False, "is unchecked on video turned half a turn")],
+)
+def test_mirrored_or_half_turned_video_is_decoded_on_the_cpu(
+    tmp_path: Path, rotation: int, mirrored: bool, reason: str
+) -> None:
+    """Mirrored video (some front cameras) and video turned half a turn are handed to PyAV before
+    torchcodec is asked: torchcodec does not mirror, and frames it left unturned half a turn
+    would keep their size, which is what the turn of quarter-turned video is checked by. The
+    row's frames are PyAV's, as players show them, and its ``decoder`` says why."""
     uri = tmp_path / "turned.mp4"
     video = np.zeros((8, 48, 64, 3), np.uint8)
     video[:, :24, :32] = 255  # not symmetric: frames turned another way would differ
-    synthetic.write_mp4(uri, video, rotation=90, mirrored=mirrored)
+    synthetic.write_mp4(uri, video, rotation=rotation, mirrored=mirrored)
     results, outs = {}, {}
     for decoder in (DECODER_NVDEC, DECODER_PYAV):
         req = _Request(uri=str(uri), clips=(_Clip(),), frames=FRAMES, image_size=SIZE,
@@ -117,10 +129,21 @@ def test_turned_or_mirrored_video_is_decoded_on_the_cpu(tmp_path: Path, mirrored
                        decoder=decoder)  # fmt: skip
         outs[decoder] = np.zeros((1, FRAMES, SIZE, SIZE, 3), np.uint8)
         results[decoder] = _decode_request(req, outs[decoder])
-    reason = f"{DECODER_NVDEC} is unchecked on turned or mirrored video"
-    assert results[DECODER_NVDEC].decoder == f"{DECODER_PYAV} ({reason})"
+    assert results[DECODER_NVDEC].decoder == f"{DECODER_PYAV} ({DECODER_NVDEC} {reason})"
     assert [c.error for c in results[DECODER_NVDEC].clips] == [""]
     np.testing.assert_array_equal(outs[DECODER_NVDEC], outs[DECODER_PYAV])
+
+
+def test_quarter_turned_frames_left_unturned_are_refused(tmp_path: Path) -> None:
+    """torchcodec turns quarter-turned video (upright phone video) itself; frames that come back
+    in the stored size instead of the turned one hand the file to PyAV."""
+    uri = tmp_path / "upright.mp4"
+    synthetic.write_mp4(uri, np.zeros((4, 48, 64, 3), np.uint8), rotation=90)
+    probed = _probe(str(uri))
+    assert probed.stored_size == (64, 48)
+    check_size("nvdec", (48, 64), probed)  # turned as shown
+    with pytest.raises(PyavFallback, match="returned frames of 64x48, not the 48x64 shown"):
+        check_size("nvdec", (64, 48), probed)
 
 
 def test_a_damaged_file_fails_as_on_the_cpu_before_the_gpu_is_asked(uris: list[str]) -> None:
@@ -205,13 +228,15 @@ def test_frames_other_than_those_asked_for_are_refused(tmp_path: Path) -> None:
 def test_torchcodec_on_the_cpu_decodes_the_frames_pyav_decodes(tmp_path: Path) -> None:
     """The GPU decoder's path run on the CPU (``--decoder torchcodec``: needs a CUDA build of
     torch, which runs without a GPU): the same frame times and frames within a few levels of
-    PyAV's (scaled in RGB, not in YUV); MPEG-TS, FLV and turned video are handed to PyAV."""
+    PyAV's (scaled in RGB, not in YUV), quarter-turned video turned as PyAV turns it; MPEG-TS
+    and FLV are handed to PyAV."""
     generator = np.random.default_rng(0)
     coarse = generator.integers(0, 255, (30, 3, 6, 10)).astype(np.float32)
     smooth = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(96, 160),
                                              mode="bicubic").clamp(0, 255)  # fmt: skip
     video = smooth.permute(0, 2, 3, 1).round().to(torch.uint8).numpy()  # [30, 96, 160, 3]
-    files = {"a.mp4": {}, "a.mkv": {}, "a.ts": {}, "a.flv": {}, "turned.mp4": {"rotation": 90}}
+    files = {"a.mp4": {}, "a.mkv": {}, "turned_90.mp4": {"rotation": 90},
+             "turned_270.mp4": {"rotation": 270}, "a.ts": {}, "a.flv": {}}  # fmt: skip
     for name, options in files.items():
         synthetic.write_mp4(tmp_path / name, video, fps=30, gop=10, **options)
     uris = [str(tmp_path / name) for name in files]
@@ -222,14 +247,13 @@ def test_torchcodec_on_the_cpu_decodes_the_frames_pyav_decodes(tmp_path: Path) -
     unsought = (
         f"{DECODER_PYAV} ({DECODER_TORCHCODEC} does not seek MPEG-TS, MPEG-PS or FLV reliably)"
     )
-    turned = f"{DECODER_PYAV} ({DECODER_TORCHCODEC} is unchecked on turned or mirrored video)"
-    assert list(got[schema.DECODER]) == [DECODER_TORCHCODEC] * 2 + [unsought] * 2 + [turned]
+    assert list(got[schema.DECODER]) == [DECODER_TORCHCODEC] * 4 + [unsought] * 2
     assert list(got[schema.ERROR]) == [""] * len(uris)
     np.testing.assert_array_equal(got[schema.FRAME_TIMES_S], expected[schema.FRAME_TIMES_S])
     levels = np.abs(got[schema.FRAMES].astype(int) - expected[schema.FRAMES].astype(int))
     per_frame = levels.mean(axis=(2, 3, 4))  # [B, T]
-    assert per_frame[:2].max() < 6.0, per_frame[:2].max()  # a crop one pixel off: 10 to 12
-    assert per_frame[2:].max() == 0  # PyAV's own frames
+    assert per_frame[:4].max() < 6.0, per_frame[:4].max()  # a crop one pixel off: 10 to 12
+    assert per_frame[4:].max() == 0  # PyAV's own frames
     # Each frame of this video is new texture: the next frame would be far from PyAV's.
-    neighbour = np.roll(expected[schema.FRAMES][:2], 1, axis=1).astype(int)
-    assert np.abs(got[schema.FRAMES][:2].astype(int) - neighbour).mean(axis=(2, 3, 4)).min() > 20
+    neighbour = np.roll(expected[schema.FRAMES][:4], 1, axis=1).astype(int)
+    assert np.abs(got[schema.FRAMES][:4].astype(int) - neighbour).mean(axis=(2, 3, 4)).min() > 20

@@ -12,7 +12,9 @@ exactly as :mod:`pipelines.decode.pyav_backend` does, so the same rows fail with
 and the same targets are chosen (each target's ``want`` frame is fetched). torchcodec then
 decodes the targets on its device, which scales each to the output size (bilinear, antialiased)
 and cuts the centre; only the ``[T, S, S, 3]`` uint8 crops are copied back to the host. The
-timestamps of the frames torchcodec returns are checked against the index's.
+frames torchcodec returns are checked against the index by their timestamps, and against PyAV's
+first frame by their size (torchcodec turns quarter-turned video, as phones record it upright,
+itself).
 
 Fallback to PyAV, with the reason recorded in the row's ``decoder`` column:
 
@@ -20,11 +22,11 @@ Fallback to PyAV, with the reason recorded in the row's ``decoder`` column:
   for ``nvdec``, no CUDA device is visible (:func:`unavailable_reason`, checked when the stage
   starts);
 - for one file, when torchcodec fails on a file PyAV could index (a codec or profile NVDEC does
-  not support) or returns other frames than those asked for; when the file is MPEG-TS, MPEG-PS
-  or FLV, which torchcodec does not seek reliably, or its timestamps restart partway; when it is
-  shown
-  turned or mirrored (how torchcodec's versions turn frames is unchecked); and when it is HDR,
-  which torchcodec does not tone-map:
+  not support) or returns other frames than those asked for, or of another size; when the file
+  is MPEG-TS, MPEG-PS or FLV, which torchcodec does not seek reliably, or its timestamps restart
+  partway; when it is shown mirrored (torchcodec does not mirror) or turned half a turn (frames
+  left unturned would keep their size, so nothing would notice); and when it is HDR, which
+  torchcodec does not tone-map:
   :class:`~pipelines.decode.errors.PyavFallback` makes the decoder process decode it with PyAV.
 
 The decoding runs in the stage's decoder process like every backend, so timeouts and crash
@@ -45,8 +47,8 @@ from pipelines.decode.errors import PyavFallback, _Failure, _short
 from pipelines.decode.frame_index import FrameIndex, index_frames, usual_step
 from pipelines.decode.protocol import _ClipResult, _Request
 from pipelines.decode.sampling import frames_of_clips, spread_frames
-from pipelines.decode.source import _damaged, _open_video, _probe, output_size
-from pipelines.display import UPRIGHT
+from pipelines.decode.source import _damaged, _open_video, _probe, _Probed, output_size
+from pipelines.display import UPRIGHT, is_mirrored
 
 DECODER_NVDEC = "nvdec"
 DECODER_TORCHCODEC = "torchcodec"
@@ -148,10 +150,15 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         if container.format.name in _UNSOUGHT_FORMATS:
             raise PyavFallback(f"{name} does not seek MPEG-TS, MPEG-PS or FLV reliably")
     probed = _probe(path)  # its first frame decoded by PyAV: how it is shown, its pixel aspect
-    if probed.shown != UPRIGHT:
-        # torchcodec turns frames itself since 0.11, by the nearest quarter turn and without
-        # mirroring; which of its versions does what is unchecked.
-        raise PyavFallback(f"{name} is unchecked on turned or mirrored video")
+    if is_mirrored(probed.shown):
+        # torchcodec turns frames itself since 0.11 (by the nearest quarter turn), but does not
+        # mirror them: on the CPU, 0.17 turns exactly as PyAV does and leaves mirror images as
+        # stored.
+        raise PyavFallback(f"{name} does not mirror video")
+    if probed.shown != UPRIGHT and not probed.shown[0]:
+        # A half turn leaves the size as it is, so frames left unturned (a torchcodec or device
+        # that does not turn) would go unnoticed; quarter turns are checked by the frames' size.
+        raise PyavFallback(f"{name} is unchecked on video turned half a turn")
     if probed.hdr:
         raise PyavFallback(f"{name} does not tone-map HDR")
     width, height = probed.width, probed.height
@@ -163,11 +170,12 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
     unique, inverse = np.unique(every, return_inverse=True)
     size = out.shape[2]
     try:
-        crops, times_s = _decode_with_torchcodec(
+        crops, times_s, frame_size = _decode_with_torchcodec(
             path, unique, output_size(width, height, size), size, DEVICES[name]
         )
     except Exception as err:
         raise PyavFallback(f"{name} failed on this file: {_short(err)}") from None
+    check_size(name, frame_size, probed)
     check_times(name, index, unique, times_s)
     spread_frames(crops, inverse, wanted, out)
     return results, len(unique)
@@ -187,12 +195,25 @@ def check_times(name: str, index: FrameIndex, frames: np.ndarray, times_s: np.nd
         )
 
 
+def check_size(name: str, frame_size: tuple[int, int], probed: _Probed) -> None:
+    """Raises PyavFallback unless torchcodec's frames, ``frame_size`` (width, height) before
+    scaling, are the size PyAV's first frame has once turned as shown: a quarter-turned video
+    whose frames came back unturned would otherwise be squeezed into the turned size."""
+    width, height = probed.stored_size
+    shown = (height, width) if probed.shown[0] else (width, height)
+    if width and frame_size != shown:
+        raise PyavFallback(
+            f"{name} returned frames of {frame_size[0]}x{frame_size[1]},"
+            f" not the {shown[0]}x{shown[1]} shown"
+        )
+
+
 def _decode_with_torchcodec(
     path: str, indices: np.ndarray, scaled: tuple[int, int], size: int, device: str
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
     """Frames ``indices`` of ``path``, decoded by torchcodec on ``device``, scaled to ``scaled``
-    (width, height) and centre-cropped: ``[N, size, size, 3]`` uint8 on the host, and their
-    timestamps in seconds ``[N]``."""
+    (width, height) and centre-cropped: ``[N, size, size, 3]`` uint8 on the host, their
+    timestamps in seconds ``[N]``, and their (width, height) as torchcodec decoded them."""
     from torchcodec.decoders import VideoDecoder
 
     # One FFmpeg thread on the CPU, as the other decoders: parallelism comes from many stages.
@@ -200,7 +221,8 @@ def _decode_with_torchcodec(
     decoder = VideoDecoder(path, device=device, seek_mode="exact", **threads)
     batch = decoder.get_frames_at(indices.tolist())  # [N, 3, H, W] uint8 on the device
     crops = scale_and_crop(batch.data, scaled, size).cpu().numpy()
-    return crops, batch.pts_seconds.cpu().numpy().astype(np.float64)
+    frame_size = (int(batch.data.shape[3]), int(batch.data.shape[2]))
+    return crops, batch.pts_seconds.cpu().numpy().astype(np.float64), frame_size
 
 
 def scale_and_crop(frames: Any, scaled: tuple[int, int], size: int) -> Any:

@@ -254,6 +254,7 @@ class _Probed:
     shown: Orientation
     container_format: str  # FFmpeg's name for it
     hdr: bool  # its first frame is tagged with an HDR transfer (PQ or HLG)
+    stored_size: tuple[int, int]  # its first frame's (width, height) in pixels, unturned; 0s: none
 
 
 def _probe(path: str) -> _Probed:
@@ -267,7 +268,8 @@ def _probe(path: str) -> _Probed:
         if shown[0]:
             width, height = height, width
         hdr = first is not None and is_hdr(first)
-        return _Probed(width, height, stream.frames, shown, container.format.name, hdr)
+        stored = (0, 0) if first is None else (first.width, first.height)
+        return _Probed(width, height, stream.frames, shown, container.format.name, hdr, stored)
 
 
 def _first_frame(container: Any, stream: Any) -> Any | None:
