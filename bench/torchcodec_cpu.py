@@ -5,7 +5,7 @@ index, then torchcodec's ``get_frames_at`` on the GPU or the CPU, the same scali
 same checks and fallbacks. On the CPU everything but NVDEC itself runs, so this script checks on
 any machine where torchcodec loads (it needs a CUDA build of torch, which runs on the CPU:
 ``CENTERCLIP_TORCH=cuda bash scripts/setup.sh``), for every file of the quick corpus, a few
-files made here (turned, mirrored, anamorphic, FLV) and the tests' broken files:
+files made here (turned, mirrored, anamorphic, FLV, interlaced) and the tests' broken files:
 
 * which decoder decoded each file (the row's ``decoder``: torchcodec, or PyAV and why);
 * whether the rows agree with PyAV's: errors, frame times, and frames within a few levels
@@ -49,7 +49,8 @@ def _batch(uris: list[str]) -> dict[str, np.ndarray]:
 
 
 def extra_files(folder: Path) -> dict[str, str]:
-    """Files the quick corpus lacks: turned (a phone held upright), mirrored, anamorphic, FLV."""
+    """Files the quick corpus lacks: turned (a phone held upright), mirrored, anamorphic, FLV,
+    interlaced."""
     from pipelines import synthetic
 
     generator = np.random.default_rng(0)
@@ -67,6 +68,9 @@ def extra_files(folder: Path) -> dict[str, str]:
         path = folder / name
         synthetic.write_mp4(path, video, fps=30, gop=10, **options)
         paths[name] = str(path)
+    interlaced = folder / "interlaced.mp4"
+    synthetic.write_interlaced_mp4(interlaced, video, np.roll(video, 8, axis=2), fps=30)
+    paths[interlaced.name] = str(interlaced)
     return paths
 
 

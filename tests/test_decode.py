@@ -24,6 +24,7 @@ from pipelines.decode import (
     DECODER_DECORD,
     DECODER_NVDEC,
     DECODER_PYAV,
+    DECODER_TORCHCODEC,
     DECODERS,
     INDEX_SAMPLINGS,
     SAMPLING_FAST,
@@ -654,7 +655,7 @@ def write_size_changing_mkv(path: Path, sizes: list[tuple[int, int]], fps: int =
             container.mux(packet)
 
 
-@pytest.mark.parametrize("decoder", [DECODER_PYAV, DECODER_NVDEC])
+@pytest.mark.parametrize("decoder", [DECODER_PYAV, DECODER_NVDEC, DECODER_TORCHCODEC])
 def test_a_stream_that_changes_size_is_not_stretched(tmp_path: Path, decoder: str) -> None:
     """Frames keep their own shape when the stream's size changes midway (landscape 96x64, then
     portrait 64x96): the green square stays 32x32 in every frame's centre crop, where scaling

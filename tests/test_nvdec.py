@@ -27,7 +27,7 @@ from pipelines.decode import (
 )
 from pipelines.decode.child import _decode_request
 from pipelines.decode.environment import decoder_environment, pyav_ffmpeg_folder
-from pipelines.decode.errors import PyavFallback
+from pipelines.decode.errors import PyavFallback, _short
 from pipelines.decode.frame_index import index_frames
 from pipelines.decode.nvdec_backend import (
     check_size,
@@ -131,6 +131,27 @@ def test_mirrored_or_half_turned_video_is_decoded_on_the_cpu(
         results[decoder] = _decode_request(req, outs[decoder])
     assert results[DECODER_NVDEC].decoder == f"{DECODER_PYAV} ({DECODER_NVDEC} {reason})"
     assert [c.error for c in results[DECODER_NVDEC].clips] == [""]
+    np.testing.assert_array_equal(outs[DECODER_NVDEC], outs[DECODER_PYAV])
+
+
+def test_interlaced_video_is_decoded_on_the_cpu(tmp_path: Path) -> None:
+    """torchcodec returns an interlaced frame's two fields woven (on the CPU, 0.17: 55 levels
+    from PyAV's one field here); the stage shows the model one field, so such files are handed
+    to PyAV before torchcodec is asked."""
+    uri = tmp_path / "interlaced.mp4"
+    red = np.full((10, 64, 96, 3), (200, 60, 60), np.uint8)
+    blue = np.full((10, 64, 96, 3), (60, 60, 200), np.uint8)
+    synthetic.write_interlaced_mp4(uri, red, blue)
+    outs = {}
+    for decoder in (DECODER_NVDEC, DECODER_PYAV):
+        req = _Request(uri=str(uri), clips=(_Clip(),), frames=FRAMES, image_size=SIZE,
+                       sampling="uniform", threads=1, storage=StorageOptions(),
+                       decoder=decoder)  # fmt: skip
+        outs[decoder] = np.zeros((1, FRAMES, SIZE, SIZE, 3), np.uint8)
+        result = _decode_request(req, outs[decoder])
+        if decoder == DECODER_NVDEC:
+            reason = f"{DECODER_NVDEC} weaves the two fields of interlaced video"
+            assert result.decoder == f"{DECODER_PYAV} ({reason})"
     np.testing.assert_array_equal(outs[DECODER_NVDEC], outs[DECODER_PYAV])
 
 
@@ -257,3 +278,14 @@ def test_torchcodec_on_the_cpu_decodes_the_frames_pyav_decodes(tmp_path: Path) -
     # Each frame of this video is new texture: the next frame would be far from PyAV's.
     neighbour = np.roll(expected[schema.FRAMES][:4], 1, axis=1).astype(int)
     assert np.abs(got[schema.FRAMES][:4].astype(int) - neighbour).mean(axis=(2, 3, 4)).min() > 20
+
+
+def test_a_torchcodec_error_reads_without_its_source_location() -> None:
+    """What torchcodec 0.17 raised on the CPU for a stream whose size changes midway (its rows
+    are then PyAV's): the row's ``decoder`` keeps the message, not the C++ function and line."""
+    raised = RuntimeError(
+        "convert_video_av_frame_to_frame_output, /__w/torchcodec/torchcodec/meta-pytorch/"
+        "torchcodec/src/torchcodec/_core/CpuDeviceInterface.cpp:252, Expected pre-allocated "
+        "tensor of shape 96x64x3, got [64, 96, 3]"
+    )
+    assert _short(raised) == "Expected pre-allocated tensor of shape 96x64x3, got [64, 96, 3]"

@@ -56,10 +56,15 @@ class PyavFallback(Exception):
 
 # decord prefixes its messages with "[12:00:00] /path/to/source.cc:151: ".
 _DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
+# torchcodec's C++ errors start with the function and source line that raised them.
+_TORCHCODEC_PREFIX = re.compile(r"^\w+, \S+:\d+, ")
 
 
 def _short(err: BaseException) -> str:
-    """The first line of an exception's message, without decord's source location, capped."""
+    """The first line of an exception's message, without decord's or torchcodec's source
+    location, capped."""
     lines = str(err).strip().splitlines()
-    line = _DECORD_PREFIX.sub("", lines[0]) if lines else type(err).__name__
+    line = type(err).__name__
+    if lines:
+        line = _TORCHCODEC_PREFIX.sub("", _DECORD_PREFIX.sub("", lines[0]))
     return line if len(line) <= _MAX_DETAIL else line[: _MAX_DETAIL - 3] + "..."

@@ -25,8 +25,8 @@ Fallback to PyAV, with the reason recorded in the row's ``decoder`` column:
   not support) or returns other frames than those asked for, or of another size; when the file
   is MPEG-TS, MPEG-PS or FLV, which torchcodec does not seek reliably, or its timestamps restart
   partway; when it is shown mirrored (torchcodec does not mirror) or turned half a turn (frames
-  left unturned would keep their size, so nothing would notice); and when it is HDR, which
-  torchcodec does not tone-map:
+  left unturned would keep their size, so nothing would notice); when it is HDR, which
+  torchcodec does not tone-map; and when it is interlaced, whose fields torchcodec weaves:
   :class:`~pipelines.decode.errors.PyavFallback` makes the decoder process decode it with PyAV.
 
 The decoding runs in the stage's decoder process like every backend, so timeouts and crash
@@ -161,6 +161,10 @@ def decode_file(path: str, req: _Request, out: np.ndarray) -> tuple[list[_ClipRe
         raise PyavFallback(f"{name} is unchecked on video turned half a turn")
     if probed.hdr:
         raise PyavFallback(f"{name} does not tone-map HDR")
+    if probed.interlaced:
+        # PyAV's path scales one field (pipelines.display.one_field); torchcodec returns both
+        # woven, whose moving edges show as combs.
+        raise PyavFallback(f"{name} weaves the two fields of interlaced video")
     width, height = probed.width, probed.height
     starts, duration = index.starts_s, index.duration_s
     results, wanted = frames_of_clips(req, starts, duration, index.own_keyframes)

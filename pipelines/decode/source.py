@@ -255,11 +255,12 @@ class _Probed:
     container_format: str  # FFmpeg's name for it
     hdr: bool  # its first frame is tagged with an HDR transfer (PQ or HLG)
     stored_size: tuple[int, int]  # its first frame's (width, height) in pixels, unturned; 0s: none
+    interlaced: bool  # its first frame holds two fields
 
 
 def _probe(path: str) -> _Probed:
     """What opening ``path`` tells of its video; its first frame is decoded for the display
-    matrix and the transfer, which only frames carry."""
+    matrix, the transfer and interlacing, which only frames carry."""
     container, stream = _open_video(path)
     with container:
         first = _first_frame(container, stream)
@@ -269,7 +270,10 @@ def _probe(path: str) -> _Probed:
             width, height = height, width
         hdr = first is not None and is_hdr(first)
         stored = (0, 0) if first is None else (first.width, first.height)
-        return _Probed(width, height, stream.frames, shown, container.format.name, hdr, stored)
+        interlaced = first is not None and bool(first.interlaced_frame)
+        return _Probed(
+            width, height, stream.frames, shown, container.format.name, hdr, stored, interlaced
+        )
 
 
 def _first_frame(container: Any, stream: Any) -> Any | None:
