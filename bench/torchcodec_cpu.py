@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import tempfile
 import time
 from fractions import Fraction
@@ -177,6 +178,13 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="JSON file (default bench/results/)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from pipelines.decode.environment import decoder_environment
+
+    env = decoder_environment()
+    if os.environ.get("LD_LIBRARY_PATH") != env.get("LD_LIBRARY_PATH"):  # once: it only adds
+        # Started again as the decoder process starts, so torchcodec loads in this process too
+        # (the loader reads its library path once, at start): host_share opens files with it.
+        os.execve(sys.executable, [sys.executable, "-m", __spec__.name, *sys.argv[1:]], env)
 
     from pipelines.decode import DECODER_TORCHCODEC
     from pipelines.decode.nvdec_backend import unavailable_reason

@@ -209,7 +209,9 @@ def test_gpu_scaling_and_crop_match_the_cpu_decoders_frames(tmp_path: Path) -> N
 TORCHCODEC_RUNS_HERE = unavailable_reason(DECODER_TORCHCODEC) is None
 
 
-def test_pyavs_ffmpeg_libraries_load_under_ffmpegs_own_names() -> None:
+def test_pyavs_ffmpeg_libraries_load_under_ffmpegs_own_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """torchcodec loads ``libavutil.so.60`` and its siblings by those names; the decoder process
     finds PyAV's copies under them (a new interpreter with the decoder process's environment
     loads each by its plain name), so torchcodec needs no FFmpeg from the system."""
@@ -226,6 +228,9 @@ def test_pyavs_ffmpeg_libraries_load_under_ffmpegs_own_names() -> None:
     assert loaded.stdout.strip() == "loaded", loaded.stderr
     unaided = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "cannot open shared object file" in unaided.stderr  # the system has no FFmpeg
+    # A process started that way (a decoder process's own) hands its children the same path.
+    monkeypatch.setenv("LD_LIBRARY_PATH", env["LD_LIBRARY_PATH"])
+    assert decoder_environment()["LD_LIBRARY_PATH"] == env["LD_LIBRARY_PATH"]
 
 
 def test_frames_other_than_those_asked_for_are_refused(tmp_path: Path) -> None:

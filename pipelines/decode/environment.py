@@ -36,10 +36,9 @@ def decoder_environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     folder = pyav_ffmpeg_folder()
-    if folder is not None:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (str(folder), env.get("LD_LIBRARY_PATH", "")) if p
-        )
+    searched = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    if folder is not None and str(folder) not in searched:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([str(folder), *searched])
     return env
 
 
