@@ -168,12 +168,15 @@ def _version(distribution: str) -> str | None:
 
 
 def versions() -> dict[str, Any]:
-    """Versions of Python, torch (and its CUDA), open_clip and this project."""
+    """Versions of Python, torch (and its CUDA), open_clip, PyAV, torchcodec (None where it is
+    not installed) and this project."""
     found: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": _version("torch"),
         "open_clip": _version("open_clip_torch"),
         "numpy": _version("numpy"),
+        "av": _version("av"),
+        "torchcodec": _version("torchcodec"),
         "centerclip_indexer": _version("centerclip-indexer"),
     }
     try:

@@ -130,12 +130,6 @@ def measure(paths: dict[str, str], repeats: int) -> dict[str, dict[str, Any]]:
     return results
 
 
-def _torchcodec_version() -> str:
-    import torchcodec
-
-    return torchcodec.__version__
-
-
 def host_share(path: str, repeats: int) -> float:
     """CPU seconds the torchcodec path spends on a file besides decoding and scaling, best of
     ``repeats``: PyAV's index and first frame, and torchcodec's own opening (its scan of the
@@ -247,7 +241,6 @@ def main() -> None:
     payload = {
         **run_metadata(),
         "command": "python -m bench.torchcodec_cpu",
-        "torchcodec": _torchcodec_version(),
         "frames": FRAMES,
         "image_size": SIZE,
         "repeats": args.repeats,
