@@ -1,6 +1,6 @@
 """The GPU decoder's path without a GPU: torchcodec on the CPU against PyAV, file by file.
 
-``--decoder nvdec`` and ``--decoder torchcodec`` run one backend (``nvdec_backend``): PyAV's
+``--decoder nvdec`` and ``--decoder torchcodec`` run one backend (``torchcodec_backend``): PyAV's
 index, then torchcodec's ``get_frames_at`` on the GPU or the CPU, the same scaling and crop, the
 same checks and fallbacks. On the CPU everything but NVDEC itself runs, so this script checks on
 any machine where torchcodec loads (it needs a CUDA build of torch, which runs on the CPU:
@@ -181,7 +181,7 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, "-m", __spec__.name, *sys.argv[1:]], env)
 
     from pipelines.decode import DECODER_TORCHCODEC
-    from pipelines.decode.nvdec_backend import unavailable_reason
+    from pipelines.decode.torchcodec_backend import unavailable_reason
 
     reason = unavailable_reason(DECODER_TORCHCODEC)
     if reason is not None:

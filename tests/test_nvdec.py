@@ -29,14 +29,14 @@ from pipelines.decode.child import _decode_request
 from pipelines.decode.environment import decoder_environment, pyav_ffmpeg_folder
 from pipelines.decode.errors import PyavFallback, _short
 from pipelines.decode.frame_index import index_frames
-from pipelines.decode.nvdec_backend import (
+from pipelines.decode.protocol import _Clip, _Request
+from pipelines.decode.source import _probe
+from pipelines.decode.torchcodec_backend import (
     check_size,
     check_times,
     scale_and_crop,
     unavailable_reason,
 )
-from pipelines.decode.protocol import _Clip, _Request
-from pipelines.decode.source import _probe
 from pipelines.manifest import read_manifest
 from pipelines.storage import StorageOptions
 

@@ -38,7 +38,6 @@ from pipelines.decode.errors import (
     TRUNCATED,
     error_category,
 )
-from pipelines.decode.nvdec_backend import DECODER_NVDEC, DECODER_TORCHCODEC
 from pipelines.decode.sampling import (
     INDEX_SAMPLINGS,
     SAMPLING_FAST,
@@ -50,6 +49,7 @@ from pipelines.decode.sampling import (
 )
 from pipelines.decode.source import unreadable_file_error
 from pipelines.decode.stage import DEFAULT_DECODER, MAX_CLIPS_PER_PASS, DecodeStage
+from pipelines.decode.torchcodec_backend import DECODER_NVDEC, DECODER_TORCHCODEC
 
 __all__ = [
     "BAD_CLIP",

@@ -21,7 +21,7 @@ from typing import IO
 
 import numpy as np
 
-from pipelines.decode import decord_backend, nvdec_backend, pyav_backend
+from pipelines.decode import decord_backend, pyav_backend, torchcodec_backend
 from pipelines.decode.environment import decoder_environment
 from pipelines.decode.errors import DECODE_FAILED, PyavFallback, _Failure, _short
 from pipelines.decode.protocol import _ClipResult, _Request, _Result
@@ -37,8 +37,8 @@ DECODER_DECORD = "decord"
 _BACKENDS = {
     DECODER_PYAV: pyav_backend.decode_file,
     DECODER_DECORD: decord_backend.decode_file,
-    nvdec_backend.DECODER_NVDEC: nvdec_backend.decode_file,
-    nvdec_backend.DECODER_TORCHCODEC: nvdec_backend.decode_file,
+    torchcodec_backend.DECODER_NVDEC: torchcodec_backend.decode_file,
+    torchcodec_backend.DECODER_TORCHCODEC: torchcodec_backend.decode_file,
 }
 DECODERS = tuple(_BACKENDS)
 

@@ -12,9 +12,9 @@ import numpy as np
 from pipelines import schema
 from pipelines.decode.child import DECODER_PYAV, DECODERS, _DecoderProcess, _frame_view
 from pipelines.decode.errors import DECODER_CRASHED, TIMEOUT
-from pipelines.decode.nvdec_backend import resolve_decoder
 from pipelines.decode.protocol import _Clip, _ClipResult, _Request, _Result
 from pipelines.decode.sampling import SAMPLING_RANDOM, SAMPLING_UNIFORM, SAMPLINGS
+from pipelines.decode.torchcodec_backend import resolve_decoder
 from pipelines.storage import StorageOptions
 
 # decord leaks memory on some inputs (large frames especially); a fresh child now and then
@@ -82,7 +82,7 @@ class DecodeStage:
         decoder: the library decoding in the child, ``"pyav"`` (default), ``"decord"``,
             ``"nvdec"`` (the GPU, through torchcodec) or ``"torchcodec"`` (torchcodec on the CPU:
             the GPU path without a GPU); PyAV where the last two cannot run, see
-            ``nvdec_backend``.
+            ``torchcodec_backend``.
 
     Input batch: at least ``video_id`` and ``uri`` (``[B]``), optionally ``start_s`` / ``end_s``
     (``[B]`` float, NaN or None for the whole video) and ``sample_seed`` (``[B]`` int: seeds that
