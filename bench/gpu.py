@@ -334,7 +334,13 @@ def decode_stage(sizes: Sizes, work: Path) -> dict[str, Any]:
     import pyarrow.dataset as pads
 
     from pipelines import schema
-    from pipelines.decode import DECODER_PYAV, DECODERS, DecodeStage, torchcodec_backend
+    from pipelines.decode import (
+        DECODER_NVDEC,
+        DECODER_PYAV,
+        DECODERS,
+        DecodeStage,
+        torchcodec_backend,
+    )
 
     built = cpu_model(sizes.index_model)
     rows = pads.dataset(str(sample_corpus(sizes, work) / "manifest")).to_table()
@@ -344,7 +350,7 @@ def decode_stage(sizes: Sizes, work: Path) -> dict[str, Any]:
     results: dict[str, Any] = {
         "videos": rows.num_rows,
         "video_side": sizes.video_side,
-        "nvdec_unavailable_reason": torchcodec_backend.unavailable_reason(),
+        "nvdec_unavailable_reason": torchcodec_backend.unavailable_reason(DECODER_NVDEC),
     }
     frames: dict[str, Any] = {}
     for decoder in (DECODER_PYAV, *(d for d in DECODERS if d != DECODER_PYAV)):

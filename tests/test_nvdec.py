@@ -41,7 +41,7 @@ from pipelines.manifest import read_manifest
 from pipelines.storage import StorageOptions
 
 FRAMES, SIZE = 6, 48
-NVDEC_RUNS_HERE = unavailable_reason() is None
+NVDEC_RUNS_HERE = unavailable_reason(DECODER_NVDEC) is None
 
 
 def batch(uris: list[str]) -> dict[str, np.ndarray]:
@@ -65,7 +65,7 @@ def uris(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> list[
 def test_without_torchcodec_or_cuda_the_stage_decodes_on_the_cpu_and_says_why(
     uris: list[str],
 ) -> None:
-    reason = unavailable_reason()
+    reason = unavailable_reason(DECODER_NVDEC)
     assert reason in ("torchcodec is not installed", "no CUDA device visible to this process") or (
         reason.startswith("torchcodec cannot load FFmpeg")
     )

@@ -64,7 +64,7 @@ _ANSWER = "unavailable because: "
 
 
 @functools.cache
-def unavailable_reason(decoder: str = DECODER_NVDEC) -> str | None:
+def unavailable_reason(decoder: str) -> str | None:
     """Why ``decoder`` (one of :data:`DEVICES`) cannot run in the decoder process (``None`` when
     it can): torchcodec missing or unable to load FFmpeg's shared libraries, or, for the GPU, no
     CUDA device visible.
