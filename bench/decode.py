@@ -63,7 +63,8 @@ KEYFRAME_TARGET = 10.0
 ONE_PASS_TARGET = 1.3
 
 
-def _batch(uris: list[str], spans: list[tuple[float, float]] | None = None) -> dict:
+def stage_batch(uris: list[str], spans: list[tuple[float, float]] | None = None) -> dict:
+    """A decode stage's input: one row per uri, clipped to ``spans`` (start, end) if given."""
     from pipelines import schema
 
     batch = {
@@ -230,7 +231,7 @@ def measure_profiles(corpus: dict[str, dict], repeats: int) -> dict[str, dict]:
     }
     try:
         for stage in stages.values():  # warm up: imports, first-call costs
-            stage(_batch([corpus[names[0]]["path"]]))
+            stage(stage_batch([corpus[names[0]]["path"]]))
         for repeat in range(repeats):
             for name in names:
                 path = corpus[name]["path"]
@@ -246,7 +247,7 @@ def measure_profiles(corpus: dict[str, dict], repeats: int) -> dict[str, dict]:
                 for label, seconds in open_cost(path).items():
                     opened[label] = min(opened.get(label, math.inf), seconds)
                 for (policy, library), stage in stages.items():
-                    seconds, out = stage_cost(stage, _batch([path]))
+                    seconds, out = stage_cost(stage, stage_batch([path]))
                     key = f"{policy}/{library}"
                     row = results[name]["stage"].setdefault(key, {"core_s": math.inf})
                     row["error"] = out[schema.ERROR][0]
@@ -268,11 +269,11 @@ def measure_long_video(entry: dict, repeats: int) -> dict[str, Any]:
     spans = [(r["start_s"], r["end_s"]) for r in rows]
     best: dict[str, float] = {}
     with DecodeStage(frames=FRAMES, image_size=SIZE, timeout_s=600) as stage:
-        stage(_batch([path], spans[:1]))
+        stage(stage_batch([path], spans[:1]))
         for _ in range(repeats):
             full_s, frames = full_pass_cost(path)
             passes = stage.passes
-            seconds, out = stage_cost(stage, _batch([path] * len(spans), spans))
+            seconds, out = stage_cost(stage, stage_batch([path] * len(spans), spans))
             assert stage.passes == passes + 1, "the clips took more than one pass"
             errors = [e for e in out[schema.ERROR] if e]
             best["full_pass_core_s"] = min(best.get("full_pass_core_s", math.inf), full_s)
@@ -426,19 +427,26 @@ def _scaling_of(path: str, repeats: int) -> dict[str, Any]:
     }
 
 
+def damaged_videos(folder: Path) -> dict[str, Path]:
+    """The tests' broken files (:func:`pipelines.synthetic.write_damaged_videos`), in ``folder``."""
+    from pipelines import synthetic
+
+    good = folder / "good.mp4"
+    synthetic.write_mp4(good, np.zeros((12, 64, 96, 3), np.uint8) + 90)
+    return synthetic.write_damaged_videos(folder, good_video=good)
+
+
 def check_robustness() -> dict[str, dict[str, bool]]:
     """Each library on the tests' broken files: does every one become the expected error?"""
     from pipelines import schema, synthetic
     from pipelines.decode import DecodeStage, error_category
 
     with tempfile.TemporaryDirectory() as tmp:
-        good = Path(tmp) / "good.mp4"
-        synthetic.write_mp4(good, np.zeros((12, 64, 96, 3), np.uint8) + 90)
-        damaged = synthetic.write_damaged_videos(Path(tmp), good_video=good)
+        damaged = damaged_videos(Path(tmp))
         results = {}
         for library in LIBRARIES:
             with DecodeStage(frames=4, image_size=32, decoder=library) as stage:
-                out = stage(_batch(list(damaged.values())))
+                out = stage(stage_batch(list(damaged.values())))
             results[library] = {
                 case: error_category(error) == synthetic.DAMAGED_EXPECTED[case]
                 for case, error in zip(damaged, out[schema.ERROR], strict=True)

@@ -37,21 +37,13 @@ import numpy as np
 
 from bench._common import print_table, run_metadata, write_results
 from bench.corpus import DEFAULT_OUT, generate
+from bench.decode import damaged_videos, stage_batch
 
 FRAMES = 12
 SIZE = 224
 # Mean level difference per frame above which torchcodec's frame is not PyAV's: a crop one pixel
 # off differs by 10 to 12 levels on colourful texture (tests/test_nvdec.py).
 SAME_FRAME_LEVELS = 6.0
-
-
-def _batch(uris: list[str]) -> dict[str, np.ndarray]:
-    from pipelines import schema
-
-    return {
-        schema.VIDEO_ID: np.array([f"v{i}" for i in range(len(uris))], dtype=object),
-        schema.URI: np.array(uris, dtype=object),
-    }
 
 
 def extra_files(folder: Path) -> dict[str, str]:
@@ -95,7 +87,7 @@ def measure(paths: dict[str, str], repeats: int) -> dict[str, dict[str, Any]]:
         for _ in range(repeats):
             for name, path in paths.items():
                 for decoder in decoders:
-                    out = stages[decoder](_batch([path]))
+                    out = stages[decoder](stage_batch([path]))
                     best = rows[name].get(decoder)
                     cpu_s = float(out[schema.DECODE_CPU_S][0])
                     if best is None or cpu_s < best["cpu_s"]:
@@ -151,18 +143,6 @@ def host_share(path: str, repeats: int) -> float:
     return best
 
 
-def broken_files(folder: Path) -> dict[str, str]:
-    from pipelines import synthetic
-
-    folder.mkdir()
-    good = folder / "good.mp4"
-    synthetic.write_mp4(good, np.zeros((12, 64, 96, 3), np.uint8) + 90)
-    return {
-        name: str(path)
-        for name, path in synthetic.write_damaged_videos(folder, good_video=good).items()
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -196,7 +176,9 @@ def main() -> None:
                 host_s = host_share(paths[name], args.repeats)
                 result["host_cpu_s_besides_decoding"] = host_s
                 result["host_over_pyav"] = host_s / result["cpu_s"]["pyav"]
-        broken = measure(broken_files(Path(tmp) / "broken"), 1)
+        broken_folder = Path(tmp) / "broken"
+        broken_folder.mkdir()
+        broken = measure({n: str(p) for n, p in damaged_videos(broken_folder).items()}, 1)
 
     decoded = {n: r for n, r in results.items() if r["torchcodec_ran"]}
     print_table(
